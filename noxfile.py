@@ -1,0 +1,86 @@
+"""Nox sessions: one per matrix cell (``<target>_<recipe>``), plus tests, lint and validate.
+
+The cell sessions are generated from ``matrix/*.toml``; `nox -l` lists them. Each checks that the
+target can run here *before* installing anything, then runs ``edgematrix run <cell>`` with the
+session's arguments (``nox -s x86_cpu_int8 -- --runner local --data-root DIR``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "src"))
+# stdlib-only modules of the package: usable before the package is installed
+from edgematrix.matrix.listing import SessionInfo, list_sessions  # noqa: E402
+from edgematrix.runners.select import RunnerChoiceError, choose_runner  # noqa: E402
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "virtualenv"  # torch's CPU wheel is reachable by pip, not uv
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _requested_runner(posargs: list[str]) -> str:
+    for i, arg in enumerate(posargs):
+        if arg == "--runner" and i + 1 < len(posargs):
+            return posargs[i + 1]
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
+def _cell_impl(session: nox.Session, info: SessionInfo) -> None:
+    try:
+        choice = choose_runner(info.name, info.target, info.target_table, _requested_runner(session.posargs))
+    except RunnerChoiceError as e:
+        session.error(str(e))
+    session.log(f"runner: {choice.runner} ({choice.reason})")
+    extras = info.target_table.get("extras", [])
+    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+    session.run("edgematrix", "run", info.name, *session.posargs)
+
+
+def _register(info: SessionInfo) -> None:
+    def cell(session: nox.Session) -> None:
+        _cell_impl(session, info)
+
+    cell.__doc__ = info.description
+    venv_params = ["--system-site-packages"] if info.target_table.get("system_site_packages") else []
+    nox.session(name=info.name, tags=info.tags, venv_params=venv_params, default=False)(cell)
+
+
+try:
+    for _info in list_sessions(ROOT / "matrix"):
+        _register(_info)
+except ValueError as _e:  # a broken matrix must not hide the tests and lint sessions
+    print(f"noxfile: matrix/ is invalid, no cell sessions: {_e}", file=sys.stderr)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest; arguments after -- go to pytest)."""
+    session.install("-e", ".[cpu]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy."""
+    session.install("-e", ".[cpu]", *nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session(default=False)
+def validate(session: nox.Session) -> None:
+    """Validate matrix/*.toml against the schema and print the cells."""
+    session.install("-e", ".")
+    session.run("edgematrix", "validate")
+    session.run("edgematrix", "list")

@@ -1,0 +1,231 @@
+"""pytest-benchmark compatible ``benchmark.json``: write (atomically) and read back (validated).
+
+The file is what ``pytest --benchmark-json`` writes, with per-round ``data`` always included, so
+``pytest-benchmark compare`` and any tool reading pytest-benchmark JSON read ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edgematrix.errors import EdgeMatrixError
+from edgematrix.measure.harness import LatencyConfig
+
+ExtraValue = float | int | str
+
+
+@dataclass
+class BenchmarkEntry:
+    """One benchmark: a runner's per-round wall times (seconds) and its plain ``extra_info``."""
+
+    name: str
+    group: str
+    samples_s: list[float]
+    extra_info: dict[str, ExtraValue]
+    params: dict[str, Any] | None = None
+
+
+def check_extra_info(extra_info: dict[str, Any], where: str = "extra_info") -> None:
+    """Raise ``TypeError`` naming the key unless every value is a plain float / int / str."""
+    for key, value in extra_info.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{where}: key {key!r} must be a str, not {type(key).__name__}")
+        if type(value) not in (float, int, str):  # exact types: no bool, numpy scalar, None, list
+            raise TypeError(
+                f"{where}[{key!r}] is {type(value).__name__} ({value!r}); extra_info holds plain "
+                "float/int/str only: convert with float()/int()/str()"
+            )
+        if type(value) is float and not math.isfinite(value):
+            raise ValueError(f"{where}[{key!r}] is {value}; JSON has no NaN/inf, leave the key out instead")
+
+
+def _options(config: LatencyConfig) -> dict[str, Any]:
+    # The keys of pytest-benchmark's own "options" (fixture._make_stats), values from our config.
+    return {
+        "disable_gc": config.disable_gc,
+        "timer": "perf_counter",
+        "min_rounds": config.min_rounds,
+        "max_time": config.max_time_s,
+        "min_time": config.min_time_s,
+        "precision": None,
+        "confidence": None,
+        "warmup": config.warmup,
+    }
+
+
+def _benchmark_dict(entry: BenchmarkEntry, config: LatencyConfig) -> dict[str, Any]:
+    from pytest_benchmark.stats import Stats
+
+    where = f"benchmark {entry.name!r}"
+    check_extra_info(entry.extra_info, f"{where} extra_info")
+    if not entry.samples_s:
+        raise ValueError(f"{where} has no samples")
+    stats = Stats()
+    for sample in entry.samples_s:
+        value = float(sample)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{where}: sample {sample!r} is not a finite non-negative number of seconds")
+        stats.update(value)
+    stats_dict = stats.as_dict()
+    stats_dict["data"] = list(stats.data)
+    stats_dict["iterations"] = 1
+    param = None if entry.params is None else "-".join(str(v) for v in entry.params.values())
+    return {
+        "group": entry.group,
+        "name": entry.name,
+        "fullname": f"edgematrix/{entry.group}::{entry.name}",
+        "params": entry.params,
+        "param": param,
+        "extra_info": dict(entry.extra_info),
+        "options": _options(config),
+        "stats": stats_dict,
+    }
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@functools.cache
+def _machine_info() -> dict[str, Any]:
+    """pytest-benchmark's machine_info (py-cpuinfo takes ~0.2 s, so once per process)."""
+    from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
+
+    return pytest_benchmark_generate_machine_info()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp creates 0600; a results file is a normal file
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_benchmark_json(
+    path: str | os.PathLike[str],
+    entries: Sequence[BenchmarkEntry],
+    *,
+    machine_extra: dict[str, Any] | None = None,
+    latency_config: LatencyConfig | None = None,
+) -> dict[str, Any]:
+    """Write ``entries`` as pytest-benchmark JSON to ``path`` (atomically) and return the document.
+
+    ``machine_extra`` (e.g. :func:`edgematrix.measure.environment.capture_environment`) is merged
+    into pytest-benchmark's ``machine_info``; ``latency_config`` fills each benchmark's ``options``.
+    """
+    from pytest_benchmark import __version__ as pytest_benchmark_version
+    from pytest_benchmark.utils import get_commit_info
+
+    config = latency_config or LatencyConfig()
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"benchmark names must be unique in one file; repeated: {duplicates!r}")
+    benchmarks = [_benchmark_dict(entry, config) for entry in entries]
+    machine_info = copy.deepcopy(_machine_info())
+    if machine_extra:
+        machine_info.update(machine_extra)
+    document = {
+        "machine_info": machine_info,
+        "commit_info": get_commit_info(),
+        "benchmarks": benchmarks,
+        "datetime": datetime.now(UTC).isoformat(),
+        "version": pytest_benchmark_version,
+    }
+    try:
+        text = json.dumps(document, indent=4, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"benchmark JSON for {str(path)!r} is not plain JSON (check machine_extra): {exc}") from None
+    _atomic_write_text(Path(path), text + "\n")
+    return json.loads(text)  # what was written (tuples in machine_info became lists)
+
+
+def _fail(path: Path, where: str, problem: str) -> EdgeMatrixError:
+    return EdgeMatrixError(
+        f"{str(path)!r} is not a valid edgematrix benchmark.json: {where}: {problem}. "
+        "Regenerate it with the cell's run (or pytest --benchmark-json with per-round data)"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def read_benchmark_json(path: str | os.PathLike[str], *, require_data: bool = True) -> dict[str, Any]:
+    """Load and validate a benchmark.json; raise :class:`EdgeMatrixError` saying what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EdgeMatrixError(f"benchmark file {str(path)!r} does not exist; run the cell first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeMatrixError(f"cannot read benchmark file {str(path)!r}: {exc}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"line {exc.lineno} column {exc.colno}", f"not JSON ({exc.msg})") from None
+
+    if not isinstance(doc, dict):
+        raise _fail(path, "top level", f"expected an object, found {type(doc).__name__}")
+    for key, kind in (("machine_info", dict), ("commit_info", dict), ("benchmarks", list), ("datetime", str)):
+        if key not in doc:
+            raise _fail(path, "top level", f"missing {key!r}")
+        if not isinstance(doc[key], kind):
+            raise _fail(path, key, f"expected {kind.__name__}, found {type(doc[key]).__name__}")
+    if not doc["benchmarks"]:
+        raise _fail(path, "benchmarks", "empty list")
+
+    for i, bench in enumerate(doc["benchmarks"]):
+        where = f"benchmarks[{i}]"
+        if not isinstance(bench, dict):
+            raise _fail(path, where, f"expected an object, found {type(bench).__name__}")
+        if not isinstance(bench.get("name"), str):
+            raise _fail(path, f"{where}.name", "missing or not a string")
+        where = f"benchmarks[{i}] ({bench['name']})"
+        if not isinstance(bench.get("extra_info", {}), dict):
+            raise _fail(path, f"{where}.extra_info", "not an object")
+        try:
+            check_extra_info(bench.get("extra_info", {}), f"{where}.extra_info")
+        except (TypeError, ValueError) as exc:
+            raise _fail(path, f"{where}.extra_info", str(exc)) from None
+        stats = bench.get("stats")
+        if not isinstance(stats, dict):
+            raise _fail(path, f"{where}.stats", "missing or not an object")
+        for key in ("min", "max", "mean", "median", "stddev"):
+            if not _is_number(stats.get(key)):
+                raise _fail(path, f"{where}.stats.{key}", f"missing or not a finite number ({stats.get(key)!r})")
+        if not isinstance(stats.get("rounds"), int) or stats["rounds"] < 1:
+            raise _fail(path, f"{where}.stats.rounds", f"expected a positive integer, found {stats.get('rounds')!r}")
+        data = stats.get("data")
+        if data is None:
+            if require_data:
+                raise _fail(path, f"{where}.stats.data", "no per-round samples (needed for latency gates)")
+            continue
+        if not isinstance(data, list) or not all(_is_number(x) and x >= 0 for x in data):
+            raise _fail(path, f"{where}.stats.data", "expected a list of non-negative numbers (seconds)")
+        if len(data) != stats["rounds"]:
+            raise _fail(path, f"{where}.stats.data", f"{len(data)} samples but rounds = {stats['rounds']}")
+    return doc

@@ -1,0 +1,1 @@
+"""Regression gates: accuracy budgets and latency limits, with baselines from matrix/baselines/."""

@@ -1,0 +1,134 @@
+"""Pydantic schema of the matrix TOML files (``extra="forbid"`` everywhere)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+Arch = Literal["x86_64", "aarch64"]
+Precision = Literal["fp32", "fp16", "int8", "fx8"]
+BackendName = Literal["onnxruntime", "tensorrt", "tidl", "torch"]
+RunnerName = Literal["local", "docker", "remote", "emulated"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    description: str
+    arch: Arch
+    backend: BackendName
+    providers: list[str] = Field(default_factory=list, description="ONNX Runtime execution providers, in order")
+    precisions: list[Precision]
+    device: str = Field("", description="device model, e.g. 'NVIDIA Jetson AGX Orin 64GB'")
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 = the cores available to the process")
+    image: str = Field("", description="folder under docker/ with the target's image recipe")
+    runner_labels: list[str] = Field(default_factory=list, description="CI runner labels that provide this target")
+    runners: list[RunnerName] = Field(default_factory=lambda: ["local"])
+    requires: list[str] = Field(
+        default_factory=list,
+        description="what the host must have: module:NAME, command:NAME, path:/abs/path or env:NAME",
+    )
+    extras: list[str] = Field(default_factory=list, description="pyproject extras the session installs")
+    system_site_packages: bool = Field(False, description="let the session see vendor Python packages (JetPack)")
+
+
+class SyntheticData(_Strict):
+    train: int = Field(600, ge=1)
+    test: int = Field(150, ge=1)
+    seed: int = 0
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_fraction: float = Field(0.15, ge=0, lt=1)
+    seed: int = 0
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    flip: bool = True
+
+
+class Model(_Strict):
+    description: str
+    family: str
+    task: Literal["lane"]
+    dataset: Literal["tusimple"]
+    input_shape: Annotated[list[int], Field(min_length=4, max_length=4)]
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    data_root: str = Field("", description="path to the real dataset; empty = synthetic data in the cache")
+    synthetic: SyntheticData = SyntheticData()
+    train: TrainConfig = TrainConfig()
+    eval_images: int = Field(0, ge=0, description="cap on test images evaluated; 0 = all")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Model:
+        if self.input_shape[0] != 1 or self.input_shape[1] != 3:
+            raise ValueError(f"input_shape must be [1, 3, H, W] (batch 1, RGB), got {self.input_shape}")
+        return self
+
+
+class QuantizeSection(_Strict):
+    method: Literal["minmax", "entropy", "percentile"] = "entropy"
+    calibration_images: int = Field(64, ge=1)
+    per_channel: bool = True
+    percentile: float = Field(99.999, gt=50, le=100)
+    symmetric_activations: bool = True
+
+
+class LatencySection(_Strict):
+    warmup: int = Field(10, ge=0)
+    min_rounds: int = Field(50, ge=5)
+    max_rounds: int = Field(400, ge=5)
+    min_time_s: float = Field(10.0, ge=0)
+    max_time_s: float = Field(120.0, gt=0)
+
+
+class Recipe(_Strict):
+    description: str
+    precision: Precision
+    quantize: QuantizeSection | None = None
+    latency: LatencySection = LatencySection()
+
+    @model_validator(mode="after")
+    def _quant(self) -> Recipe:
+        if self.precision in ("int8", "fx8") and self.quantize is None:
+            raise ValueError(f"precision {self.precision!r} needs a [quantize] section (method, calibration_images)")
+        if self.precision in ("fp32", "fp16") and self.quantize is not None:
+            raise ValueError(f"precision {self.precision!r} does not quantize; remove the [quantize] section")
+        return self
+
+
+class Gates(_Strict):
+    accuracy_drop_vs_reference: float = Field(0.5, ge=0, description="points the candidate may lose vs its FP32 reference")
+    accuracy_drop_vs_baseline: float = Field(0.5, ge=0, description="points the candidate may lose vs the stored baseline")
+    latency_regression: float = Field(
+        0.10, ge=0, description="fraction by which candidate/reference p50 may exceed the baseline's ratio"
+    )
+    min_accuracy: float = Field(0.0, ge=0, le=100, description="absolute floor for the candidate's accuracy (points)")
+
+
+class CellSpec(_Strict):
+    target: Name
+    model: Name
+    recipes: list[Name] = Field(min_length=1)
+    gates: Gates | None = None
+    description: str = ""
+
+
+class Defaults(_Strict):
+    gates: Gates = Gates()
+
+
+class MatrixFile(_Strict):
+    """One TOML file; the loader merges all files of the matrix folder."""
+
+    targets: dict[Name, Target] = Field(default_factory=dict)
+    models: dict[Name, Model] = Field(default_factory=dict)
+    recipes: dict[Name, Recipe] = Field(default_factory=dict)
+    cells: list[CellSpec] = Field(default_factory=list)
+    defaults: Defaults | None = None

@@ -1,0 +1,31 @@
+"""Model families: a registry of factories, keyed by the ``family`` of a matrix model.
+
+Importing this package imports no torch; each factory imports its module when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgematrix.registry import Registry
+
+families: Registry[Callable[..., Any]] = Registry("model family")
+
+
+@families.register("ufld_v2")
+def _ufld_v2(input_shape: list[int], **params: Any) -> Any:
+    from edgematrix.models.ufld import UFLDv2
+
+    return UFLDv2(input_size=(input_shape[2], input_shape[3]), **params)
+
+
+def create_model(family: str, input_shape: list[int], **params: Any) -> Any:
+    """Build an untrained ``torch.nn.Module`` of ``family``; bad params name the family and the valid ones."""
+    factory = families.get(family)
+    try:
+        return factory(input_shape, **params)
+    except TypeError as e:
+        from edgematrix.errors import ModelError
+
+        raise ModelError(f"model family {family!r} rejected its params {sorted(params)}: {e}") from None

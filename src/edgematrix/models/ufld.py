@@ -1,0 +1,104 @@
+"""UFLD-v2-style lane detector: ResNet backbone + row/column-anchor classification head.
+
+Outputs (names are the ONNX output names):
+
+- ``loc_row``  [B, num_cell_row, num_row, num_lanes]: logits over horizontal cells per row anchor
+- ``loc_col``  [B, num_cell_col, num_col, num_lanes]: logits over vertical cells per column anchor
+- ``exist_row`` [B, 2, num_row, num_lanes]: lane present at this row anchor
+- ``exist_col`` [B, 2, num_col, num_lanes]
+
+as in Ultra-Fast-Lane-Detection-v2 (Qin et al., TPAMI 2022). The anchor geometry lives in
+:class:`LaneGeometry` so that the data targets, the decoder and the model agree by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgematrix.models.resnet import ResNet
+
+OUTPUT_NAMES = ("loc_row", "loc_col", "exist_row", "exist_col")
+
+
+@dataclass(frozen=True)
+class LaneGeometry:
+    """Anchors in the coordinates of the original image (TuSimple: 1280×720)."""
+
+    image_width: int = 1280
+    image_height: int = 720
+    row_anchors: tuple[int, ...] = tuple(range(160, 720, 10))  # TuSimple h_samples
+    num_col: int = 41
+    num_cell_row: int = 100
+    num_cell_col: int = 100
+    num_lanes: int = 4
+    col_y_min: float = field(default=160.0)
+
+    @property
+    def num_row(self) -> int:
+        return len(self.row_anchors)
+
+    @property
+    def col_anchors(self) -> np.ndarray:
+        """x positions of the column anchors, evenly spread over the image width."""
+        return np.linspace(0, self.image_width - 1, self.num_col)
+
+    def x_to_cell(self, x: np.ndarray) -> np.ndarray:
+        return x / (self.image_width - 1) * (self.num_cell_row - 1)
+
+    def cell_to_x(self, cell: np.ndarray) -> np.ndarray:
+        return cell / (self.num_cell_row - 1) * (self.image_width - 1)
+
+    def y_to_cell(self, y: np.ndarray) -> np.ndarray:
+        span = self.image_height - 1 - self.col_y_min
+        return (y - self.col_y_min) / span * (self.num_cell_col - 1)
+
+    def cell_to_y(self, cell: np.ndarray) -> np.ndarray:
+        span = self.image_height - 1 - self.col_y_min
+        return cell / (self.num_cell_col - 1) * span + self.col_y_min
+
+
+class UFLDv2(nn.Module):
+    def __init__(
+        self,
+        input_size: tuple[int, int] = (288, 800),
+        geometry: LaneGeometry | None = None,
+        depth: int = 18,
+        width: int = 64,
+        mlp_mid_dim: int = 2048,
+        pool_channels: int = 8,
+    ) -> None:
+        super().__init__()
+        self.geometry = geometry or LaneGeometry()
+        self.input_size = tuple(input_size)
+        g = self.geometry
+        h, w = input_size
+        if h % 32 or w % 32:
+            raise ValueError(f"input size {input_size} must be divisible by 32 (output stride)")
+        self.dims = (
+            g.num_cell_row * g.num_row * g.num_lanes,
+            g.num_cell_col * g.num_col * g.num_lanes,
+            2 * g.num_row * g.num_lanes,
+            2 * g.num_col * g.num_lanes,
+        )
+        self.backbone = ResNet(depth=depth, width=width)
+        self.pool = nn.Conv2d(self.backbone.out_channels, pool_channels, 1)
+        in_dim = pool_channels * (h // 32) * (w // 32)
+        self.cls = nn.Sequential(
+            nn.Linear(in_dim, mlp_mid_dim), nn.ReLU(inplace=True), nn.Linear(mlp_mid_dim, sum(self.dims))
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        g = self.geometry
+        feat = self.pool(self.backbone(x)).flatten(1)
+        out = self.cls(feat)
+        d1, d2, d3, _ = self.dims
+        b = out.shape[0]
+        loc_row = out[:, :d1].reshape(b, g.num_cell_row, g.num_row, g.num_lanes)
+        loc_col = out[:, d1 : d1 + d2].reshape(b, g.num_cell_col, g.num_col, g.num_lanes)
+        exist_row = out[:, d1 + d2 : d1 + d2 + d3].reshape(b, 2, g.num_row, g.num_lanes)
+        exist_col = out[:, d1 + d2 + d3 :].reshape(b, 2, g.num_col, g.num_lanes)
+        return loc_row, loc_col, exist_row, exist_col

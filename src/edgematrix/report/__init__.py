@@ -1,0 +1,1 @@
+"""Reports: JUnit per cell (junitparser) and the markdown summary."""

@@ -1,0 +1,44 @@
+"""The human summary of one cell run (``report.md``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from edgematrix.gates.verdicts import Verdict
+
+MARK = {"passed": "✅ passed", "failed": "❌ FAILED", "not applicable": "➖ n/a"}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def render_report(
+    cell: str,
+    description: str,
+    rows: Sequence[Mapping[str, object]],
+    verdicts: Sequence[Verdict],
+    context: Mapping[str, object],
+    notes: Sequence[str] = (),
+) -> str:
+    failed = [v for v in verdicts if v.failed]
+    lines = [
+        f"# {cell}: {'FAILED' if failed else 'passed'}",
+        "",
+        description,
+        "",
+        "| role | precision | backend | accuracy (%) | FP | FN | p50 (ms) | p90 (ms) | p99 (ms) | speedup vs FP32 | size |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['role']} | {r['precision']} | {r['backend']} | {r['accuracy']:.2f} | {r['fp']:.4f} | {r['fn']:.4f} "
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}× | {_mb(int(r['model_bytes']))} |"
+        )
+    lines += ["", "## Gates", "", "| gate | verdict | detail |", "|---|---|---|"]
+    lines += [f"| {v.gate} | {MARK[v.status]} | {v.message} |" for v in verdicts]
+    lines += ["", "## Run", ""]
+    lines += [f"- **{k}**: {v}" for k, v in context.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Training and fine-tuning loops: seeded, with progress bars, cached by content hash."""

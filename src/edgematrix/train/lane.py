@@ -1,0 +1,137 @@
+"""Training loop for lane models (UFLD-v2 family), seeded and cached by content hash."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgematrix.data.lanes import MEAN, STD, LaneSplit
+from edgematrix.errors import ModelError
+from edgematrix.matrix.schema import TrainConfig
+from edgematrix.models.lane_task import encode_targets, lane_loss
+from edgematrix.models.ufld import LaneGeometry
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    cache_hit: bool
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+
+
+def _targets(split: LaneSplit, g: LaneGeometry, flip: bool) -> dict[str, torch.Tensor]:
+    width = g.image_width - 1
+    out: dict[str, list[np.ndarray]] = {}
+    for s in split.samples:
+        lanes = [[(width - x) if x >= 0 else x for x in lane] for lane in s.lanes] if flip else s.lanes
+        for k, v in encode_targets(lanes, s.h_samples, g).items():
+            out.setdefault(k, []).append(v)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.from_numpy(MEAN).view(1, 3, 1, 1)
+    std = torch.from_numpy(STD).view(1, 3, 1, 1)
+    return ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def train_lane_model(
+    model: torch.nn.Module,
+    train: LaneSplit,
+    config: TrainConfig,
+    checkpoint: Path,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on ``train``; reuse ``checkpoint`` when it exists (the caller keys it)."""
+    if checkpoint.is_file():
+        load_checkpoint(model, checkpoint)
+        meta = checkpoint.with_suffix(".json")
+        history = json.loads(meta.read_text()).get("history", []) if meta.is_file() else []
+        return TrainResult(checkpoint, True, 0.0, history)
+    g: LaneGeometry = model.geometry
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and cpu_has_bf16())
+    T = _targets(train, g, flip=False)
+    TF = _targets(train, g, flip=True) if config.flip else T
+    X = torch.from_numpy(train.images)
+    n = len(X)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    model.train()
+    model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=total, pct_start=max(config.warmup_fraction, 1.0 / total)
+    )
+    gen = torch.Generator().manual_seed(config.seed)
+    history = []
+    start = time.perf_counter()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=total, info="")
+        for epoch in range(config.epochs):
+            perm = torch.randperm(n, generator=gen)
+            running = 0.0
+            for i in range(0, n, config.batch_size):
+                idx = perm[i : i + config.batch_size]
+                flip = torch.rand(len(idx), generator=gen) < 0.5 if config.flip else torch.zeros(len(idx), dtype=torch.bool)
+                x = X[idx].clone()
+                x[flip] = x[flip].flip(-1)
+                tgt = {k: torch.where(flip.view(-1, *[1] * (T[k].dim() - 1)), TF[k][idx], T[k][idx]) for k in T}
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    out = model(_normalise(x))
+                loss = lane_loss([o.float() for o in out], tgt)
+                if not torch.isfinite(loss):
+                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower train.lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                running += loss.item() * len(idx)
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.3f}")
+            history.append({"epoch": epoch + 1, "loss": running / n})
+    model.eval()
+    model.to(memory_format=torch.contiguous_format)
+    seconds = time.perf_counter() - start
+    save_checkpoint(model, checkpoint, {"history": history, "seconds": seconds, "bf16": use_bf16, "threads": threads})
+    return TrainResult(checkpoint, False, seconds, history)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+
+
+def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
+        raise ModelError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); delete it to retrain") from None

@@ -1,0 +1,84 @@
+"""Accuracy and latency gates on hand-made figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgematrix.errors import EdgeMatrixError
+from edgematrix.gates.baseline import Baseline, load_baseline, write_baseline
+from edgematrix.gates.verdicts import RunFigures, evaluate_gates
+from edgematrix.matrix.schema import Gates
+
+REF = RunFigures(accuracy=95.0, p50_ms=80.0, backend="onnxruntime", backend_version="1.31.1")
+
+
+def _baseline(**kw) -> Baseline:
+    base = dict(
+        cell="x86_cpu_int8", precision="int8", backend="onnxruntime", backend_version="1.31.1", accuracy=94.8,
+        reference_accuracy=95.0, p50_ratio=0.30, candidate_p50_ms=24.0, reference_p50_ms=80.0,
+        artifact_sha256="0" * 64, cpu="test cpu", created="2026-01-01T00:00:00+00:00",
+    )
+    return Baseline(**{**base, **kw})
+
+
+def _by_gate(verdicts):
+    return {v.gate: v for v in verdicts}
+
+
+def test_all_pass_within_budgets() -> None:
+    cand = RunFigures(94.6, 25.0, "onnxruntime", "1.31.1")
+    v = _by_gate(evaluate_gates(Gates(min_accuracy=85), REF, cand, _baseline(), same_artifact=False, baseline_hint="h"))
+    assert [x.status for x in v.values()] == ["passed"] * 4
+    assert "drop +0.40 points (budget 0.50)" in v["accuracy_vs_reference"].message
+    # ratio 25/80 = 0.3125 <= 0.30 * 1.1 = 0.33
+    assert "0.312 vs baseline 0.300 (limit 0.330" in v["latency_vs_baseline"].message
+
+
+def test_accuracy_drop_beyond_budget_fails() -> None:
+    cand = RunFigures(94.4, 25.0, "onnxruntime", "1.31.1")
+    v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(), same_artifact=False, baseline_hint="h"))
+    assert v["accuracy_vs_reference"].failed  # 0.6 > 0.5
+    assert not v["accuracy_vs_baseline"].failed  # 94.8 - 94.4 = 0.4
+
+
+def test_latency_ratio_regression_fails() -> None:
+    cand = RunFigures(95.0, 27.0, "onnxruntime", "1.31.1")  # 0.3375 > 0.33
+    v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(), same_artifact=False, baseline_hint="h"))
+    assert v["latency_vs_baseline"].failed
+    assert "speedup 2.96x vs baseline 3.33x" in v["latency_vs_baseline"].message
+
+
+def test_min_accuracy_floor() -> None:
+    cand = RunFigures(84.0, 25.0, "onnxruntime", "1.31.1")
+    v = _by_gate(evaluate_gates(Gates(min_accuracy=85, accuracy_drop_vs_reference=20), REF, cand, None,
+                                same_artifact=False, baseline_hint="h"))
+    assert v["min_accuracy"].failed
+
+
+def test_no_baseline_and_other_toolchain_are_not_applicable_with_reason() -> None:
+    cand = RunFigures(94.9, 25.0, "onnxruntime", "1.31.1")
+    v = _by_gate(evaluate_gates(Gates(), REF, cand, None, same_artifact=False, baseline_hint="run X"))
+    assert v["accuracy_vs_baseline"].status == "not applicable" and "run X" in v["accuracy_vs_baseline"].message
+    v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(backend_version="1.20.0"), same_artifact=False,
+                                baseline_hint="h"))
+    assert v["latency_vs_baseline"].status == "not applicable"
+    assert "onnxruntime 1.20.0" in v["latency_vs_baseline"].message
+
+
+def test_reference_only_cell_has_no_ratio_gate() -> None:
+    v = _by_gate(evaluate_gates(Gates(), REF, REF, _baseline(accuracy=95.0), same_artifact=True, baseline_hint="h"))
+    assert v["accuracy_vs_reference"].status == "not applicable"
+    assert v["latency_vs_baseline"].status == "not applicable"
+    assert v["accuracy_vs_baseline"].status == "passed"
+
+
+def test_baseline_round_trip_and_malformed(tmp_path: Path) -> None:
+    b = _baseline()
+    write_baseline(tmp_path, b)
+    assert load_baseline(tmp_path, "x86_cpu_int8") == b
+    assert load_baseline(tmp_path, "absent") is None
+    (tmp_path / "bad.json").write_text('{"cell": "bad"}')
+    with pytest.raises(EdgeMatrixError, match=r"baseline .*bad\.json is malformed .*--update-baseline"):
+        load_baseline(tmp_path, "bad")

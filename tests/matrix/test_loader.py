@@ -1,0 +1,148 @@
+"""The matrix loader: the shipped matrix is valid; every kind of bad file fails with file, key and choices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgematrix.errors import MatrixError, UnknownNameError
+from edgematrix.matrix.listing import list_sessions
+from edgematrix.matrix.loader import load_matrix
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "matrix"
+
+
+@pytest.fixture
+def matrix_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "matrix"
+    shutil.copytree(SHIPPED, d, ignore=shutil.ignore_patterns("baselines"))
+    return d
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_shipped_matrix_has_the_required_cells() -> None:
+    m = load_matrix(SHIPPED)
+    for name in ("x86_cpu_fp32", "x86_cpu_int8", "jetson_fp16", "jetson_int8", "ti_fx8"):
+        assert name in m.cells
+    cell = m.cell("x86_cpu_int8")
+    assert cell.target.backend == "onnxruntime"
+    assert cell.recipe.precision == "int8"
+    assert cell.recipe.quantize is not None and cell.recipe.quantize.method == "entropy"
+    assert cell.model.input_shape == [1, 3, 288, 800]
+    assert cell.tags == ["x86_cpu", "int8", "ufld_r18"]
+    assert cell.gates.accuracy_drop_vs_reference == 0.5
+
+
+def test_listing_agrees_with_the_validated_loader() -> None:
+    names = [s.name for s in list_sessions(SHIPPED)]
+    assert names == list(load_matrix(SHIPPED).cells)
+    assert all(s.description for s in list_sessions(SHIPPED))
+
+
+def test_resolved_config_is_complete_json() -> None:
+    resolved = json.loads(load_matrix(SHIPPED).cell("x86_cpu_int8").resolved_json())
+    assert resolved["cell"] == "x86_cpu_int8"
+    assert resolved["target"]["providers"] == ["CPUExecutionProvider"]
+    assert resolved["model"]["train"]["epochs"] >= 1
+    assert resolved["recipe"]["quantize"]["calibration_images"] == 64
+    assert resolved["gates"]["latency_regression"] == pytest.approx(0.10)
+
+
+def test_unknown_key_names_file_key_and_valid_keys(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "targets.toml", 'arch = "x86_64"', 'arch = "x86_64"\ncolour = "blue"')
+    with pytest.raises(MatrixError) as e:
+        load_matrix(matrix_dir)
+    msg = str(e.value)
+    assert "targets.toml" in msg and "targets.x86_cpu.colour: unknown key" in msg
+    assert "backend" in msg and "precisions" in msg  # the valid keys are listed
+
+
+def test_unknown_nested_key_lists_the_nested_valid_keys(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "models.toml", "epochs = 6", "epochs = 6\nepoch = 3")
+    with pytest.raises(MatrixError, match=r"models\.ufld_r18\.train\.epoch: unknown key .*batch_size"):
+        load_matrix(matrix_dir)
+
+
+def test_wrong_type_names_the_key_and_value(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "models.toml", "epochs = 6", 'epochs = "six"')
+    with pytest.raises(MatrixError, match=r"models\.toml: models\.ufld_r18\.train\.epochs: .*'six'"):
+        load_matrix(matrix_dir)
+
+
+def test_invalid_literal_lists_choices(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "recipes.toml", 'method = "entropy"', 'method = "kl"')
+    with pytest.raises(MatrixError) as e:
+        load_matrix(matrix_dir)
+    assert "recipes.int8.quantize.method" in str(e.value)
+    assert "'minmax'" in str(e.value) and "'percentile'" in str(e.value)
+
+
+def test_cell_with_unknown_model_lists_known_models(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "cells.toml", 'model = "ufld_r18"', 'model = "ufld_r50"')
+    with pytest.raises(MatrixError, match=r"cells\.toml: cells\[0\]\.model: unknown model 'ufld_r50'; known models: ufld_r18"):
+        load_matrix(matrix_dir)
+
+
+def test_cell_with_unknown_recipe_and_target(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "cells.toml", 'recipes = ["fp32", "int8"]', 'recipes = ["fp32", "int4"]')
+    with pytest.raises(MatrixError, match=r"unknown recipe 'int4'; known recipes: fp16, fp32, fx8, int8"):
+        load_matrix(matrix_dir)
+
+
+def test_recipe_precision_must_be_offered_by_target(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "cells.toml", 'recipes = ["fx8"]', 'recipes = ["fp32"]')
+    with pytest.raises(MatrixError, match=r"needs precision 'fp32', which target 'ti' does not offer \(its precisions: fx8, int8\)"):
+        load_matrix(matrix_dir)
+
+
+def test_duplicate_cell_and_duplicate_definition(matrix_dir: Path, tmp_path: Path) -> None:
+    (matrix_dir / "extra.toml").write_text('[[cells]]\ntarget = "x86_cpu"\nmodel = "ufld_r18"\nrecipes = ["int8"]\n')
+    with pytest.raises(MatrixError, match="cell 'x86_cpu_int8' is declared twice"):
+        load_matrix(matrix_dir)
+    (matrix_dir / "extra.toml").write_text('[recipes.fp32]\ndescription = "again"\nprecision = "fp32"\n')
+    with pytest.raises(MatrixError, match=r"recipes\.toml: recipes\.fp32 is already defined in .*extra\.toml"):
+        load_matrix(matrix_dir)
+
+
+def test_unknown_family_lists_registered_families(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "models.toml", 'family = "ufld_v2"', 'family = "yolo_v9"')
+    with pytest.raises(MatrixError, match=r"unknown model family 'yolo_v9'; known: ufld_v2"):
+        load_matrix(matrix_dir)
+
+
+def test_quantized_precision_needs_quantize_section(matrix_dir: Path) -> None:
+    text = (matrix_dir / "recipes.toml").read_text()
+    start = text.index("[recipes.int8.quantize]")
+    end = text.index("[recipes.fx8]")
+    (matrix_dir / "recipes.toml").write_text(text[:start] + text[end:])
+    with pytest.raises(MatrixError, match=r"recipes\.int8: .*needs a \[quantize\] section"):
+        load_matrix(matrix_dir)
+
+
+def test_invalid_toml_reports_position(matrix_dir: Path) -> None:
+    (matrix_dir / "broken.toml").write_text("[targets.x\narch = 1\n")
+    with pytest.raises(MatrixError, match=r"broken\.toml: invalid TOML: .*line 1"):
+        load_matrix(matrix_dir)
+
+
+def test_missing_folder_and_unknown_cell(tmp_path: Path) -> None:
+    with pytest.raises(MatrixError, match="matrix folder .* not found"):
+        load_matrix(tmp_path / "nope")
+    m = load_matrix(SHIPPED)
+    with pytest.raises(UnknownNameError, match="unknown cell 'x86_cpu_int4'; cells of .*x86_cpu_int8"):
+        m.cell("x86_cpu_int4")
+
+
+def test_bad_input_shape(matrix_dir: Path) -> None:
+    _edit(matrix_dir / "models.toml", "input_shape = [1, 3, 288, 800]", "input_shape = [4, 3, 288, 800]")
+    with pytest.raises(MatrixError, match=r"input_shape must be \[1, 3, H, W\]"):
+        load_matrix(matrix_dir)
