@@ -31,20 +31,21 @@ from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
 
 DEFAULT = QuantizeConfig()
 
-# name -> (config, extra session config entries); s8s8_sym is the default (TensorRT-consumable)
+# name -> (config, extra session config entries). u8s8_asym is QuantizeConfig()'s default;
+# the s8s8_sym* variants are TensorRT-consumable (QuantizeConfig.tensorrt()).
+TRT = QuantizeConfig.tensorrt()
 VARIANTS: dict[str, tuple[QuantizeConfig, dict[str, str]]] = {
-    "s8s8_sym": (DEFAULT, {}),
-    "s8s8_sym_int8allowed": (DEFAULT, {"session.qdqisint8allowed": "1"}),
-    "u8s8_asym": (replace(DEFAULT, activation_type="uint8", symmetric_activations=False), {}),
-    "u8s8_asym_keep_relu": (
-        replace(DEFAULT, activation_type="uint8", symmetric_activations=False, keep_removable_activations=True),
-        {},
-    ),
-    "s8s8_sym_per_tensor": (replace(DEFAULT, per_channel=False), {}),
-    "s8s8_sym_conv_gemm": (replace(DEFAULT, op_types=("Conv", "Gemm", "MatMul")), {}),
-    "s8s8_sym_conv_gemm_add": (replace(DEFAULT, op_types=("Conv", "Gemm", "MatMul", "Add")), {}),
-    "s8s8_sym_dedicated": (replace(DEFAULT, dedicated_qdq_pair=True), {}),
-    "s8s8_sym_qdq_weights": (replace(DEFAULT, add_qdq_pair_to_weight=True), {}),
+    "u8s8_asym": (DEFAULT, {}),
+    "u8s8_asym_keep_relu": (replace(DEFAULT, keep_removable_activations=True), {}),
+    "u8s8_asym_per_tensor": (replace(DEFAULT, per_channel=False), {}),
+    "u8s8_asym_all_ops": (replace(DEFAULT, op_types=()), {}),
+    "s8s8_sym": (TRT, {}),
+    "s8s8_sym_nosplit": (replace(TRT, split_fanout=False), {}),
+    "s8s8_sym_dedicated": (replace(TRT, split_fanout=False, dedicated_qdq_pair=True), {}),
+    "s8s8_sym_int8allowed": (TRT, {"session.qdqisint8allowed": "1"}),
+    "s8s8_sym_per_tensor": (replace(TRT, per_channel=False), {}),
+    "s8s8_sym_all_ops": (replace(TRT, op_types=()), {}),
+    "s8s8_sym_qdq_weights": (replace(TRT, add_qdq_pair_to_weight=True), {}),
 }
 
 
@@ -131,17 +132,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; available: {list(VARIANTS)}")
 
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return _run(args, chosen, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="quantize-speed-") as tmp:  # ~200 MB of models: removed
+        return _run(args, chosen, Path(tmp))
+
+
+def _run(args: argparse.Namespace, chosen: list[str], work: Path) -> int:
     size = (288, 800)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="quantize-speed-"))
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     images = lane_images(0, 16 + args.calibration_images + 1, size)
     bn_images, calib, held_out = images[:16], images[16:-1], images[-1:]
     model = build_model(args.mid_dim, size, bn_images)
     fp32_path = work / f"ufld_r18_mid{args.mid_dim}_fp32.onnx"
     exported = export_onnx(model, (1, 3, *size), fp32_path, output_names=OUTPUT_NAMES, atol=1e-3, rtol=1e-3)
-    print(f"exported {fp32_path.name} (opset {exported.opset}, max|ort-torch| {exported.max_abs_diff:.2e}) "
-          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"exported {fp32_path.name} (opset {exported.opset}, max|ort-torch| {exported.max_abs_diff:.2e}) "
+        f"in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
 
     rows = []
     fp32 = session(fp32_path, args.threads, {})
@@ -149,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         config, extra = VARIANTS[name]
         config = replace(config, method=args.method, calibration_images=args.calibration_images)
         t1 = time.perf_counter()
-        q = quantize_static_qdq(fp32_path, work / f"int8_{len(rows)}.onnx", [c[None] for c in calib],
-                                input_name="input", config=config)
+        q = quantize_static_qdq(
+            fp32_path, work / f"int8_{len(rows)}.onnx", [c[None] for c in calib], input_name="input", config=config
+        )
         t_quant = time.perf_counter() - t1
         int8 = session(q.path, args.threads, extra)
         corr, rel = agreement(fp32, int8, held_out)
@@ -169,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             "config": asdict(config),
         }
         rows.append(row)
-        print(f"{name:24s} fp32 {row['fp32_p50_ms']:7.1f} ms  int8 {row['int8_p50_ms']:6.1f} ms  "
-              f"ratio {row['ratio']:4.2f}x  corr {corr:.4f}  rel {rel:.3f}  TRT {config.tensorrt_compatible}",
-              flush=True)
+        print(
+            f"{name:24s} fp32 {row['fp32_p50_ms']:7.1f} ms  int8 {row['int8_p50_ms']:6.1f} ms  "
+            f"ratio {row['ratio']:4.2f}x  corr {corr:.4f}  rel {rel:.3f}  TRT {config.tensorrt_compatible}",
+            flush=True,
+        )
         del int8
 
     print("\nvariant                  ratio (FP32 p50 / INT8 p50)")

@@ -29,7 +29,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from edgematrix.matrix.loader import load_matrix
 
     m = load_matrix(args.matrix)
-    print(f"{args.matrix}: {len(m.targets)} targets, {len(m.models)} models, {len(m.recipes)} recipes, {len(m.cells)} cells — valid")
+    print(
+        f"{args.matrix}: {len(m.targets)} targets, {len(m.models)} models, {len(m.recipes)} recipes, {len(m.cells)} cells — valid"
+    )
     return EXIT_OK
 
 

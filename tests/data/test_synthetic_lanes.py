@@ -39,7 +39,7 @@ def test_layout_and_counts(dataset):
 
 
 def test_labels_follow_the_tusimple_format(dataset):
-    assert H_SAMPLES == list(range(160, 720, 10))
+    assert list(range(160, 720, 10)) == H_SAMPLES
     for name in LABEL_FILES:
         for s in read_label_file(dataset / name):
             assert s.h_samples == H_SAMPLES

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_blank_lines_are_skipped(tmp_path):
 def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "label_data_x.json"
     path.write_text(json.dumps(_sample(0).to_json()) + "\n" + '{"lanes": [[1, 2]], "h_samples": [1, 2], "raw' + "\n")
-    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON") as info:
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: not valid JSON")) as info:
         read_label_file(path)
     assert isinstance(info.value, EdgeMatrixError)
 
@@ -81,7 +82,7 @@ def test_lanes_h_samples_length_mismatch(tmp_path):
     path = tmp_path / "label_data_x.json"
     obj = {"lanes": [[1, 2, 3], [4, 5]], "h_samples": [160, 170, 180], "raw_file": "clips/a/20.jpg"}
     path.write_text(json.dumps(obj) + "\n")
-    with pytest.raises(DataError, match=rf"{path}:1: lane 1 has 2 points but h_samples has 3"):
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: lane 1 has 2 points but h_samples has 3")):
         read_label_file(path)
 
 
@@ -102,7 +103,7 @@ def test_malformed_label_objects_raise_data_error(obj, message):
 
 
 def test_missing_label_file(tmp_path):
-    with pytest.raises(DataError, match="label file .*nope.json not found"):
+    with pytest.raises(DataError, match=r"label file .*nope\.json not found"):
         read_label_file(tmp_path / "nope.json")
 
 
@@ -226,7 +227,7 @@ def test_no_label_files_lists_where_it_looked(tmp_path):
     with pytest.raises(DataError, match=r"no label_data_\*\.json under .*train_set") as info:
         TuSimpleDataset(tmp_path, "train")
     assert str(tmp_path) in str(info.value)
-    with pytest.raises(DataError, match="no test_label.json under"):
+    with pytest.raises(DataError, match=r"no test_label\.json under"):
         TuSimpleDataset(tmp_path, "test")
 
 
@@ -240,7 +241,7 @@ def test_malformed_line_in_dataset_names_file_and_line(tmp_path):
     _make_split(tmp_path, "label_data_0313.json", [_sample(0), _sample(1)])
     path = tmp_path / "label_data_0313.json"
     path.write_text(path.read_text() + "oops\n")
-    with pytest.raises(DataError, match=rf"label_data_0313\.json:3: not valid JSON"):
+    with pytest.raises(DataError, match=r"label_data_0313\.json:3: not valid JSON"):
         TuSimpleDataset(tmp_path, "train")
 
 
@@ -248,7 +249,7 @@ def test_missing_image(tmp_path):
     s = _sample(0)
     write_label_file(tmp_path / "test_label.json", [s])
     ds = TuSimpleDataset(tmp_path, "test")  # labels alone load; the image is checked when read
-    with pytest.raises(DataError, match=rf"image {s.raw_file} not found under {tmp_path}"):
+    with pytest.raises(DataError, match=re.escape(f"image {s.raw_file} not found under {tmp_path}")):
         ds.load_image(s)
 
 

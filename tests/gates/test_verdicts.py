@@ -16,9 +16,18 @@ REF = RunFigures(accuracy=95.0, p50_ms=80.0, backend="onnxruntime", backend_vers
 
 def _baseline(**kw) -> Baseline:
     base = dict(
-        cell="x86_cpu_int8", precision="int8", backend="onnxruntime", backend_version="1.31.1", accuracy=94.8,
-        reference_accuracy=95.0, p50_ratio=0.30, candidate_p50_ms=24.0, reference_p50_ms=80.0,
-        artifact_sha256="0" * 64, cpu="test cpu", created="2026-01-01T00:00:00+00:00",
+        cell="x86_cpu_int8",
+        precision="int8",
+        backend="onnxruntime",
+        backend_version="1.31.1",
+        accuracy=94.8,
+        reference_accuracy=95.0,
+        p50_ratio=0.30,
+        candidate_p50_ms=24.0,
+        reference_p50_ms=80.0,
+        artifact_sha256="0" * 64,
+        cpu="test cpu",
+        created="2026-01-01T00:00:00+00:00",
     )
     return Baseline(**{**base, **kw})
 
@@ -52,8 +61,16 @@ def test_latency_ratio_regression_fails() -> None:
 
 def test_min_accuracy_floor() -> None:
     cand = RunFigures(84.0, 25.0, "onnxruntime", "1.31.1")
-    v = _by_gate(evaluate_gates(Gates(min_accuracy=85, accuracy_drop_vs_reference=20), REF, cand, None,
-                                same_artifact=False, baseline_hint="h"))
+    v = _by_gate(
+        evaluate_gates(
+            Gates(min_accuracy=85, accuracy_drop_vs_reference=20),
+            REF,
+            cand,
+            None,
+            same_artifact=False,
+            baseline_hint="h",
+        )
+    )
     assert v["min_accuracy"].failed
 
 
@@ -61,8 +78,9 @@ def test_no_baseline_and_other_toolchain_are_not_applicable_with_reason() -> Non
     cand = RunFigures(94.9, 25.0, "onnxruntime", "1.31.1")
     v = _by_gate(evaluate_gates(Gates(), REF, cand, None, same_artifact=False, baseline_hint="run X"))
     assert v["accuracy_vs_baseline"].status == "not applicable" and "run X" in v["accuracy_vs_baseline"].message
-    v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(backend_version="1.20.0"), same_artifact=False,
-                                baseline_hint="h"))
+    v = _by_gate(
+        evaluate_gates(Gates(), REF, cand, _baseline(backend_version="1.20.0"), same_artifact=False, baseline_hint="h")
+    )
     assert v["latency_vs_baseline"].status == "not applicable"
     assert "onnxruntime 1.20.0" in v["latency_vs_baseline"].message
 

@@ -36,7 +36,7 @@ def test_shipped_matrix_has_the_required_cells() -> None:
     cell = m.cell("x86_cpu_int8")
     assert cell.target.backend == "onnxruntime"
     assert cell.recipe.precision == "int8"
-    assert cell.recipe.quantize is not None and cell.recipe.quantize.method == "entropy"
+    assert cell.recipe.quantize is not None and cell.recipe.quantize.method == "percentile"
     assert cell.model.input_shape == [1, 3, 288, 800]
     assert cell.tags == ["x86_cpu", "int8", "ufld_r18"]
     assert cell.gates.accuracy_drop_vs_reference == 0.5
@@ -79,7 +79,7 @@ def test_wrong_type_names_the_key_and_value(matrix_dir: Path) -> None:
 
 
 def test_invalid_literal_lists_choices(matrix_dir: Path) -> None:
-    _edit(matrix_dir / "recipes.toml", 'method = "entropy"', 'method = "kl"')
+    _edit(matrix_dir / "recipes.toml", 'method = "percentile"', 'method = "kl"')
     with pytest.raises(MatrixError) as e:
         load_matrix(matrix_dir)
     assert "recipes.int8.quantize.method" in str(e.value)
@@ -88,7 +88,9 @@ def test_invalid_literal_lists_choices(matrix_dir: Path) -> None:
 
 def test_cell_with_unknown_model_lists_known_models(matrix_dir: Path) -> None:
     _edit(matrix_dir / "cells.toml", 'model = "ufld_r18"', 'model = "ufld_r50"')
-    with pytest.raises(MatrixError, match=r"cells\.toml: cells\[0\]\.model: unknown model 'ufld_r50'; known models: ufld_r18"):
+    with pytest.raises(
+        MatrixError, match=r"cells\.toml: cells\[0\]\.model: unknown model 'ufld_r50'; known models: ufld_r18"
+    ):
         load_matrix(matrix_dir)
 
 
@@ -100,7 +102,9 @@ def test_cell_with_unknown_recipe_and_target(matrix_dir: Path) -> None:
 
 def test_recipe_precision_must_be_offered_by_target(matrix_dir: Path) -> None:
     _edit(matrix_dir / "cells.toml", 'recipes = ["fx8"]', 'recipes = ["fp32"]')
-    with pytest.raises(MatrixError, match=r"needs precision 'fp32', which target 'ti' does not offer \(its precisions: fx8, int8\)"):
+    with pytest.raises(
+        MatrixError, match=r"needs precision 'fp32', which target 'ti' does not offer \(its precisions: fx8, int8\)"
+    ):
         load_matrix(matrix_dir)
 
 
@@ -135,10 +139,10 @@ def test_invalid_toml_reports_position(matrix_dir: Path) -> None:
 
 
 def test_missing_folder_and_unknown_cell(tmp_path: Path) -> None:
-    with pytest.raises(MatrixError, match="matrix folder .* not found"):
+    with pytest.raises(MatrixError, match=r"matrix folder .* not found"):
         load_matrix(tmp_path / "nope")
     m = load_matrix(SHIPPED)
-    with pytest.raises(UnknownNameError, match="unknown cell 'x86_cpu_int4'; cells of .*x86_cpu_int8"):
+    with pytest.raises(UnknownNameError, match=r"unknown cell 'x86_cpu_int4'; cells of .*x86_cpu_int8"):
         m.cell("x86_cpu_int4")
 
 

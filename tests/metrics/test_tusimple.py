@@ -8,6 +8,7 @@ oracle that ``edgematrix.metrics.tusimple`` must reproduce to 1e-9; nothing in t
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -128,7 +129,9 @@ def _write_lines(path: Path, objs: list[dict]) -> Path:
 
 
 def _official(preds: list[dict], gts: list[dict], folder: Path) -> dict[str, float]:
-    out = _OfficialLaneEval.bench_one_submit(_write_lines(folder / "pred.json", preds), _write_lines(folder / "gt.json", gts))
+    out = _OfficialLaneEval.bench_one_submit(
+        _write_lines(folder / "pred.json", preds), _write_lines(folder / "gt.json", gts)
+    )
     return {m["name"]: m["value"] for m in json.loads(out)}
 
 
@@ -347,19 +350,19 @@ def test_malformed_json_names_file_and_line(tmp_path):
     gt_file = _write_lines(tmp_path / "gt.json", _gts())
     bad = tmp_path / "pred.json"
     bad.write_text(json.dumps({"raw_file": "clips/a/20.jpg", "lanes": [], "run_time": 1}) + "\n{not json\n")
-    with pytest.raises(DataError, match=rf"{bad}:2: not valid JSON") as info:
+    with pytest.raises(DataError, match=re.escape(f"{bad}:2: not valid JSON")) as info:
         score_files(bad, gt_file)
     assert isinstance(info.value, EdgeMatrixError)
     bad.write_text("[1, 2]\n")
-    with pytest.raises(DataError, match=rf"{bad}:1: expected a JSON object"):
+    with pytest.raises(DataError, match=re.escape(f"{bad}:1: expected a JSON object")):
         score_files(bad, gt_file)
 
 
 def test_missing_files_raise_data_error(tmp_path):
     gt_file = _write_lines(tmp_path / "gt.json", _gts())
-    with pytest.raises(DataError, match="prediction file .*nope.json not found"):
+    with pytest.raises(DataError, match=r"prediction file .*nope\.json not found"):
         score_files(tmp_path / "nope.json", gt_file)
-    with pytest.raises(DataError, match="ground-truth file .*nope.json not found"):
+    with pytest.raises(DataError, match=r"ground-truth file .*nope\.json not found"):
         score_files(gt_file, tmp_path / "nope.json")
 
 

@@ -172,7 +172,8 @@ def test_perfect_logits_reproduce_synthetic_labels_and_score_one():
             assert err.max() <= CELL_PX / 2 + 1e-6
             checked += 1
         pred = lanes_for_h_samples(xs, G, H_SAMPLES)
-        assert len(pred) == sum(s >= 0 and sum(v >= 0 for v in lane) > MIN_LANE_POINTS for lane, s in zip(gt, slots))
+        decodable = [s >= 0 and sum(v >= 0 for v in lane) > MIN_LANE_POINTS for lane, s in zip(gt, slots, strict=True)]
+        assert len(pred) == sum(decodable)
         acc, fp, fn = bench_image(pred, gt, H_SAMPLES)
         if -1 not in slots:  # every GT lane fits the 4 slots
             full += 1

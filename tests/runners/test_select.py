@@ -28,7 +28,12 @@ def test_missing_requirements_are_each_named(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("EDGEMATRIX_TEST_UNSET", raising=False)
     missing = missing_requirements(
         OTHER,
-        ["module:no_such_module_xyz", "command:no-such-cmd-xyz", f"path:{tmp_path}/absent", "env:EDGEMATRIX_TEST_UNSET"],
+        [
+            "module:no_such_module_xyz",
+            "command:no-such-cmd-xyz",
+            f"path:{tmp_path}/absent",
+            "env:EDGEMATRIX_TEST_UNSET",
+        ],
     )
     assert missing == [
         f"an {OTHER} host (this host is {HERE})",

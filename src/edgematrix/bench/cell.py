@@ -28,7 +28,7 @@ from edgematrix.errors import GateFailure, RunnerUnavailableError
 from edgematrix.matrix.loader import Cell
 from edgematrix.runners.select import Choice, RunnerChoiceError, choose_runner
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, width=shutil.get_terminal_size((130, 24)).columns)
 
 
 @dataclass
@@ -66,7 +66,8 @@ def pick_runner(cell: Cell, requested: str) -> Choice:
 
 class _Stages:
     def __init__(self, total: int) -> None:
-        self.total, self.n, self.seconds = total, 0, {}
+        self.total, self.n = total, 0
+        self.seconds: dict[str, float] = {}
 
     def start(self, name: str, detail: str) -> None:
         self.n += 1
@@ -91,7 +92,6 @@ def run_cell(cell: Cell, options: CellOptions) -> CellResult:
 
 def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResult:
     # Heavy imports here: `edgematrix --help` and the noxfile stay fast.
-    import numpy as np
     import torch
 
     from edgematrix.backends.base import create_runner
@@ -132,7 +132,9 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     # 1. data
     configured = options.data_root if options.data_root is not None else model_cfg.data_root
     syn = SyntheticConfig(**model_cfg.synthetic.model_dump())
-    stages.start("data", "synthetic TuSimple" if not (configured or os.environ.get("EDGEMATRIX_DATA_ROOT")) else "TuSimple")
+    stages.start(
+        "data", "synthetic TuSimple" if not (configured or os.environ.get("EDGEMATRIX_DATA_ROOT")) else "TuSimple"
+    )
     root, synthetic = resolve_data_root(configured, syn, cache)
     train_split = load_split(root, "train", (h, w))
     test_split = load_split(root, "test", (h, w), limit=model_cfg.eval_images)
@@ -142,11 +144,18 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     # 2. train (cached by config + data + code)
     model = create_model(model_cfg.family, model_cfg.input_shape, **model_cfg.params)
     train_key = content_key(
-        model_cfg.family, model_cfg.params, model_cfg.input_shape, model_cfg.train.model_dump(), data_key,
-        code_hash(["models", "train", "data"]), torch.__version__.split("+")[0],
+        model_cfg.family,
+        model_cfg.params,
+        model_cfg.input_shape,
+        model_cfg.train.model_dump(),
+        data_key,
+        code_hash(["models", "train", "data"]),
+        torch.__version__.split("+")[0],
     )
     ckpt = cache / "checkpoints" / f"{cell.model_name}-{train_key}.pt"
-    stages.start("train", f"{model_cfg.train.epochs} epochs, batch {model_cfg.train.batch_size} (cache key {train_key})")
+    stages.start(
+        "train", f"{model_cfg.train.epochs} epochs, batch {model_cfg.train.batch_size} (cache key {train_key})"
+    )
     trained = train_lane_model(model, train_split, model_cfg.train, ckpt, progress=options.progress)
     stages.done("reused cached checkpoint" if trained.cache_hit else f"checkpoint {ckpt}")
 
@@ -159,8 +168,11 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     if not fp32_path.is_file():
         res = export_onnx(model, tuple(model_cfg.input_shape), fp32_path, output_names=OUTPUT_NAMES, input_name="input")
         export_note = f"max |onnx - torch| = {res.max_abs_diff:.2e} (atol {res.atol:g}, rtol {res.rtol:g}), simplified={res.simplified}"
-        (art_dir / "export.json").write_text(json.dumps({"max_abs_diff": res.max_abs_diff, "atol": res.atol,
-                                                          "rtol": res.rtol, "simplified": res.simplified}))
+        (art_dir / "export.json").write_text(
+            json.dumps(
+                {"max_abs_diff": res.max_abs_diff, "atol": res.atol, "rtol": res.rtol, "simplified": res.simplified}
+            )
+        )
     elif (art_dir / "export.json").is_file():
         e = json.loads((art_dir / "export.json").read_text())
         export_note = f"reused cached export; max |onnx - torch| = {e['max_abs_diff']:.2e} (atol {e['atol']:g})"
@@ -171,11 +183,17 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     if quantized:
         q = recipe.quantize
         assert q is not None
-        qcfg = QuantizeConfig(method=q.method, calibration_images=q.calibration_images, per_channel=q.per_channel,
-                              percentile=q.percentile, symmetric_activations=q.symmetric_activations)
-        qkey = content_key(q.model_dump(), code_hash(["optimize"]), data_key)
+        qcfg = QuantizeConfig(
+            method=q.method,
+            calibration_images=q.calibration_images,
+            per_channel=q.per_channel,
+            percentile=q.percentile,
+            symmetric_activations=q.symmetric_for(target.backend),
+        )
+        qkey = content_key(q.model_dump(), qcfg.symmetric_activations, code_hash(["optimize"]), data_key)
         cand_path = art_dir / f"{recipe.precision}-{qkey}.onnx"
-        stages.start("quantize", f"INT8 PTQ ({q.method}, {q.calibration_images} calibration images, QDQ)")
+        form = "S8S8 symmetric, TensorRT form" if qcfg.symmetric_activations else "U8S8, ORT CPU form"
+        stages.start("quantize", f"INT8 PTQ ({q.method}, {q.calibration_images} calibration images, QDQ {form})")
         if not cand_path.is_file():
             n = min(q.calibration_images, len(train_split.samples))
             calib = (preprocess(train_split.images[i : i + 1]) for i in range(n))
@@ -204,10 +222,18 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
 
         # 6. latency, interleaved in one run
         lat = recipe.latency
-        lcfg = LatencyConfig(warmup=lat.warmup, min_rounds=lat.min_rounds, max_rounds=lat.max_rounds,
-                             min_time_s=lat.min_time_s, max_time_s=lat.max_time_s)
+        lcfg = LatencyConfig(
+            warmup=lat.warmup,
+            min_rounds=lat.min_rounds,
+            max_rounds=lat.max_rounds,
+            min_time_s=lat.min_time_s,
+            max_time_s=lat.max_time_s,
+        )
         feed = {"input": preprocess(test_split.images[:1])}
-        stages.start("latency", f"batch 1, {len(runners)} model(s) interleaved, ≥{lcfg.min_rounds} rounds, ≥{lcfg.min_time_s:g} s")
+        stages.start(
+            "latency",
+            f"batch 1, {len(runners)} model(s) interleaved, ≥{lcfg.min_rounds} rounds, ≥{lcfg.min_time_s:g} s",
+        )
         samples = measure_interleaved(runners, feed, lcfg)
         if same:
             samples["candidate"] = samples["reference"]
@@ -249,8 +275,12 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
             "runner": choice.runner,
             "dataset": "synthetic-tusimple" if synthetic else "tusimple",
         }
-        entries.append(BenchmarkEntry(name=f"{cell.name}[{role}]", group=cell.name, samples_s=s.samples_s, extra_info=extra))
-        rows.append({**extra, "fp": sc.extras.get("fp", 0.0), "fn": sc.extras.get("fn", 0.0), "speedup": ref_p50 / s.p50_ms})
+        entries.append(
+            BenchmarkEntry(name=f"{cell.name}[{role}]", group=cell.name, samples_s=s.samples_s, extra_info=extra)
+        )
+        rows.append(
+            {**extra, "fp": sc.extras.get("fp", 0.0), "fn": sc.extras.get("fn", 0.0), "speedup": ref_p50 / s.p50_ms}
+        )
     env = capture_environment({"edgematrix_runner": choice.runner})
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
 
@@ -261,20 +291,33 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
         role: RunFigures(scores[role].accuracy, samples[role].p50_ms, target.backend, backend_version)
         for role in ("reference", "candidate")
     }
-    verdicts = evaluate_gates(cell.gates, figs["reference"], figs["candidate"], baseline, same_artifact=same, baseline_hint=hint)
+    verdicts = evaluate_gates(
+        cell.gates, figs["reference"], figs["candidate"], baseline, same_artifact=same, baseline_hint=hint
+    )
     notes = []
     if options.update_baseline:
         b = Baseline(
-            cell=cell.name, precision=recipe.precision, backend=target.backend, backend_version=backend_version,
-            accuracy=round(scores["candidate"].accuracy, 4), reference_accuracy=round(scores["reference"].accuracy, 4),
+            cell=cell.name,
+            precision=recipe.precision,
+            backend=target.backend,
+            backend_version=backend_version,
+            accuracy=round(scores["candidate"].accuracy, 4),
+            reference_accuracy=round(scores["reference"].accuracy, 4),
             p50_ratio=round(samples["candidate"].p50_ms / ref_p50, 4),
-            candidate_p50_ms=round(samples["candidate"].p50_ms, 3), reference_p50_ms=round(ref_p50, 3),
-            artifact_sha256=rows[1]["artifact_sha256"], cpu=str(env.get("cpu_model", platform.processor())),
+            candidate_p50_ms=round(samples["candidate"].p50_ms, 3),
+            reference_p50_ms=round(ref_p50, 3),
+            artifact_sha256=str(rows[1]["artifact_sha256"]),
+            cpu=str(env.get("cpu_model", platform.processor())),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         notes.append(f"baseline written to {write_baseline(options.baselines_dir, b)} — review and commit it")
-    junit_props = {"runner": choice.runner, "backend": target.backend, "backend_version": backend_version,
-                   "reference_p50_ms": f"{ref_p50:.3f}", "candidate_p50_ms": f"{samples['candidate'].p50_ms:.3f}"}
+    junit_props = {
+        "runner": choice.runner,
+        "backend": target.backend,
+        "backend_version": backend_version,
+        "reference_p50_ms": f"{ref_p50:.3f}",
+        "candidate_p50_ms": f"{samples['candidate'].p50_ms:.3f}",
+    }
     write_junit(out / "junit.xml", cell.name, verdicts, junit_props)
     context = {
         "runner": f"{choice.runner} ({choice.reason})",
@@ -306,9 +349,18 @@ def _print_summary(result: CellResult) -> None:
     for col in ("role", "precision", "accuracy %", "FP", "FN", "p50 ms", "p90 ms", "p99 ms", "speedup", "MB"):
         t.add_column(col, justify="right" if col not in ("role", "precision") else "left")
     for r in result.rows:
-        t.add_row(r["role"], r["precision"], f"{r['accuracy']:.2f}", f"{r['fp']:.3f}", f"{r['fn']:.3f}",
-                  f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['speedup']:.2f}x",
-                  f"{r['model_bytes'] / 1e6:.1f}")
+        t.add_row(
+            r["role"],
+            r["precision"],
+            f"{r['accuracy']:.2f}",
+            f"{r['fp']:.3f}",
+            f"{r['fn']:.3f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['model_bytes'] / 1e6:.1f}",
+        )
     console.print(t)
     for v in result.verdicts:
         colour = {"passed": "green", "failed": "red"}.get(v.status, "yellow")

@@ -58,7 +58,5 @@ def evaluate_lanes(
     pred_file = out_dir / f"predictions-{role}.json"
     write_predictions(pred_file, preds)
     write_label_file(out_dir / "labels.json", split.samples)
-    result = score(
-        [{"raw_file": r, "lanes": lanes, "run_time": rt} for r, lanes, rt in preds], split.labels_json()
-    )
+    result = score([{"raw_file": r, "lanes": lanes, "run_time": rt} for r, lanes, rt in preds], split.labels_json())
     return TaskScore(result.accuracy * 100, {"fp": result.fp, "fn": result.fn}, pred_file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,6 +86,10 @@ def _labels(scene: _Scene) -> list[list[int]]:
     return lanes
 
 
+def _scale(factor: float) -> Callable[[int], int]:
+    return lambda v: int(v * factor)
+
+
 def _render(scene: _Scene, rng: np.random.Generator) -> Image.Image:
     hz = scene.horizon
     img = np.empty((HEIGHT, WIDTH, 3), np.float32)
@@ -97,7 +102,7 @@ def _render(scene: _Scene, rng: np.random.Generator) -> Image.Image:
     # ground: grass/dirt, then the road surface between the outer boundaries plus a shoulder
     img[int(hz) :] = rng.uniform(50, 120, 3) * np.array([0.8, 1.0, 0.6])
     ys = np.arange(int(hz) + 1, HEIGHT, dtype=np.float64)
-    lane_w = np.diff(scene.offsets).mean() if len(scene.offsets) > 1 else 3.6
+    lane_w = float(np.diff(scene.offsets).mean()) if len(scene.offsets) > 1 else 3.6
     left = _lane_x(scene, min(scene.offsets) - rng.uniform(0.5, 0.5 + lane_w), ys)
     right = _lane_x(scene, max(scene.offsets) + rng.uniform(0.5, 0.5 + lane_w), ys)
     grey = rng.uniform(70, 130)
@@ -137,11 +142,11 @@ def _render(scene: _Scene, rng: np.random.Generator) -> Image.Image:
     # vehicles (occluders)
     for _ in range(int(rng.integers(0, 3))):
         yb = rng.uniform(hz + 25, hz + 220)
-        z = FOCAL * CAM_HEIGHT / (yb - hz)
+        zb = FOCAL * CAM_HEIGHT / (yb - hz)
         xw = rng.uniform(min(scene.offsets), max(scene.offsets))
         xc = _lane_x(scene, xw, np.array([yb]))[0]
-        w = 1.8 * FOCAL / z
-        h = 1.4 * FOCAL / z
+        w = 1.8 * FOCAL / zb
+        h = 1.4 * FOCAL / zb
         body = tuple(int(v) for v in rng.uniform(10, 200, 3))
         draw.rectangle([xc - w / 2, yb - h, xc + w / 2, yb], fill=body)
         draw.rectangle([xc - w / 2.6, yb - h * 0.95, xc + w / 2.6, yb - h * 0.6], fill=(30, 35, 40))
@@ -154,7 +159,7 @@ def _render(scene: _Scene, rng: np.random.Generator) -> Image.Image:
         ImageDraw.Draw(shadow).polygon(
             [(x1, ya), (x2, ya + rng.uniform(-20, 20)), (x2 + 80, ya + hgt), (x1 - 80, ya + hgt)], fill=255
         )
-        dark = Image.eval(pil, lambda v, f=rng.uniform(0.4, 0.75): int(v * f))
+        dark = Image.eval(pil, _scale(rng.uniform(0.4, 0.75)))
         pil = Image.composite(dark, pil, shadow)
     # lighting and sensor noise (noise drawn at half resolution: 4x cheaper, same look after JPEG)
     arr = np.asarray(pil).astype(np.float32)
@@ -172,27 +177,40 @@ def render_sample(seed: int, index: int) -> tuple[Image.Image, list[list[int]]]:
     return _render(scene, rng), _labels(scene)
 
 
-def generate(root: str | os.PathLike, config: SyntheticConfig = SyntheticConfig()) -> Path:
-    """Write a synthetic TuSimple dataset under ``root`` (skipped when already complete)."""
+def _write_one(root: Path, seed: int, split: str, index: int) -> tuple[str, list[list[int]]]:
+    raw = f"clips/synthetic-{split}/{index:05d}/20.jpg"
+    image, lanes = render_sample(seed, index)
+    path = root / raw
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=92)
+    return raw, lanes
+
+
+def generate(root: str | os.PathLike, config: SyntheticConfig = SyntheticConfig(), workers: int = 0) -> Path:
+    """Write a synthetic TuSimple dataset under ``root`` (skipped when already complete).
+
+    Images are rendered by ``workers`` processes (0 = one per available core); every image is a
+    function of (seed, split, index) only, so the output does not depend on the worker count.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
     root = Path(root)
     stamp = root / "synthetic.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == config.key():
         return root
     root.mkdir(parents=True, exist_ok=True)
+    if workers <= 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     splits = {"train": (0, config.train, "label_data_synthetic.json"), "test": (1, config.test, "test_label.json")}
-    for split, (split_id, count, label_name) in splits.items():
-        samples = []
-        for i in range(count):
-            raw = f"clips/synthetic-{split}/{i:05d}/20.jpg"
-            image, lanes = render_sample(config.seed * 2 + split_id, i)
-            path = root / raw
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path, quality=92)
-            samples.append(LaneSample(raw, lanes, list(H_SAMPLES)))
-        write_label_file(root / label_name, samples)
-        if split == "test":
-            (root / "test.txt").write_text("".join(f"{s.raw_file}\n" for s in samples))
-            tasks = (json.dumps({"raw_file": s.raw_file, "h_samples": s.h_samples, "lanes": []}) for s in samples)
-            (root / "test_tasks.json").write_text("".join(f"{t}\n" for t in tasks))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for split, (split_id, count, label_name) in splits.items():
+            seed = config.seed * 2 + split_id
+            jobs = pool.map(_write_one, [root] * count, [seed] * count, [split] * count, range(count), chunksize=8)
+            samples = [LaneSample(raw, lanes, list(H_SAMPLES)) for raw, lanes in jobs]
+            write_label_file(root / label_name, samples)
+            if split == "test":
+                (root / "test.txt").write_text("".join(f"{s.raw_file}\n" for s in samples))
+                tasks = (json.dumps({"raw_file": s.raw_file, "h_samples": s.h_samples, "lanes": []}) for s in samples)
+                (root / "test_tasks.json").write_text("".join(f"{t}\n" for t in tasks))
     stamp.write_text(json.dumps({"key": config.key(), **asdict(config), "version": GENERATOR_VERSION}))
     return root

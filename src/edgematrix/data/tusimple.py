@@ -59,9 +59,7 @@ def parse_label_line(line: str, where: str) -> LaneSample:
         raise DataError(f"{where}: 'h_samples' must be a list of y values, found {type(hs).__name__}")
     for i, lane in enumerate(lanes):
         if len(lane) != len(hs):
-            raise DataError(
-                f"{where}: lane {i} has {len(lane)} points but h_samples has {len(hs)}; they must match"
-            )
+            raise DataError(f"{where}: lane {i} has {len(lane)} points but h_samples has {len(hs)}; they must match")
     try:
         int_lanes = [[int(v) for v in lane] for lane in lanes]
         int_hs = [int(v) for v in hs]
@@ -160,10 +158,10 @@ class TuSimpleDataset:
         """RGB uint8 array [H, W, 3]; resized to ``size`` = (height, width) when given."""
         path = self.image_path(sample)
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
+            with Image.open(path) as f:
+                im = f.convert("RGB")
                 if size is not None:
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 return np.asarray(im)
         except OSError as e:
             raise DataError(f"cannot read image {path}: {e}") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -115,8 +116,17 @@ def _export_onnx_impl(
     model.eval()
     try:
         return _export_eval(
-            model, input_shape, path, output_names=output_names, input_name=input_name, opset=opset,
-            simplify=simplify, atol=atol, rtol=rtol, seed=seed, exporter=exporter,
+            model,
+            input_shape,
+            path,
+            output_names=output_names,
+            input_name=input_name,
+            opset=opset,
+            simplify=simplify,
+            atol=atol,
+            rtol=rtol,
+            seed=seed,
+            exporter=exporter,
         )
     finally:
         model.train(was_training)
@@ -222,6 +232,9 @@ def _torch_export(
     # The exporters log progress and version-conversion notes on stdout/stderr and warn about
     # their own internals; keep them quiet unless the export fails.
     log = io.StringIO()
+    onnx_logger = logging.getLogger("torch.onnx")  # its handlers write to the real stderr
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
     try:
         with (
             warnings.catch_warnings(),
@@ -265,6 +278,8 @@ def _torch_export(
                 else "Check that the model's forward takes one tensor and returns tensors."
             )
         ) from exc
+    finally:
+        onnx_logger.setLevel(level)
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -303,9 +318,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         # check the file itself: works for models above 2 GiB and with external data
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise ModelError(
-            f"ONNX model {path} fails onnx.checker ({type(exc).__name__}: {exc}). Re-export it."
-        ) from exc
+        raise ModelError(f"ONNX model {path} fails onnx.checker ({type(exc).__name__}: {exc}). Re-export it.") from exc
     if not proto.graph.node:
         raise ModelError(f"ONNX model {path} has an empty graph; the file is truncated or not a model. Re-export it.")
     return proto
@@ -402,6 +415,4 @@ def _as_tuple(out: object) -> tuple[torch.Tensor, ...]:
         return (out,)
     if isinstance(out, list | tuple) and all(isinstance(t, torch.Tensor) for t in out):
         return tuple(out)
-    raise EdgeMatrixError(
-        f"the model returns {type(out).__name__}; export_onnx needs a tensor or a tuple of tensors."
-    )
+    raise EdgeMatrixError(f"the model returns {type(out).__name__}; export_onnx needs a tensor or a tuple of tensors.")

@@ -46,7 +46,9 @@ def list_sessions(root: str | Path = "matrix") -> list[SessionInfo]:
                 desc = cell.get("description") or (
                     f"{r['description']} — {m['description'].split(',')[0]} on {target['description']}"
                 )
-                out.append(SessionInfo(f"{cell['target']}_{recipe}", cell["target"], cell["model"], recipe, desc, target))
+                out.append(
+                    SessionInfo(f"{cell['target']}_{recipe}", cell["target"], cell["model"], recipe, desc, target)
+                )
         except (KeyError, TypeError) as e:
             raise ValueError(f"matrix cells[{i}] refers to something undefined or malformed: {e}") from None
     return out

@@ -125,7 +125,9 @@ def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], origin: dict[st
 
 
 def _unknown(path: Path, where: str, kind: str, name: str, known: dict[str, Any]) -> MatrixError:
-    return MatrixError(f"{path}: {where}: unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known)) or '(none)'}")
+    return MatrixError(
+        f"{path}: {where}: unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known)) or '(none)'}"
+    )
 
 
 def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
@@ -185,7 +187,9 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                 raise MatrixError(
                     f"{path}: {where}: cell {name!r} is declared twice (session names are <target>_<recipe>)"
                 )
-            desc = spec.description or f"{recipe.description} — {model_desc(models[spec.model])} on {target.description}"
+            desc = (
+                spec.description or f"{recipe.description} — {model_desc(models[spec.model])} on {target.description}"
+            )
             cells[name] = Cell(
                 name=name,
                 target_name=spec.target,

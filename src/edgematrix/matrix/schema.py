@@ -27,7 +27,7 @@ class Target(_Strict):
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = the cores available to the process")
     image: str = Field("", description="folder under docker/ with the target's image recipe")
     runner_labels: list[str] = Field(default_factory=list, description="CI runner labels that provide this target")
-    runners: list[RunnerName] = Field(default_factory=lambda: ["local"])
+    runners: list[RunnerName] = Field(default_factory=lambda: list[RunnerName](["local"]))
     requires: list[str] = Field(
         default_factory=list,
         description="what the host must have: module:NAME, command:NAME, path:/abs/path or env:NAME",
@@ -73,11 +73,20 @@ class Model(_Strict):
 
 
 class QuantizeSection(_Strict):
-    method: Literal["minmax", "entropy", "percentile"] = "entropy"
+    method: Literal["minmax", "entropy", "percentile"] = "percentile"
     calibration_images: int = Field(64, ge=1)
     per_channel: bool = True
     percentile: float = Field(99.999, gt=50, le=100)
-    symmetric_activations: bool = True
+    activations: Literal["auto", "symmetric", "asymmetric"] = Field(
+        "auto",
+        description="auto: asymmetric uint8 (U8S8, ORT CPU's fast path) on onnxruntime targets, symmetric int8 "
+        "(zero points 0, TensorRT's explicit-quantization form) on tensorrt / tidl targets",
+    )
+
+    def symmetric_for(self, backend: str) -> bool:
+        if self.activations == "auto":
+            return backend != "onnxruntime"
+        return self.activations == "symmetric"
 
 
 class LatencySection(_Strict):
@@ -104,8 +113,12 @@ class Recipe(_Strict):
 
 
 class Gates(_Strict):
-    accuracy_drop_vs_reference: float = Field(0.5, ge=0, description="points the candidate may lose vs its FP32 reference")
-    accuracy_drop_vs_baseline: float = Field(0.5, ge=0, description="points the candidate may lose vs the stored baseline")
+    accuracy_drop_vs_reference: float = Field(
+        0.5, ge=0, description="points the candidate may lose vs its FP32 reference"
+    )
+    accuracy_drop_vs_baseline: float = Field(
+        0.5, ge=0, description="points the candidate may lose vs the stored baseline"
+    )
     latency_regression: float = Field(
         0.10, ge=0, description="fraction by which candidate/reference p50 may exceed the baseline's ratio"
     )

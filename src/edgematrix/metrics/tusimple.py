@@ -65,13 +65,9 @@ def bench_image(
 ) -> tuple[float, float, float]:
     """(accuracy, fp, fn) of one image, as the official ``LaneEval.bench``."""
     if any(len(p) != len(y_samples) for p in pred):
-        raise DataError(
-            f"a predicted lane has {[len(p) for p in pred]} points but h_samples has {len(y_samples)}"
-        )
+        raise DataError(f"a predicted lane has {[len(p) for p in pred]} points but h_samples has {len(y_samples)}")
     if any(len(g) != len(y_samples) for g in gt):
-        raise DataError(
-            f"a ground-truth lane has {[len(g) for g in gt]} points but h_samples has {len(y_samples)}"
-        )
+        raise DataError(f"a ground-truth lane has {[len(g) for g in gt]} points but h_samples has {len(y_samples)}")
     if run_time > 200 or len(gt) + 2 < len(pred):
         return 0.0, 0.0, 1.0
     ys = np.asarray(y_samples, dtype=np.float64)

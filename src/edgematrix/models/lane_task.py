@@ -104,6 +104,25 @@ def encode_targets(
     }
 
 
+def encode_segmentation(
+    lanes: Sequence[Sequence[float]], h_samples: Sequence[float], g: LaneGeometry, size: tuple[int, int]
+) -> np.ndarray:
+    """Lane mask for the auxiliary segmentation branch: [H, W] int64, 0 = background, slot + 1 = lane."""
+    from PIL import Image, ImageDraw
+
+    h, w = size
+    mask = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(mask)
+    sx, sy = w / g.image_width, h / g.image_height
+    ys = np.asarray(h_samples, dtype=np.float64)
+    for lane, slot in zip(lanes, assign_slots(lanes, h_samples, g), strict=True):
+        xs = np.asarray(lane, dtype=np.float64)
+        pts = [(x * sx, y * sy) for x, y in zip(xs, ys, strict=True) if x >= 0]
+        if slot >= 0 and len(pts) >= 2:
+            draw.line(pts, fill=slot + 1, width=max(1, round(w / 50)))
+    return np.asarray(mask, dtype=np.int64)
+
+
 def decode_rows(
     loc_row: np.ndarray,
     exist_row: np.ndarray,
@@ -150,16 +169,22 @@ def lanes_for_h_samples(xs_at_anchors: np.ndarray, g: LaneGeometry, h_samples: S
             vals = _interp_lane_at(np.where(lane >= 0, lane, -1.0), anchors, hs)
             vals = np.where(vals >= 0, vals, -2.0)
         if (vals >= 0).any():
-            out.append([int(round(v)) if v >= 0 else -2 for v in vals])
+            out.append([int(np.rint(v)) if v >= 0 else -2 for v in vals])
     return out
 
 
 def lane_loss(
     outputs: Sequence[torch.Tensor], targets: dict[str, torch.Tensor], expectation_weight: float = 0.05
 ) -> torch.Tensor:
-    """UFLD-v2 style loss: cell classification + expectation (L1 in cells) + existence."""
-    loc_row, loc_col, exist_row, exist_col = outputs
+    """UFLD-v2 style loss: cell classification + expectation (L1 in cells) + existence.
+
+    A fifth output (the training-only auxiliary segmentation logits) adds a cross-entropy against
+    ``targets["seg"]``, as UFLD's ``use_aux`` does.
+    """
+    loc_row, loc_col, exist_row, exist_col = outputs[:4]
     total = loc_row.new_zeros(())
+    if len(outputs) > 4:
+        total = total + F.cross_entropy(outputs[4], targets["seg"])
     for loc, exist, cls_key, ex_key in (
         (loc_row, exist_row, "row_cls", "row_exist"),
         (loc_col, exist_col, "col_cls", "col_exist"),

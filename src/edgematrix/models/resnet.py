@@ -23,9 +23,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample: nn.Module | None = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -49,14 +47,17 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages = []
         inplanes = width
         for i, (blocks, planes) in enumerate(zip(_DEPTHS[depth], chans, strict=True)):
             layers = []
             for b in range(blocks):
                 layers.append(BasicBlock(inplanes, planes, stride=2 if (b == 0 and i > 0) else 1))
                 inplanes = planes
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = chans[-1]
+        self.stage_channels = (chans[1], chans[2], chans[3])
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -64,6 +65,12 @@ class ResNet(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features at output strides 8, 16 and 32."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x2 = self.layer2(self.layer1(x))
+        x3 = self.layer3(x2)
+        return x2, x3, self.layer4(x3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1]

@@ -70,6 +70,7 @@ class UFLDv2(nn.Module):
         width: int = 64,
         mlp_mid_dim: int = 2048,
         pool_channels: int = 8,
+        use_aux: bool = False,
     ) -> None:
         super().__init__()
         self.geometry = geometry or LaneGeometry()
@@ -90,10 +91,30 @@ class UFLDv2(nn.Module):
         self.cls = nn.Sequential(
             nn.Linear(in_dim, mlp_mid_dim), nn.ReLU(inplace=True), nn.Linear(mlp_mid_dim, sum(self.dims))
         )
+        # UFLD's auxiliary segmentation branch: dense lane masks at stride 8 from three stages.
+        # Training only (dense supervision makes the backbone learn far faster); eval and export
+        # never run it, so the deployed graph is exactly the four anchor outputs.
+        self.use_aux = use_aux
+        if use_aux:
+            mid = max(8, width)
+
+            def cbr(cin: int, cout: int) -> nn.Sequential:
+                return nn.Sequential(
+                    nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)
+                )
+
+            self.aux = nn.ModuleList(cbr(c, mid) for c in self.backbone.stage_channels)
+            self.aux_head = nn.Sequential(cbr(3 * mid, mid), nn.Conv2d(mid, g.num_lanes + 1, 1))
+
+    @property
+    def aux_size(self) -> tuple[int, int]:
+        """(H, W) of the auxiliary segmentation output: the input at stride 8."""
+        return self.input_size[0] // 8, self.input_size[1] // 8
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         g = self.geometry
-        feat = self.pool(self.backbone(x)).flatten(1)
+        x2, x3, x4 = self.backbone.forward_stages(x)
+        feat = self.pool(x4).flatten(1)
         out = self.cls(feat)
         d1, d2, d3, _ = self.dims
         b = out.shape[0]
@@ -101,4 +122,12 @@ class UFLDv2(nn.Module):
         loc_col = out[:, d1 : d1 + d2].reshape(b, g.num_cell_col, g.num_col, g.num_lanes)
         exist_row = out[:, d1 + d2 : d1 + d2 + d3].reshape(b, 2, g.num_row, g.num_lanes)
         exist_col = out[:, d1 + d2 + d3 :].reshape(b, 2, g.num_col, g.num_lanes)
+        if self.use_aux and self.training:
+            size = x2.shape[-2:]
+            feats = [
+                nn.functional.interpolate(m(f), size=size, mode="bilinear", align_corners=False) if i else m(f)
+                for i, (m, f) in enumerate(zip(self.aux, (x2, x3, x4), strict=True))
+            ]
+            seg = self.aux_head(torch.cat(feats, 1))
+            return loc_row, loc_col, exist_row, exist_col, seg
         return loc_row, loc_col, exist_row, exist_col

@@ -33,7 +33,7 @@ def render_report(
     for r in rows:
         lines.append(
             f"| {r['role']} | {r['precision']} | {r['backend']} | {r['accuracy']:.2f} | {r['fp']:.4f} | {r['fn']:.4f} "
-            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}× | {_mb(int(r['model_bytes']))} |"
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}× | {_mb(int(str(r['model_bytes'])))} |"
         )
     lines += ["", "## Gates", "", "| gate | verdict | detail |", "|---|---|---|"]
     lines += [f"| {v.gate} | {MARK[v.status]} | {v.message} |" for v in verdicts]

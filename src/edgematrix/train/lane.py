@@ -16,8 +16,8 @@ import torch
 from edgematrix.data.lanes import MEAN, STD, LaneSplit
 from edgematrix.errors import ModelError
 from edgematrix.matrix.schema import TrainConfig
-from edgematrix.models.lane_task import encode_targets, lane_loss
-from edgematrix.models.ufld import LaneGeometry
+from edgematrix.models.lane_task import encode_segmentation, encode_targets, lane_loss
+from edgematrix.models.ufld import LaneGeometry, UFLDv2
 
 
 @dataclass
@@ -36,13 +36,17 @@ def cpu_has_bf16() -> bool:
     return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
-def _targets(split: LaneSplit, g: LaneGeometry, flip: bool) -> dict[str, torch.Tensor]:
+def _targets(
+    split: LaneSplit, g: LaneGeometry, flip: bool, seg_size: tuple[int, int] | None
+) -> dict[str, torch.Tensor]:
     width = g.image_width - 1
     out: dict[str, list[np.ndarray]] = {}
     for s in split.samples:
         lanes = [[(width - x) if x >= 0 else x for x in lane] for lane in s.lanes] if flip else s.lanes
         for k, v in encode_targets(lanes, s.h_samples, g).items():
             out.setdefault(k, []).append(v)
+        if seg_size is not None:
+            out.setdefault("seg", []).append(encode_segmentation(lanes, s.h_samples, g, seg_size))
     return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
 
 
@@ -53,7 +57,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_lane_model(
-    model: torch.nn.Module,
+    model: UFLDv2,
     train: LaneSplit,
     config: TrainConfig,
     checkpoint: Path,
@@ -72,25 +76,29 @@ def train_lane_model(
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     use_bf16 = config.amp == "bf16" or (config.amp == "auto" and cpu_has_bf16())
-    T = _targets(train, g, flip=False)
-    TF = _targets(train, g, flip=True) if config.flip else T
+    seg_size = model.aux_size if model.use_aux else None
+    T = _targets(train, g, False, seg_size)
+    TF = _targets(train, g, True, seg_size) if config.flip else T
     X = torch.from_numpy(train.images)
     n = len(X)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = config.epochs * steps_per_epoch
     model.train()
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=total, pct_start=max(config.warmup_fraction, 1.0 / total)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, config.warmup_fraction))
     gen = torch.Generator().manual_seed(config.seed)
     history = []
     start = time.perf_counter()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=total, info="")
         for epoch in range(config.epochs):
@@ -98,7 +106,11 @@ def train_lane_model(
             running = 0.0
             for i in range(0, n, config.batch_size):
                 idx = perm[i : i + config.batch_size]
-                flip = torch.rand(len(idx), generator=gen) < 0.5 if config.flip else torch.zeros(len(idx), dtype=torch.bool)
+                flip = (
+                    torch.rand(len(idx), generator=gen) < 0.5
+                    if config.flip
+                    else torch.zeros(len(idx), dtype=torch.bool)
+                )
                 x = X[idx].clone()
                 x[flip] = x[flip].flip(-1)
                 tgt = {k: torch.where(flip.view(-1, *[1] * (T[k].dim() - 1)), TF[k][idx], T[k][idx]) for k in T}
@@ -115,10 +127,23 @@ def train_lane_model(
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.3f}")
             history.append({"epoch": epoch + 1, "loss": running / n})
     model.eval()
-    model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     seconds = time.perf_counter() - start
     save_checkpoint(model, checkpoint, {"history": history, "seconds": seconds, "bf16": use_bf16, "threads": threads})
     return TrainResult(checkpoint, False, seconds, history)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    """LR factor per step: linear warm-up, then cosine decay to 0 (any number of steps, even 1)."""
+    warmup = max(1, round(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
@@ -133,5 +158,7 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
-        raise ModelError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); delete it to retrain") from None
+    except Exception as e:
+        raise ModelError(
+            f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); delete it to retrain"
+        ) from None

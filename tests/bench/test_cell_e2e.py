@@ -1,0 +1,215 @@
+"""One small cell end to end, through the CLI, with real training, export, quantization and ORT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from edgematrix.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = """
+[models.ufld_tiny]
+description = "UFLD-v2 tiny, for tests"
+family = "ufld_v2"
+task = "lane"
+dataset = "tusimple"
+input_shape = [1, 3, 64, 160]
+
+[models.ufld_tiny.params]
+width = 8
+mlp_mid_dim = 64
+
+[models.ufld_tiny.synthetic]
+train = 12
+test = 5
+seed = 3
+
+[models.ufld_tiny.train]
+epochs = 1
+batch_size = 6
+
+[recipes.int8q]
+description = "INT8 PTQ quick"
+precision = "int8"
+
+[recipes.int8q.quantize]
+method = "minmax"
+calibration_images = 4
+
+[recipes.int8q.latency]
+warmup = 2
+min_rounds = 6
+max_rounds = 20
+min_time_s = 0.1
+max_time_s = 10
+
+[recipes.fp32q]
+description = "FP32 quick"
+precision = "fp32"
+
+[recipes.fp32q.latency]
+warmup = 1
+min_rounds = 5
+min_time_s = 0.1
+
+[[cells]]
+target = "x86_cpu"
+model = "ufld_tiny"
+recipes = ["int8q", "fp32q"]
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    (ws / "matrix").mkdir()
+    shutil.copy(REPO / "matrix" / "targets.toml", ws / "matrix" / "targets.toml")
+    (ws / "matrix" / "tiny.toml").write_text(TINY)
+    return ws
+
+
+def _run(ws: Path, *args: str) -> int:
+    return main(
+        [
+            "--matrix",
+            str(ws / "matrix"),
+            "run",
+            *args,
+            "--results",
+            str(ws / "results"),
+            "--cache",
+            str(ws / "cache"),
+            "--no-progress",
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_int8_cell_writes_every_artifact(workspace: Path) -> None:
+    assert _run(workspace, "x86_cpu_int8q") == 0
+    out = workspace / "results" / "x86_cpu_int8q"
+    for name in (
+        "config.json",
+        "benchmark.json",
+        "junit.xml",
+        "report.md",
+        "labels.json",
+        "predictions-reference.json",
+        "predictions-candidate.json",
+    ):
+        assert (out / name).is_file(), name
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["cell"] == "x86_cpu_int8q" and config["runner"]["name"] == "local"
+
+    bench = json.loads((out / "benchmark.json").read_text())
+    by_role = {b["extra_info"]["role"]: b for b in bench["benchmarks"]}
+    assert set(by_role) == {"reference", "candidate"}
+    ref, cand = by_role["reference"], by_role["candidate"]
+    assert ref["extra_info"]["precision"] == "fp32" and cand["extra_info"]["precision"] == "int8"
+    for b in (ref, cand):
+        info = b["extra_info"]
+        for key in ("recipe", "backend", "accuracy", "fp", "fn", "model_bytes", "input_shape", "artifact_sha256"):
+            assert key in info, key
+        assert all(isinstance(v, int | float | str) for v in info.values())
+        assert info["input_shape"] == "1x3x64x160"
+        assert len(b["stats"]["data"]) == b["stats"]["rounds"] >= 6
+        assert 0.0 <= info["accuracy"] <= 100.0
+    # both were measured in the same run, interleaved: same number of rounds
+    assert ref["stats"]["rounds"] == cand["stats"]["rounds"]
+    assert cand["extra_info"]["model_bytes"] < ref["extra_info"]["model_bytes"]
+    assert ref["extra_info"]["artifact_sha256"] != cand["extra_info"]["artifact_sha256"]
+
+    # the written predictions re-score to the recorded accuracy with the CLI's official-format scorer
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgematrix.cli",
+            "score",
+            "tusimple",
+            str(out / "predictions-candidate.json"),
+            str(out / "labels.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    scored = json.loads(proc.stdout)
+    assert scored["Accuracy"] * 100 == pytest.approx(cand["extra_info"]["accuracy"], abs=1e-4)
+    assert scored["FP"] == pytest.approx(cand["extra_info"]["fp"], abs=1e-6)
+
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    gates = {tc.get("name") for tc in suite.iter("testcase")}
+    assert gates == {"accuracy_vs_reference", "min_accuracy", "accuracy_vs_baseline", "latency_vs_baseline"}
+    report = (out / "report.md").read_text()
+    assert report.startswith("# x86_cpu_int8q: passed")
+    assert "| candidate | int8 | onnxruntime |" in report
+
+
+@pytest.mark.slow
+def test_second_run_reuses_the_cache_and_baseline_gates_apply(workspace: Path) -> None:
+    assert _run(workspace, "x86_cpu_int8q", "--update-baseline") == 0
+    baseline = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.json").read_text())
+    assert baseline["precision"] == "int8" and baseline["p50_ratio"] > 0
+    assert _run(workspace, "x86_cpu_int8q") == 0
+    out = workspace / "results" / "x86_cpu_int8q"
+    report = (out / "report.md").read_text()
+    assert "cached checkpoint" in report and "reused cached export" in report
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    acc = next(tc for tc in suite.iter("testcase") if tc.get("name") == "accuracy_vs_baseline")
+    assert acc.find("skipped") is None and acc.find("failure") is None  # applied and passed: same artifact
+
+
+@pytest.mark.slow
+def test_fp32_cell_and_failing_gate_exit_code(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(workspace, "x86_cpu_fp32q") == 0
+    bench = json.loads((workspace / "results" / "x86_cpu_fp32q" / "benchmark.json").read_text())
+    assert {b["extra_info"]["role"] for b in bench["benchmarks"]} == {"reference", "candidate"}
+    # an impossible floor makes the min_accuracy gate fail: exit 1, artifacts still written
+    tiny = workspace / "matrix" / "tiny.toml"
+    tiny.write_text(tiny.read_text().replace("min_accuracy = 0.0", "min_accuracy = 100.0"))
+    try:
+        assert _run(workspace, "x86_cpu_int8q") == 1
+    finally:
+        tiny.write_text(TINY)
+    err = capsys.readouterr().err
+    assert "gate failed" in err and "min_accuracy" in err
+    suite = ET.parse(workspace / "results" / "x86_cpu_int8q" / "junit.xml").getroot().find("testsuite")
+    failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
+    assert failed == ["min_accuracy"]
+
+
+def test_unreachable_cell_and_bad_data_root_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--matrix", str(REPO / "matrix"), "run", "jetson_int8", "--results", str(tmp_path)]) == 2
+    assert "cannot run on this host" in capsys.readouterr().err
+    code = main(
+        [
+            "--matrix",
+            str(REPO / "matrix"),
+            "run",
+            "x86_cpu_int8",
+            "--results",
+            str(tmp_path),
+            "--data-root",
+            str(tmp_path / "no-such-dataset"),
+            "--cache",
+            str(tmp_path / "c"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no-such-dataset does not exist" in err and "leave data_root empty" in err
