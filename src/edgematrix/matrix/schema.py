@@ -51,6 +51,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
     flip: bool = True
+    label_sigma: float = Field(1.0, ge=0, description="Gaussian soft cell targets (cells); 0 = plain cross-entropy")
+    expectation_weight: float = Field(0.05, ge=0, description="weight of UFLD-v2's expectation (mean) loss")
 
 
 class Model(_Strict):

@@ -116,7 +116,12 @@ def train_lane_model(
                 tgt = {k: torch.where(flip.view(-1, *[1] * (T[k].dim() - 1)), TF[k][idx], T[k][idx]) for k in T}
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                     out = model(_normalise(x))
-                loss = lane_loss([o.float() for o in out], tgt)
+                loss = lane_loss(
+                    [o.float() for o in out],
+                    tgt,
+                    expectation_weight=config.expectation_weight,
+                    label_sigma=config.label_sigma,
+                )
                 if not torch.isfinite(loss):
                     raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower train.lr")
                 opt.zero_grad(set_to_none=True)
