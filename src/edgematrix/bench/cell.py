@@ -287,8 +287,9 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     # gates
     hint = f"create one with `nox -s {cell.name} -- --update-baseline` and commit matrix/baselines/{cell.name}.json"
     baseline = None if options.update_baseline else load_baseline(options.baselines_dir, cell.name)
+    device = str(env.get("cpu_model") or platform.processor())
     figs = {
-        role: RunFigures(scores[role].accuracy, samples[role].p50_ms, target.backend, backend_version)
+        role: RunFigures(scores[role].accuracy, samples[role].p50_ms, target.backend, backend_version, device)
         for role in ("reference", "candidate")
     }
     verdicts = evaluate_gates(
@@ -307,7 +308,7 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
             candidate_p50_ms=round(samples["candidate"].p50_ms, 3),
             reference_p50_ms=round(ref_p50, 3),
             artifact_sha256=str(rows[1]["artifact_sha256"]),
-            cpu=str(env.get("cpu_model", platform.processor())),
+            cpu=device,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         notes.append(f"baseline written to {write_baseline(options.baselines_dir, b)} — review and commit it")

@@ -25,8 +25,9 @@ class Baseline:
     cpu: str
     created: str
 
-    def toolchain(self) -> tuple[str, str]:
-        return (self.backend, self.backend_version)
+    def toolchain(self) -> tuple[str, str, str]:
+        """What must match for a comparison: backend, its version, and the CPU/device model."""
+        return (self.backend, self.backend_version, self.cpu)
 
 
 def baseline_path(baselines_dir: Path, cell: str) -> Path:

@@ -16,6 +16,7 @@ class RunFigures:
     p50_ms: float
     backend: str
     backend_version: str
+    device: str  # CPU or device model the figures were measured on
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,11 @@ def evaluate_gates(
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out
-    if baseline.toolchain() != (candidate.backend, candidate.backend_version):
+    if baseline.toolchain() != (candidate.backend, candidate.backend_version, candidate.device):
         msg = (
-            f"baseline recorded with {baseline.backend} {baseline.backend_version}, this run uses "
-            f"{candidate.backend} {candidate.backend_version}: not comparable; {baseline_hint}"
+            f"baseline recorded with {baseline.backend} {baseline.backend_version} on {baseline.cpu!r}, this run "
+            f"uses {candidate.backend} {candidate.backend_version} on {candidate.device!r}: not comparable; "
+            f"{baseline_hint}"
         )
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
