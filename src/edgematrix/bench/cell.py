@@ -106,6 +106,7 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     from edgematrix.measure.harness import LatencyConfig, measure_interleaved
     from edgematrix.models import create_model
     from edgematrix.models.ufld import OUTPUT_NAMES
+    from edgematrix.optimize.graph import pad_input_channels
     from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
     from edgematrix.report.junit import write_junit
     from edgematrix.report.markdown import render_report
@@ -197,8 +198,13 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
         if not cand_path.is_file():
             n = min(q.calibration_images, len(train_split.samples))
             calib = (preprocess(train_split.images[i : i + 1]) for i in range(n))
-            qres = quantize_static_qdq(fp32_path, cand_path, calib, input_name="input", config=qcfg)
-            stages.done(f"{qres.quantized_nodes} nodes quantized → {cand_path.name}")
+            source, padded = fp32_path, 0
+            if q.pad_input_channels:
+                source = art_dir / f"fp32-pad{q.pad_input_channels}.onnx"
+                padded = pad_input_channels(fp32_path, source, "input", q.pad_input_channels)
+            qres = quantize_static_qdq(source, cand_path, calib, input_name="input", config=qcfg)
+            pad_note = f", input conv padded to {q.pad_input_channels} channels" if padded else ""
+            stages.done(f"{qres.quantized_nodes} nodes quantized{pad_note} → {cand_path.name}")
         else:
             stages.done("reused cached INT8 model")
 

@@ -79,6 +79,9 @@ class QuantizeSection(_Strict):
     calibration_images: int = Field(64, ge=1)
     per_channel: bool = True
     percentile: float = Field(99.999, gt=50, le=100)
+    pad_input_channels: int = Field(
+        4, ge=0, description="zero-pad the input convolutions' channels to this multiple before quantizing (0 = off)"
+    )
     activations: Literal["auto", "symmetric", "asymmetric"] = Field(
         "auto",
         description="auto: asymmetric uint8 (U8S8, ORT CPU's fast path) on onnxruntime targets, symmetric int8 "
