@@ -291,7 +291,11 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
 
     # gates
-    hint = f"create one with `nox -s {cell.name} -- --update-baseline` and commit matrix/baselines/{cell.name}.json"
+    hint = (
+        f"this run writes matrix/baselines/{cell.name}.json (--update-baseline); review and commit it"
+        if options.update_baseline
+        else f"create one with `nox -s {cell.name} -- --update-baseline` and commit matrix/baselines/{cell.name}.json"
+    )
     baseline = None if options.update_baseline else load_baseline(options.baselines_dir, cell.name)
     device = str(env.get("cpu_model") or platform.processor())
     figs = {
