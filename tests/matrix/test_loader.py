@@ -67,14 +67,14 @@ def test_unknown_key_names_file_key_and_valid_keys(matrix_dir: Path) -> None:
 
 
 def test_unknown_nested_key_lists_the_nested_valid_keys(matrix_dir: Path) -> None:
-    _edit(matrix_dir / "models.toml", "epochs = 6", "epochs = 6\nepoch = 3")
+    _edit(matrix_dir / "models.toml", "[models.ufld_r18.train]", "[models.ufld_r18.train]\nepoch = 3")
     with pytest.raises(MatrixError, match=r"models\.ufld_r18\.train\.epoch: unknown key .*batch_size"):
         load_matrix(matrix_dir)
 
 
 def test_wrong_type_names_the_key_and_value(matrix_dir: Path) -> None:
-    _edit(matrix_dir / "models.toml", "epochs = 6", 'epochs = "six"')
-    with pytest.raises(MatrixError, match=r"models\.toml: models\.ufld_r18\.train\.epochs: .*'six'"):
+    _edit(matrix_dir / "models.toml", "[models.ufld_r18.train]", '[models.ufld_r18.train]\nweight_decay = "six"')
+    with pytest.raises(MatrixError, match=r"models\.toml: models\.ufld_r18\.train\.weight_decay: .*'six'"):
         load_matrix(matrix_dir)
 
 

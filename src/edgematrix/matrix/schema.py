@@ -122,7 +122,7 @@ class Gates(_Strict):
         0.5, ge=0, description="points the candidate may lose vs its FP32 reference"
     )
     accuracy_drop_vs_baseline: float = Field(
-        0.5, ge=0, description="points the candidate may lose vs the stored baseline"
+        1.0, ge=0, description="points the candidate may lose vs the stored baseline"
     )
     latency_regression: float = Field(
         0.10, ge=0, description="fraction by which candidate/reference p50 may exceed the baseline's ratio"
