@@ -65,7 +65,7 @@ except ValueError as _e:  # a broken matrix must not hide the tests and lint ses
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest; arguments after -- go to pytest)."""
-    session.install("-e", ".[cpu]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", ".[cpu,openvino]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs)
 
 

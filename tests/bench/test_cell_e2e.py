@@ -111,6 +111,8 @@ def test_int8_cell_writes_every_artifact(workspace: Path) -> None:
         "labels.json",
         "predictions-reference.json",
         "predictions-candidate.json",
+        "predictions-reference-openvino.json",
+        "predictions-candidate-openvino.json",
     ):
         assert (out / name).is_file(), name
 
@@ -118,9 +120,16 @@ def test_int8_cell_writes_every_artifact(workspace: Path) -> None:
     assert config["cell"] == "x86_cpu_int8q" and config["runner"]["name"] == "local"
 
     bench = json.loads((out / "benchmark.json").read_text())
-    by_role = {b["extra_info"]["role"]: b for b in bench["benchmarks"]}
-    assert set(by_role) == {"reference", "candidate"}
-    ref, cand = by_role["reference"], by_role["candidate"]
+    by_key = {(b["extra_info"]["backend"], b["extra_info"]["role"]): b for b in bench["benchmarks"]}
+    assert set(by_key) == {(b, r) for b in ("onnxruntime", "openvino") for r in ("reference", "candidate")}
+    ref, cand = by_key["onnxruntime", "reference"], by_key["onnxruntime", "candidate"]
+    ov_ref, ov_cand = by_key["openvino", "reference"], by_key["openvino", "candidate"]
+    # the FP32 reference on OpenVINO runs in exact FP32 and matches ONNX Runtime's outputs
+    assert ov_ref["extra_info"]["inference_precision"] == "f32"
+    assert ov_ref["extra_info"]["max_rel_diff_vs_reference"] <= 1e-3
+    assert ov_cand["extra_info"]["artifact_sha256"] == cand["extra_info"]["artifact_sha256"]  # same QDQ file
+    selected = {b["extra_info"]["selected_backend"] for b in bench["benchmarks"]}
+    assert len(selected) == 1 and selected <= {"onnxruntime", "openvino"}
     assert ref["extra_info"]["precision"] == "fp32" and cand["extra_info"]["precision"] == "int8"
     for b in (ref, cand):
         info = b["extra_info"]
@@ -130,8 +139,8 @@ def test_int8_cell_writes_every_artifact(workspace: Path) -> None:
         assert info["input_shape"] == "1x3x64x160"
         assert len(b["stats"]["data"]) == b["stats"]["rounds"] >= 6
         assert 0.0 <= info["accuracy"] <= 100.0
-    # both were measured in the same run, interleaved: same number of rounds
-    assert ref["stats"]["rounds"] == cand["stats"]["rounds"]
+    # all four were measured in the same run, interleaved: same number of rounds
+    assert ref["stats"]["rounds"] == cand["stats"]["rounds"] == ov_ref["stats"]["rounds"] == ov_cand["stats"]["rounds"]
     assert cand["extra_info"]["model_bytes"] < ref["extra_info"]["model_bytes"]
     assert ref["extra_info"]["artifact_sha256"] != cand["extra_info"]["artifact_sha256"]
 
@@ -157,23 +166,28 @@ def test_int8_cell_writes_every_artifact(workspace: Path) -> None:
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
     assert suite is not None
     gates = {tc.get("name") for tc in suite.iter("testcase")}
-    assert gates == {"accuracy_vs_reference", "min_accuracy", "accuracy_vs_baseline", "latency_vs_baseline"}
+    primary = {"accuracy_vs_reference", "min_accuracy", "accuracy_vs_baseline", "latency_vs_baseline"}
+    ov = {f"{g}[openvino]" for g in (*primary, "fp32_outputs_match_reference")}
+    assert gates == primary | ov
     report = (out / "report.md").read_text()
     assert report.startswith("# x86_cpu_int8q: passed")
-    assert "| candidate | int8 | onnxruntime |" in report
+    assert "| onnxruntime | candidate | int8 |" in report and "| openvino | reference | fp32 | f32 |" in report
+    assert "**Selected backend**: **" in report
 
 
 @pytest.mark.slow
 def test_second_run_reuses_the_cache_and_baseline_gates_apply(workspace: Path) -> None:
     assert _run(workspace, "x86_cpu_int8q", "--update-baseline") == 0
     baseline = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.json").read_text())
-    assert baseline["precision"] == "int8" and baseline["p50_ratio"] > 0
+    assert baseline["precision"] == "int8" and baseline["p50_ratio"] > 0 and baseline["backend"] == "onnxruntime"
+    ov_baseline = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.openvino.json").read_text())
+    assert ov_baseline["backend"] == "openvino"
     assert _run(workspace, "x86_cpu_int8q") == 0
     out = workspace / "results" / "x86_cpu_int8q"
     report = (out / "report.md").read_text()
     assert "cached checkpoint" in report and "reused cached export" in report
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
-    for gate in ("accuracy_vs_baseline", "latency_vs_baseline"):
+    for gate in ("accuracy_vs_baseline", "latency_vs_baseline", "accuracy_vs_baseline[openvino]"):
         case = next(tc for tc in suite.iter("testcase") if tc.get("name") == gate)
         assert case.find("skipped") is None and case.find("failure") is None  # applied, and passed
 
@@ -194,7 +208,7 @@ def test_fp32_cell_and_failing_gate_exit_code(workspace: Path, capsys: pytest.Ca
     assert "gate failed" in err and "min_accuracy" in err
     suite = ET.parse(workspace / "results" / "x86_cpu_int8q" / "junit.xml").getroot().find("testsuite")
     failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
-    assert failed == ["min_accuracy"]
+    assert failed == ["min_accuracy", "min_accuracy[openvino]"]
 
 
 def test_unreachable_cell_and_bad_data_root_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

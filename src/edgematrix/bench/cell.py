@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgematrix.errors import GateFailure, RunnerUnavailableError
 from edgematrix.matrix.loader import Cell
@@ -49,6 +50,7 @@ class CellResult:
     verdicts: list[Any]
     rows: list[dict[str, Any]]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    selection: str = ""
 
     @property
     def failed(self) -> list[Any]:
@@ -90,52 +92,84 @@ def run_cell(cell: Cell, options: CellOptions) -> CellResult:
     return _run_lane_cell(cell, options, choice)
 
 
+@dataclass
+class _Artifacts:
+    """What steps 1-4 produce: data, the trained model and the reference/candidate ONNX files."""
+
+    root: Path
+    synthetic: bool
+    train: Any  # LaneSplit
+    test: Any  # LaneSplit
+    model: Any  # torch module (its geometry decodes the outputs)
+    cache_hit: bool
+    train_seconds: float
+    fp32_path: Path
+    cand_path: Path
+    export_note: str
+
+    @property
+    def same(self) -> bool:
+        return self.cand_path == self.fp32_path
+
+
+@dataclass
+class _Measured:
+    """One (backend, role): its score, latency samples and runtime facts."""
+
+    backend: str
+    role: str
+    path: Path
+    precision: str
+    score: Any  # TaskScore
+    samples: Any  # LatencySamples
+    facts: dict[str, Any]
+    rel_diff: float | None  # max |out - ORT FP32 out| / max |ORT FP32 out| on the first test images
+
+
+AGREEMENT_IMAGES = 8
+FP32_AGREEMENT_TOLERANCE = 1e-3  # relative; an FP32 reference on another backend must match ORT's
+
+
 def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResult:
-    # Heavy imports here: `edgematrix --help` and the noxfile stay fast.
-    import torch
-
-    from edgematrix.backends.base import create_runner
-    from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
-    from edgematrix.bench.tasks import tasks
-    from edgematrix.data.lanes import fingerprint, load_split, preprocess, resolve_data_root
-    from edgematrix.data.synthetic_lanes import SyntheticConfig
-    from edgematrix.export.onnx_export import export_onnx
-    from edgematrix.gates.baseline import Baseline, load_baseline, write_baseline
-    from edgematrix.gates.verdicts import RunFigures, evaluate_gates
-    from edgematrix.measure.environment import capture_environment
-    from edgematrix.measure.harness import LatencyConfig, measure_interleaved
-    from edgematrix.models import create_model
-    from edgematrix.models.ufld import OUTPUT_NAMES
-    from edgematrix.optimize.graph import pad_input_channels
-    from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
-    from edgematrix.report.junit import write_junit
-    from edgematrix.report.markdown import render_report
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
-    from edgematrix.train.lane import train_lane_model
-
-    model_cfg, recipe, target = cell.model, cell.recipe, cell.target
     out = options.results_dir / cell.name
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cache = options.cache_dir
-    quantized = recipe.quantize is not None
-    stages = _Stages(6 if quantized else 5)
-    h, w = model_cfg.input_shape[2], model_cfg.input_shape[3]
-
     config = {
         **cell.resolved(),
         "runner": {"name": choice.runner, "reason": choice.reason, "host": platform.node()},
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    stages = _Stages(6 if cell.recipe.quantize is not None else 5)
+    art = _build_artifacts(cell, options, stages)
+    measured, lcfg = _measure(cell, art, out, stages)
+    return _gate_and_report(cell, options, choice, art, measured, lcfg, stages, out)
+
+
+def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Artifacts:
+    """Steps 1-4: data, training, export, recipe; each cached by content hash."""
+    import torch
+
+    from edgematrix.data.lanes import fingerprint, load_split, preprocess, resolve_data_root
+    from edgematrix.data.synthetic_lanes import SyntheticConfig
+    from edgematrix.export.onnx_export import export_onnx
+    from edgematrix.models import create_model
+    from edgematrix.models.ufld import OUTPUT_NAMES
+    from edgematrix.optimize.graph import pad_input_channels
+    from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
+    from edgematrix.train.cache import code_hash, content_key, file_sha256
+    from edgematrix.train.lane import train_lane_model
+
+    model_cfg, recipe, target = cell.model, cell.recipe, cell.target
+    cache = options.cache_dir
+    h, w = model_cfg.input_shape[2], model_cfg.input_shape[3]
 
     # 1. data
     configured = options.data_root if options.data_root is not None else model_cfg.data_root
     syn = SyntheticConfig(**model_cfg.synthetic.model_dump())
-    stages.start(
-        "data", "synthetic TuSimple" if not (configured or os.environ.get("EDGEMATRIX_DATA_ROOT")) else "TuSimple"
-    )
+    real = bool(configured or os.environ.get("EDGEMATRIX_DATA_ROOT"))
+    stages.start("data", "TuSimple" if real else "synthetic TuSimple")
     root, synthetic = resolve_data_root(configured, syn, cache)
     train_split = load_split(root, "train", (h, w))
     test_split = load_split(root, "test", (h, w), limit=model_cfg.eval_images)
@@ -161,18 +195,17 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     stages.done("reused cached checkpoint" if trained.cache_hit else f"checkpoint {ckpt}")
 
     # 3. export FP32 ONNX (cached by checkpoint + export code)
-    ckpt_sha = file_sha256(ckpt)
-    art_dir = cache / "artifacts" / f"{cell.model_name}-{content_key(ckpt_sha, code_hash(['export']))}"
+    art_dir = cache / "artifacts" / f"{cell.model_name}-{content_key(file_sha256(ckpt), code_hash(['export']))}"
     fp32_path = art_dir / "fp32.onnx"
     stages.start("export", f"ONNX opset 17 → {fp32_path}")
     export_note = "reused cached export"
     if not fp32_path.is_file():
         res = export_onnx(model, tuple(model_cfg.input_shape), fp32_path, output_names=OUTPUT_NAMES, input_name="input")
-        export_note = f"max |onnx - torch| = {res.max_abs_diff:.2e} (atol {res.atol:g}, rtol {res.rtol:g}), simplified={res.simplified}"
-        (art_dir / "export.json").write_text(
-            json.dumps(
-                {"max_abs_diff": res.max_abs_diff, "atol": res.atol, "rtol": res.rtol, "simplified": res.simplified}
-            )
+        check = {"max_abs_diff": res.max_abs_diff, "atol": res.atol, "rtol": res.rtol, "simplified": res.simplified}
+        (art_dir / "export.json").write_text(json.dumps(check))
+        export_note = (
+            f"max |onnx - torch| = {res.max_abs_diff:.2e} (atol {res.atol:g}, rtol {res.rtol:g}), "
+            f"simplified={res.simplified}"
         )
     elif (art_dir / "export.json").is_file():
         e = json.loads((art_dir / "export.json").read_text())
@@ -181,9 +214,8 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
 
     # 4. recipe
     cand_path = fp32_path
-    if quantized:
-        q = recipe.quantize
-        assert q is not None
+    q = recipe.quantize
+    if q is not None:
         qcfg = QuantizeConfig(
             method=q.method,
             calibration_images=q.calibration_images,
@@ -207,26 +239,65 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
             stages.done(f"{qres.quantized_nodes} nodes quantized{pad_note} → {cand_path.name}")
         else:
             stages.done("reused cached INT8 model")
+    return _Artifacts(
+        root, synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, cand_path,
+        export_note,
+    )  # fmt: skip
 
-    # 5. accuracy of reference and candidate on the backend
-    runner_args = {"providers": tuple(target.providers), "intra_op_threads": target.threads}  # 0: physical cores
-    same = cand_path == fp32_path
-    roles = {"reference": fp32_path} if same else {"reference": fp32_path, "candidate": cand_path}
-    runners = {role: create_runner(target.backend, path=path, **runner_args) for role, path in roles.items()}
-    evaluate = tasks.get(model_cfg.task)
-    scores = {}
-    stages.start("accuracy", f"{len(test_split.samples)} test images per model on {target.backend}")
+
+def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
+    """Constructor arguments of a backend's runner for this cell and role."""
+    target = cell.target
+    if backend == "onnxruntime":
+        return {"providers": tuple(target.providers), "intra_op_threads": target.threads}  # 0: physical cores
+    if backend == "openvino":
+        # the FP32 reference runs in exact FP32 (OpenVINO would pick bf16 on CPUs that have it)
+        return {
+            "intra_op_threads": target.threads,
+            "exact_fp32": role == "reference" or cell.recipe.precision == "fp32",
+        }
+    return {}
+
+
+def _measure(cell: Cell, art: _Artifacts, out: Path, stages: _Stages) -> tuple[dict[tuple[str, str], _Measured], Any]:
+    """Steps 5-6: task accuracy per (backend, role), output agreement, interleaved latency."""
+    import numpy as np
+
+    from edgematrix.backends.base import create_runner
+    from edgematrix.bench.tasks import tasks
+    from edgematrix.data.lanes import preprocess
+    from edgematrix.measure.harness import LatencyConfig, measure_interleaved
+
+    target, recipe = cell.target, cell.recipe
+    backends = target.all_backends
+    roles = {"reference": art.fp32_path} if art.same else {"reference": art.fp32_path, "candidate": art.cand_path}
+    keys = [(b, r) for b in backends for r in roles]
+    runners = {k: create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1])) for k in keys}
+    evaluate = tasks.get(cell.model.task)
+    primary = (target.backend, "reference")
+    probe = [
+        {"input": preprocess(art.test.images[i : i + 1])} for i in range(min(AGREEMENT_IMAGES, len(art.test.images)))
+    ]
+    scores, rel = {}, {}
+    stages.start("accuracy", f"{len(art.test.samples)} test images per model on {', '.join(backends)}")
     for r in runners.values():
         r.__enter__()
     try:
-        for role, runner in runners.items():
-            scores[role] = evaluate(runner, test_split, out, role, geometry=model.geometry, input_name="input")
-        if same:
-            scores["candidate"] = scores["reference"]
-            shutil.copyfile(out / "predictions-reference.json", out / "predictions-candidate.json")
-        stages.done(", ".join(f"{k} {v.accuracy:.2f}%" for k, v in scores.items()))
+        for (backend, role), runner in runners.items():
+            tag = role if backend == target.backend else f"{role}-{backend}"
+            scores[backend, role] = evaluate(
+                runner, art.test, out, tag, geometry=art.model.geometry, input_name="input"
+            )
+        ref_out = [np.asarray(runners[primary].infer(f)["loc_row"]) for f in probe]
+        for key, runner in runners.items():
+            if key != primary:
+                diffs = [
+                    np.abs(np.asarray(runner.infer(f)["loc_row"]) - o).max() / np.abs(o).max()
+                    for f, o in zip(probe, ref_out, strict=True)
+                ]
+                rel[key] = float(max(diffs))
+        stages.done(", ".join(f"{r}@{b} {s.accuracy:.2f}%" for (b, r), s in scores.items()))
 
-        # 6. latency, interleaved in one run
         lat = recipe.latency
         lcfg = LatencyConfig(
             warmup=lat.warmup,
@@ -235,114 +306,185 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
             min_time_s=lat.min_time_s,
             max_time_s=lat.max_time_s,
         )
-        feed = {"input": preprocess(test_split.images[:1])}
         stages.start(
             "latency",
             f"batch 1, {len(runners)} model(s) interleaved, ≥{lcfg.min_rounds} rounds, ≥{lcfg.min_time_s:g} s",
         )
-        samples = measure_interleaved(runners, feed, lcfg)
-        if same:
-            samples["candidate"] = samples["reference"]
+        samples = measure_interleaved({f"{b}:{r}": run for (b, r), run in runners.items()}, probe[0], lcfg)
         stages.done(", ".join(f"{k} p50 {v.p50_ms:.2f} ms" for k, v in samples.items()))
-        facts = {role: r.facts() for role, r in runners.items()}
-        threads = int(facts["reference"].get("intra_op_threads", target.threads))
+        facts = {k: r.facts() for k, r in runners.items()}
     finally:
         for r in runners.values():
             r.__exit__(None, None, None)
-    facts.setdefault("candidate", facts["reference"])
-
-    backend_version = str(facts["candidate"].get("version", ""))
-    ref_p50 = samples["reference"].p50_ms
-    rows, entries = [], []
     precision_of = {"reference": "fp32", "candidate": recipe.precision}
-    paths = {"reference": fp32_path, "candidate": cand_path}
-    for role in ("reference", "candidate"):
-        s, sc, path = samples[role], scores[role], paths[role]
-        sha = file_sha256(path)
-        extra = {
-            "role": role,
-            "recipe": cell.recipe_name,
-            "precision": precision_of[role],
-            "backend": target.backend,
-            "backend_version": backend_version,
-            "accuracy": round(sc.accuracy, 6),
-            **{k: round(v, 6) for k, v in sc.extras.items()},
-            "model_bytes": path.stat().st_size,
-            "input_shape": "x".join(map(str, model_cfg.input_shape)),
-            "artifact_sha256": sha,
-            "threads": threads,
-            "p50_ms": round(s.p50_ms, 4),
-            "p90_ms": round(s.p90_ms, 4),
-            "p99_ms": round(s.p99_ms, 4),
-            "speedup_vs_reference": round(ref_p50 / s.p50_ms, 4),
-            "cell": cell.name,
-            "target": cell.target_name,
-            "model": cell.model_name,
-            "runner": choice.runner,
-            "dataset": "synthetic-tusimple" if synthetic else "tusimple",
-        }
-        entries.append(
-            BenchmarkEntry(name=f"{cell.name}[{role}]", group=cell.name, samples_s=s.samples_s, extra_info=extra)
+    measured = {
+        (b, r): _Measured(
+            b, r, roles[r], precision_of[r], scores[b, r], samples[f"{b}:{r}"], facts[b, r], rel.get((b, r))
         )
-        rows.append(
-            {**extra, "fp": sc.extras.get("fp", 0.0), "fn": sc.extras.get("fn", 0.0), "speedup": ref_p50 / s.p50_ms}
-        )
+        for (b, r) in keys
+    }
+    if art.same:  # a reference-only cell: the candidate is the reference itself
+        for b in backends:
+            m = measured[b, "reference"]
+            measured[b, "candidate"] = _Measured(
+                b, "candidate", m.path, m.precision, m.score, m.samples, m.facts, m.rel_diff
+            )
+            src = out / ("predictions-reference.json" if b == target.backend else f"predictions-reference-{b}.json")
+            dst = out / ("predictions-candidate.json" if b == target.backend else f"predictions-candidate-{b}.json")
+            shutil.copyfile(src, dst)
+    return measured, lcfg
+
+
+def _gate_and_report(
+    cell: Cell,
+    options: CellOptions,
+    choice: Choice,
+    art: _Artifacts,
+    measured: dict[tuple[str, str], _Measured],
+    lcfg: Any,
+    stages: _Stages,
+    out: Path,
+) -> CellResult:
+    from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+    from edgematrix.gates.baseline import Baseline, baseline_key, load_baseline, write_baseline
+    from edgematrix.gates.verdicts import RunFigures, Verdict, evaluate_gates
+    from edgematrix.measure.environment import capture_environment
+    from edgematrix.report.junit import write_junit
+    from edgematrix.report.markdown import render_report
+    from edgematrix.train.cache import file_sha256
+
+    target = cell.target
+    backends = target.all_backends
     env = capture_environment({"edgematrix_runner": choice.runner})
+    device = str(env.get("cpu_model") or platform.processor())
+    ref_of_record = measured[target.backend, "reference"]
+    ref_p50 = ref_of_record.samples.p50_ms
+    sha = {p: file_sha256(p) for p in {art.fp32_path, art.cand_path}}
+
+    # gates, per backend (the primary backend's gate names carry no suffix: stable JUnit names)
+    verdicts: list[Verdict] = []
+    notes: list[str] = []
+    per_backend_failed: dict[str, bool] = {}
+    for b in backends:
+        key = baseline_key(cell.name, b, target.backend)
+        path_hint = f"matrix/baselines/{key}.json"
+        hint = (
+            f"this run writes {path_hint} (--update-baseline); review and commit it"
+            if options.update_baseline
+            else f"create one with `nox -s {cell.name} -- --update-baseline` and commit {path_hint}"
+        )
+        baseline = None if options.update_baseline else load_baseline(options.baselines_dir, key)
+        ref, cand = measured[b, "reference"], measured[b, "candidate"]
+        version = str(cand.facts.get("version", ""))
+        figs_ref = RunFigures(ref_of_record.score.accuracy, ref_p50, b, version, device)
+        figs_cand = RunFigures(cand.score.accuracy, cand.samples.p50_ms, b, version, device)
+        if b != target.backend:  # the latency ratio stays within the backend: its own FP32 reference
+            figs_ref = RunFigures(ref_of_record.score.accuracy, ref.samples.p50_ms, b, version, device)
+        vs = evaluate_gates(cell.gates, figs_ref, figs_cand, baseline, same_artifact=art.same, baseline_hint=hint)
+        if b != target.backend and ref.rel_diff is not None:
+            ok = ref.rel_diff <= FP32_AGREEMENT_TOLERANCE
+            vs.append(
+                Verdict(
+                    "fp32_outputs_match_reference",
+                    "passed" if ok else "failed",
+                    f"FP32 outputs on {b} vs ONNX Runtime FP32: max relative difference {ref.rel_diff:.2e} "
+                    f"(tolerance {FP32_AGREEMENT_TOLERANCE:g}, {AGREEMENT_IMAGES} images)",
+                )
+            )
+        if b != target.backend:
+            vs = [Verdict(f"{v.gate}[{b}]", v.status, v.message) for v in vs]
+        per_backend_failed[b] = any(v.failed for v in vs)
+        verdicts.extend(vs)
+        if options.update_baseline:
+            bl = Baseline(
+                cell=cell.name,
+                precision=cand.precision,
+                backend=b,
+                backend_version=version,
+                accuracy=round(cand.score.accuracy, 4),
+                reference_accuracy=round(ref_of_record.score.accuracy, 4),
+                p50_ratio=round(cand.samples.p50_ms / figs_ref.p50_ms, 4),
+                candidate_p50_ms=round(cand.samples.p50_ms, 3),
+                reference_p50_ms=round(figs_ref.p50_ms, 3),
+                artifact_sha256=sha[cand.path],
+                cpu=device,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            written = write_baseline(options.baselines_dir, bl, key)
+            notes.append(f"baseline written to {written} — review and commit it")
+
+    # backend selection: the fastest candidate among the backends that pass all their gates
+    passing = [b for b in backends if not per_backend_failed[b]]
+    selected = min(passing, key=lambda b: measured[b, "candidate"].samples.p50_ms) if passing else ""
+    selection = _selection_text(backends, passing, selected, measured)
+
+    rows, entries = [], []
+    for b in backends:
+        for role in ("reference", "candidate"):
+            m = measured[b, role]
+            extra: dict[str, float | int | str] = {
+                "role": role,
+                "recipe": cell.recipe_name,
+                "precision": m.precision,
+                "backend": b,
+                "backend_version": str(m.facts.get("version", "")),
+                "inference_precision": str(m.facts.get("inference_precision", m.precision)),
+                "accuracy": round(m.score.accuracy, 6),
+                **{k: round(v, 6) for k, v in m.score.extras.items()},
+                "model_bytes": m.path.stat().st_size,
+                "input_shape": "x".join(map(str, cell.model.input_shape)),
+                "artifact_sha256": sha[m.path],
+                "threads": int(m.facts.get("intra_op_threads", m.facts.get("threads", 0)) or 0),
+                "p50_ms": round(m.samples.p50_ms, 4),
+                "p90_ms": round(m.samples.p90_ms, 4),
+                "p99_ms": round(m.samples.p99_ms, 4),
+                "speedup_vs_reference": round(ref_p50 / m.samples.p50_ms, 4),
+                "max_rel_diff_vs_reference": round(m.rel_diff, 8) if m.rel_diff is not None else 0.0,
+                "selected_backend": selected,
+                "cell": cell.name,
+                "target": cell.target_name,
+                "model": cell.model_name,
+                "runner": choice.runner,
+                "dataset": "synthetic-tusimple" if art.synthetic else "tusimple",
+            }
+            suffix = role if b == target.backend else f"{role}@{b}"
+            entries.append(
+                BenchmarkEntry(
+                    name=f"{cell.name}[{suffix}]", group=cell.name, samples_s=m.samples.samples_s, extra_info=extra
+                )
+            )
+            rows.append({**extra, "fp": m.score.extras.get("fp", 0.0), "fn": m.score.extras.get("fn", 0.0),
+                         "speedup": ref_p50 / m.samples.p50_ms})  # fmt: skip
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
 
-    # gates
-    hint = (
-        f"this run writes matrix/baselines/{cell.name}.json (--update-baseline); review and commit it"
-        if options.update_baseline
-        else f"create one with `nox -s {cell.name} -- --update-baseline` and commit matrix/baselines/{cell.name}.json"
-    )
-    baseline = None if options.update_baseline else load_baseline(options.baselines_dir, cell.name)
-    device = str(env.get("cpu_model") or platform.processor())
-    figs = {
-        role: RunFigures(scores[role].accuracy, samples[role].p50_ms, target.backend, backend_version, device)
-        for role in ("reference", "candidate")
-    }
-    verdicts = evaluate_gates(
-        cell.gates, figs["reference"], figs["candidate"], baseline, same_artifact=same, baseline_hint=hint
-    )
-    notes = []
-    if options.update_baseline:
-        b = Baseline(
-            cell=cell.name,
-            precision=recipe.precision,
-            backend=target.backend,
-            backend_version=backend_version,
-            accuracy=round(scores["candidate"].accuracy, 4),
-            reference_accuracy=round(scores["reference"].accuracy, 4),
-            p50_ratio=round(samples["candidate"].p50_ms / ref_p50, 4),
-            candidate_p50_ms=round(samples["candidate"].p50_ms, 3),
-            reference_p50_ms=round(ref_p50, 3),
-            artifact_sha256=str(rows[1]["artifact_sha256"]),
-            cpu=device,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        notes.append(f"baseline written to {write_baseline(options.baselines_dir, b)} — review and commit it")
+    cand = measured[target.backend, "candidate"]
     junit_props = {
         "runner": choice.runner,
-        "backend": target.backend,
-        "backend_version": backend_version,
+        "backends": ",".join(backends),
+        "selected_backend": selected or "(none)",
         "reference_p50_ms": f"{ref_p50:.3f}",
-        "candidate_p50_ms": f"{samples['candidate'].p50_ms:.3f}",
+        "candidate_p50_ms": f"{cand.samples.p50_ms:.3f}",
     }
     write_junit(out / "junit.xml", cell.name, verdicts, junit_props)
+    threads = ", ".join(sorted({str(r["threads"]) for r in rows}))
     context = {
         "runner": f"{choice.runner} ({choice.reason})",
-        "data": f"{'synthetic TuSimple' if synthetic else 'TuSimple'} at {root} ({len(test_split.samples)} test images)",
-        "training": "cached checkpoint" if trained.cache_hit else f"trained in {trained.seconds:.0f} s",
-        "export check": export_note,
+        "data": f"{'synthetic TuSimple' if art.synthetic else 'TuSimple'} at {art.root} ({len(art.test.samples)} test images)",
+        "training": "cached checkpoint" if art.cache_hit else f"trained in {art.train_seconds:.0f} s",
+        "export check": art.export_note,
         "threads": threads,
-        "latency rounds": f"{samples['reference'].rounds} per model, interleaved (spinning off)",
+        "latency rounds": f"{ref_of_record.samples.rounds} per model, {len(measured)} models interleaved (spinning off)",
         "cpu": env.get("cpu_model", ""),
-        "backend": f"{target.backend} {backend_version} ({', '.join(target.providers) or 'default'})",
+        "backends": "; ".join(
+            f"{b} {measured[b, 'candidate'].facts.get('version', '')}"
+            + (f" ({', '.join(target.providers)})" if b == "onnxruntime" and target.providers else "")
+            for b in backends
+        ),
         "stage seconds": ", ".join(f"{k} {v:.1f}" for k, v in stages.seconds.items()),
     }
-    (out / "report.md").write_text(render_report(cell.name, cell.description, rows, verdicts, context, notes))
-    result = CellResult(cell.name, out, verdicts, rows, stages.seconds)
+    report = render_report(cell.name, cell.description, rows, verdicts, context, notes, selection=selection)
+    (out / "report.md").write_text(report)
+    result = CellResult(cell.name, out, verdicts, rows, stages.seconds, selection)
     _print_summary(result)
     if result.failed:
         raise GateFailure(
@@ -353,14 +495,41 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     return result
 
 
+def _selection_text(backends: list[str], passing: list[str], selected: str, measured: dict) -> str:
+    if len(backends) == 1:
+        return ""
+    if not selected:
+        return f"no backend passes the cell's gates ({', '.join(backends)} measured)"
+    p50 = {b: measured[b, "candidate"].samples.p50_ms for b in backends}
+    others = [f"{p50[b] / p50[selected]:.2f}× faster than {b} ({p50[b]:.2f} ms)" for b in backends if b != selected]
+    text = f"**{selected}** — candidate p50 {p50[selected]:.2f} ms, " + ", ".join(others)
+    failing = [b for b in backends if b not in passing]
+    if failing:
+        text += f"; not eligible (a gate failed): {', '.join(failing)}"
+    return text
+
+
 def _print_summary(result: CellResult) -> None:
     from rich.table import Table
 
     t = Table(title=f"{result.cell}", show_lines=False)
-    for col in ("role", "precision", "accuracy %", "FP", "FN", "p50 ms", "p90 ms", "p99 ms", "speedup", "MB"):
-        t.add_column(col, justify="right" if col not in ("role", "precision") else "left")
+    for col in (
+        "backend",
+        "role",
+        "precision",
+        "accuracy %",
+        "FP",
+        "FN",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "speedup",
+        "MB",
+    ):
+        t.add_column(col, justify="right" if col not in ("backend", "role", "precision") else "left")
     for r in result.rows:
         t.add_row(
+            str(r["backend"]),
             r["role"],
             r["precision"],
             f"{r['accuracy']:.2f}",
@@ -373,7 +542,9 @@ def _print_summary(result: CellResult) -> None:
             f"{r['model_bytes'] / 1e6:.1f}",
         )
     console.print(t)
+    if result.selection:
+        console.print(f"selected backend: {result.selection.replace('**', '')}")
     for v in result.verdicts:
         colour = {"passed": "green", "failed": "red"}.get(v.status, "yellow")
-        console.print(f"  [{colour}]{v.status:>14}[/]  {v.gate}: {v.message}")
+        console.print(f"  [{colour}]{v.status:>14}[/]  {escape(v.gate)}: {escape(v.message)}")
     console.print(f"artifacts: {result.out_dir}/ (benchmark.json, junit.xml, report.md, predictions-*.json)")

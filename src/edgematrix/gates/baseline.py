@@ -30,12 +30,17 @@ class Baseline:
         return (self.backend, self.backend_version, self.cpu)
 
 
-def baseline_path(baselines_dir: Path, cell: str) -> Path:
-    return baselines_dir / f"{cell}.json"
+def baseline_key(cell: str, backend: str, primary: str) -> str:
+    """File stem of a cell's baseline for one backend: ``<cell>`` for the primary, ``<cell>.<backend>``."""
+    return cell if backend == primary else f"{cell}.{backend}"
 
 
-def load_baseline(baselines_dir: Path, cell: str) -> Baseline | None:
-    path = baseline_path(baselines_dir, cell)
+def baseline_path(baselines_dir: Path, key: str) -> Path:
+    return baselines_dir / f"{key}.json"
+
+
+def load_baseline(baselines_dir: Path, key: str) -> Baseline | None:
+    path = baseline_path(baselines_dir, key)
     if not path.is_file():
         return None
     try:
@@ -44,12 +49,12 @@ def load_baseline(baselines_dir: Path, cell: str) -> Baseline | None:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise EdgeMatrixError(
             f"baseline {path} is malformed ({type(e).__name__}: {e}); regenerate it with "
-            f"`nox -s {cell} -- --update-baseline` and review the diff"
+            f"`nox -s {key.split('.')[0]} -- --update-baseline` and review the diff"
         ) from None
 
 
-def write_baseline(baselines_dir: Path, baseline: Baseline) -> Path:
-    path = baseline_path(baselines_dir, baseline.cell)
+def write_baseline(baselines_dir: Path, baseline: Baseline, key: str | None = None) -> Path:
+    path = baseline_path(baselines_dir, key or baseline.cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(asdict(baseline), indent=2, sort_keys=True) + "\n")

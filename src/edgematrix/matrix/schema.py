@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 Arch = Literal["x86_64", "aarch64"]
 Precision = Literal["fp32", "fp16", "int8", "fx8"]
-BackendName = Literal["onnxruntime", "tensorrt", "tidl", "torch"]
+BackendName = Literal["onnxruntime", "openvino", "tensorrt", "tidl", "torch"]
 RunnerName = Literal["local", "docker", "remote", "emulated"]
 
 
@@ -20,7 +20,11 @@ class _Strict(BaseModel):
 class Target(_Strict):
     description: str
     arch: Arch
-    backend: BackendName
+    backend: BackendName = Field(description="the primary backend: its FP32 run is the reference of record")
+    backends: list[BackendName] = Field(
+        default_factory=list,
+        description="all backends the cell runs the same artifacts on, measured interleaved (default: [backend])",
+    )
     providers: list[str] = Field(default_factory=list, description="ONNX Runtime execution providers, in order")
     precisions: list[Precision]
     device: str = Field("", description="device model, e.g. 'NVIDIA Jetson AGX Orin 64GB'")
@@ -34,6 +38,19 @@ class Target(_Strict):
     )
     extras: list[str] = Field(default_factory=list, description="pyproject extras the session installs")
     system_site_packages: bool = Field(False, description="let the session see vendor Python packages (JetPack)")
+
+    @model_validator(mode="after")
+    def _backends(self) -> Target:
+        if self.backends and self.backend not in self.backends:
+            raise ValueError(f"backends {self.backends} must include the primary backend {self.backend!r}")
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError(f"backends {self.backends} lists a backend twice")
+        return self
+
+    @property
+    def all_backends(self) -> list[str]:
+        """The primary backend first, then the others in the order given."""
+        return [self.backend, *[b for b in self.backends if b != self.backend]]
 
 
 class SyntheticData(_Strict):

@@ -20,6 +20,7 @@ def render_report(
     verdicts: Sequence[Verdict],
     context: Mapping[str, object],
     notes: Sequence[str] = (),
+    selection: str = "",
 ) -> str:
     failed = [v for v in verdicts if v.failed]
     lines = [
@@ -27,14 +28,16 @@ def render_report(
         "",
         description,
         "",
-        "| role | precision | backend | accuracy (%) | FP | FN | p50 (ms) | p90 (ms) | p99 (ms) | speedup vs FP32 | size |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | role | precision | inference | accuracy (%) | FP | FN | p50 (ms) | p90 (ms) | p99 (ms) | speedup vs reference | size |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['role']} | {r['precision']} | {r['backend']} | {r['accuracy']:.2f} | {r['fp']:.4f} | {r['fn']:.4f} "
+            f"| {r['backend']} | {r['role']} | {r['precision']} | {r.get('inference_precision', '')} | {r['accuracy']:.2f} | {r['fp']:.4f} | {r['fn']:.4f} "
             f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}× | {_mb(int(str(r['model_bytes'])))} |"
         )
+    if selection:
+        lines += ["", f"**Selected backend**: {selection}"]
     lines += ["", "## Gates", "", "| gate | verdict | detail |", "|---|---|---|"]
     lines += [f"| {v.gate} | {MARK[v.status]} | {v.message} |" for v in verdicts]
     lines += ["", "## Run", ""]
