@@ -150,3 +150,22 @@ def test_bad_input_shape(matrix_dir: Path) -> None:
     _edit(matrix_dir / "models.toml", "input_shape = [1, 3, 288, 800]", "input_shape = [4, 3, 288, 800]")
     with pytest.raises(MatrixError, match=r"input_shape must be \[1, 3, H, W\]"):
         load_matrix(matrix_dir)
+
+
+def test_backends_dimension(matrix_dir: Path) -> None:
+    m = load_matrix(matrix_dir)
+    assert m.targets["x86_cpu"].all_backends == ["onnxruntime", "openvino"]
+    assert m.targets["jetson"].all_backends == ["tensorrt"]  # default: the primary backend alone
+    _edit(matrix_dir / "targets.toml", 'backends = ["onnxruntime", "openvino"]', 'backends = ["openvino"]')
+    with pytest.raises(MatrixError, match=r"must include the primary backend 'onnxruntime'"):
+        load_matrix(matrix_dir)
+    _edit(matrix_dir / "targets.toml", 'backends = ["openvino"]', 'backends = ["onnxruntime", "openvino", "openvino"]')
+    with pytest.raises(MatrixError, match="lists a backend twice"):
+        load_matrix(matrix_dir)
+    _edit(
+        matrix_dir / "targets.toml",
+        'backends = ["onnxruntime", "openvino", "openvino"]',
+        'backends = ["onnxruntime", "tvm"]',
+    )
+    with pytest.raises(MatrixError, match=r"targets\.x86_cpu\.backends\[1\]: Input should be 'onnxruntime', 'openvino'.*'tvm'"):
+        load_matrix(matrix_dir)
