@@ -167,5 +167,7 @@ def test_backends_dimension(matrix_dir: Path) -> None:
         'backends = ["onnxruntime", "openvino", "openvino"]',
         'backends = ["onnxruntime", "tvm"]',
     )
-    with pytest.raises(MatrixError, match=r"targets\.x86_cpu\.backends\[1\]: Input should be 'onnxruntime', 'openvino'.*'tvm'"):
+    with pytest.raises(
+        MatrixError, match=r"targets\.x86_cpu\.backends\[1\]: Input should be 'onnxruntime', 'openvino'.*'tvm'"
+    ):
         load_matrix(matrix_dir)
