@@ -79,6 +79,41 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def update_baselines(session: nox.Session) -> None:
+    """Re-measure the cells this host can run and rewrite matrix/baselines/ (review the diff in a PR).
+
+    `nox -s update_baselines -- x86_cpu_int8` limits it to the named cells. Cells of other targets
+    are listed as skipped: run this session on their device runners.
+    """
+    wanted = set(session.posargs)
+    infos = [i for i in list_sessions(ROOT / "matrix") if not wanted or i.name in wanted]
+    unknown = wanted - {i.name for i in infos}
+    if unknown:
+        session.error(f"unknown cell(s) {sorted(unknown)}; see `nox -l`")
+    runnable = []
+    for info in infos:
+        try:
+            choose_runner(info.name, info.target, info.target_table, "auto")
+            runnable.append(info)
+        except RunnerChoiceError as e:
+            session.log(f"skipped {info.name}: {str(e).splitlines()[0]}")
+    if not runnable:
+        session.error("no cell of the selection can run on this host")
+    extras = sorted({e for i in runnable for e in i.target_table.get("extras", [])})
+    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+    for info in runnable:
+        session.run("edgematrix", "run", info.name, "--update-baseline", "--no-progress")
+    session.log("baselines rewritten under matrix/baselines/: review `git diff matrix/baselines` and commit")
+
+
+@nox.session(default=False)
+def report(session: nox.Session) -> None:
+    """Merge results/*/ into report/: JUnit, summary.md, pr-comment.md, plots (args go to `edgematrix report`)."""
+    session.install("-e", ".")
+    session.run("edgematrix", "report", *session.posargs)
+
+
+@nox.session(default=False)
 def validate(session: nox.Session) -> None:
     """Validate matrix/*.toml against the schema and print the cells."""
     session.install("-e", ".")

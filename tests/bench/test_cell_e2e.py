@@ -71,6 +71,7 @@ min_accuracy = 0.0
 # sub-millisecond tiny models over a handful of rounds: the ratio is noise, so the latency gate is
 # exercised (it is evaluated and reported) with a limit it cannot reach
 latency_regression = 10.0
+latency_min_effect = 0.99
 """
 
 
@@ -231,3 +232,28 @@ def test_unreachable_cell_and_bad_data_root_exit_2(tmp_path: Path, capsys: pytes
     assert code == 2
     err = capsys.readouterr().err
     assert "no-such-dataset does not exist" in err and "leave data_root empty" in err
+
+
+@pytest.mark.slow
+def test_ab_mode_measures_the_base_branch_interleaved(workspace: Path) -> None:
+    base = workspace / "results-base"
+    assert _run(workspace, "x86_cpu_int8q") == 0
+    import shutil as _sh
+
+    _sh.copytree(workspace / "results" / "x86_cpu_int8q", base)
+    manifest = json.loads((base / "artifacts.json").read_text())
+    assert Path(manifest["candidate"]).is_file() and manifest["candidate"].endswith(".onnx")
+    assert _run(workspace, "x86_cpu_int8q", "--ab-base", str(base)) == 0
+    out = workspace / "results" / "x86_cpu_int8q"
+    bench = json.loads((out / "benchmark.json").read_text())
+    by_key = {(b["extra_info"]["backend"], b["extra_info"]["role"]): b for b in bench["benchmarks"]}
+    base_b, cand_b = by_key["onnxruntime", "base"], by_key["onnxruntime", "candidate"]
+    assert base_b["stats"]["rounds"] == cand_b["stats"]["rounds"]  # same interleaved rounds
+    assert base_b["extra_info"]["artifact_sha256"] == cand_b["extra_info"]["artifact_sha256"]  # A/A here
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    cases = {tc.get("name"): tc for tc in suite.iter("testcase")}
+    for gate in ("latency_vs_base", "accuracy_vs_base"):
+        assert cases[gate].find("failure") is None and cases[gate].find("skipped") is None
+    assert "A/B, same run" in (out / "report.md").read_text()
+    assert _run(workspace, "x86_cpu_int8q", "--ab-base", str(workspace / "nowhere")) == 2

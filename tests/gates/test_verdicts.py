@@ -11,7 +11,9 @@ from edgematrix.gates.baseline import Baseline, load_baseline, write_baseline
 from edgematrix.gates.verdicts import RunFigures, evaluate_gates
 from edgematrix.matrix.schema import Gates
 
-REF = RunFigures(accuracy=95.0, p50_ms=80.0, backend="onnxruntime", backend_version="1.31.1", device="test cpu")
+REF = RunFigures(
+    accuracy=95.0, p50_ms=80.0, backend="onnxruntime", backend_version="1.31.1", device="test cpu", precision="fp32"
+)
 
 
 def _baseline(**kw) -> Baseline:
@@ -37,7 +39,7 @@ def _by_gate(verdicts):
 
 
 def test_all_pass_within_budgets() -> None:
-    cand = RunFigures(94.6, 25.0, "onnxruntime", "1.31.1", "test cpu")
+    cand = RunFigures(94.6, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8")
     v = _by_gate(evaluate_gates(Gates(min_accuracy=85), REF, cand, _baseline(), same_artifact=False, baseline_hint="h"))
     assert [x.status for x in v.values()] == ["passed"] * 4
     assert "drop +0.40 points (budget 0.50)" in v["accuracy_vs_reference"].message
@@ -46,21 +48,21 @@ def test_all_pass_within_budgets() -> None:
 
 
 def test_accuracy_drop_beyond_budget_fails() -> None:
-    cand = RunFigures(94.4, 25.0, "onnxruntime", "1.31.1", "test cpu")
+    cand = RunFigures(94.4, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8")
     v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(), same_artifact=False, baseline_hint="h"))
     assert v["accuracy_vs_reference"].failed  # 0.6 > 0.5
     assert not v["accuracy_vs_baseline"].failed  # 94.8 - 94.4 = 0.4
 
 
 def test_latency_ratio_regression_fails() -> None:
-    cand = RunFigures(95.0, 27.0, "onnxruntime", "1.31.1", "test cpu")  # 0.3375 > 0.33
+    cand = RunFigures(95.0, 27.0, "onnxruntime", "1.31.1", "test cpu", "int8")  # 0.3375 > 0.33
     v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(), same_artifact=False, baseline_hint="h"))
     assert v["latency_vs_baseline"].failed
     assert "speedup 2.96x vs baseline 3.33x" in v["latency_vs_baseline"].message
 
 
 def test_min_accuracy_floor() -> None:
-    cand = RunFigures(84.0, 25.0, "onnxruntime", "1.31.1", "test cpu")
+    cand = RunFigures(84.0, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8")
     v = _by_gate(
         evaluate_gates(
             Gates(min_accuracy=85, accuracy_drop_vs_reference=20),
@@ -75,21 +77,26 @@ def test_min_accuracy_floor() -> None:
 
 
 def test_no_baseline_and_other_toolchain_are_not_applicable_with_reason() -> None:
-    cand = RunFigures(94.9, 25.0, "onnxruntime", "1.31.1", "test cpu")
+    cand = RunFigures(94.9, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8")
     v = _by_gate(evaluate_gates(Gates(), REF, cand, None, same_artifact=False, baseline_hint="run X"))
     assert v["accuracy_vs_baseline"].status == "not applicable" and "run X" in v["accuracy_vs_baseline"].message
     v = _by_gate(
         evaluate_gates(Gates(), REF, cand, _baseline(backend_version="1.20.0"), same_artifact=False, baseline_hint="h")
     )
     assert v["latency_vs_baseline"].status == "not applicable"
-    assert "onnxruntime 1.20.0" in v["latency_vs_baseline"].message
+    assert "backend version: baseline '1.20.0', this run '1.31.1'" in v["latency_vs_baseline"].message
+    assert "refused" in v["latency_vs_baseline"].message
     v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(cpu="other cpu"), same_artifact=False, baseline_hint="h"))
     assert v["accuracy_vs_baseline"].status == "not applicable"
-    assert "on 'other cpu'" in v["accuracy_vs_baseline"].message
+    assert "device: baseline 'other cpu', this run 'test cpu'" in v["accuracy_vs_baseline"].message
 
 
 def test_reference_only_cell_has_no_ratio_gate() -> None:
-    v = _by_gate(evaluate_gates(Gates(), REF, REF, _baseline(accuracy=95.0), same_artifact=True, baseline_hint="h"))
+    v = _by_gate(
+        evaluate_gates(
+            Gates(), REF, REF, _baseline(accuracy=95.0, precision="fp32"), same_artifact=True, baseline_hint="h"
+        )
+    )
     assert v["accuracy_vs_reference"].status == "not applicable"
     assert v["latency_vs_baseline"].status == "not applicable"
     assert v["accuracy_vs_baseline"].status == "passed"

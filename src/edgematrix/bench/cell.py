@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgematrix.errors import GateFailure, RunnerUnavailableError
+from edgematrix.errors import EdgeMatrixError, GateFailure, RunnerUnavailableError
 from edgematrix.matrix.loader import Cell
 from edgematrix.runners.select import Choice, RunnerChoiceError, choose_runner
 
@@ -41,6 +41,7 @@ class CellOptions:
     data_root: str | None = None
     update_baseline: bool = False
     progress: bool = True
+    ab_base: Path | None = None  # A/B mode: the base branch's candidate (.onnx, or its results/<cell>/ folder)
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     stages = _Stages(6 if cell.recipe.quantize is not None else 5)
     art = _build_artifacts(cell, options, stages)
-    measured, lcfg = _measure(cell, art, out, stages)
+    measured, lcfg = _measure(cell, art, out, stages, _resolve_ab_base(options.ab_base))
     return _gate_and_report(cell, options, choice, art, measured, lcfg, stages, out)
 
 
@@ -259,8 +260,28 @@ def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
     return {}
 
 
-def _measure(cell: Cell, art: _Artifacts, out: Path, stages: _Stages) -> tuple[dict[tuple[str, str], _Measured], Any]:
-    """Steps 5-6: task accuracy per (backend, role), output agreement, interleaved latency."""
+def _resolve_ab_base(path: Path | None) -> Path | None:
+    """The base branch's candidate model: an .onnx file, or a results folder's artifacts.json."""
+    if path is None:
+        return None
+    if path.is_dir():
+        manifest = path / "artifacts.json"
+        if not manifest.is_file():
+            raise EdgeMatrixError(f"--ab-base {path}: no artifacts.json; pass the base run's results/<cell>/ or .onnx")
+        path = Path(json.loads(manifest.read_text())["candidate"])
+    if not path.is_file():
+        raise EdgeMatrixError(f"--ab-base: model {path} not found; run the cell on the base branch first")
+    return path
+
+
+def _measure(
+    cell: Cell, art: _Artifacts, out: Path, stages: _Stages, ab_base: Path | None = None
+) -> tuple[dict[tuple[str, str], _Measured], Any]:
+    """Steps 5-6: task accuracy per (backend, role), output agreement, interleaved latency.
+
+    In A/B mode the base branch's candidate runs as role ``base`` on the primary backend, in the same
+    interleaved rounds as this branch's candidate, so drift of a shared runner cancels out.
+    """
     import numpy as np
 
     from edgematrix.backends.base import create_runner
@@ -272,6 +293,9 @@ def _measure(cell: Cell, art: _Artifacts, out: Path, stages: _Stages) -> tuple[d
     backends = target.all_backends
     roles = {"reference": art.fp32_path} if art.same else {"reference": art.fp32_path, "candidate": art.cand_path}
     keys = [(b, r) for b in backends for r in roles]
+    if ab_base is not None:
+        roles["base"] = ab_base
+        keys.append((target.backend, "base"))
     runners = {k: create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1])) for k in keys}
     evaluate = tasks.get(cell.model.task)
     primary = (target.backend, "reference")
@@ -316,7 +340,7 @@ def _measure(cell: Cell, art: _Artifacts, out: Path, stages: _Stages) -> tuple[d
     finally:
         for r in runners.values():
             r.__exit__(None, None, None)
-    precision_of = {"reference": "fp32", "candidate": recipe.precision}
+    precision_of = {"reference": "fp32", "candidate": recipe.precision, "base": recipe.precision}
     measured = {
         (b, r): _Measured(
             b, r, roles[r], precision_of[r], scores[b, r], samples[f"{b}:{r}"], facts[b, r], rel.get((b, r))
@@ -357,9 +381,11 @@ def _gate_and_report(
     backends = target.all_backends
     env = capture_environment({"edgematrix_runner": choice.runner})
     device = str(env.get("cpu_model") or platform.processor())
+    image = os.environ.get("EDGEMATRIX_IMAGE_DIGEST", "local")  # the container image's digest when in one
+    power_mode = os.environ.get("EDGEMATRIX_POWER_MODE", "")  # device runners export nvpmodel / TI OPP
     ref_of_record = measured[target.backend, "reference"]
     ref_p50 = ref_of_record.samples.p50_ms
-    sha = {p: file_sha256(p) for p in {art.fp32_path, art.cand_path}}
+    sha = {p: file_sha256(p) for p in {m.path for m in measured.values()}}
 
     # gates, per backend (the primary backend's gate names carry no suffix: stable JUnit names)
     verdicts: list[Verdict] = []
@@ -376,10 +402,14 @@ def _gate_and_report(
         baseline = None if options.update_baseline else load_baseline(options.baselines_dir, key)
         ref, cand = measured[b, "reference"], measured[b, "candidate"]
         version = str(cand.facts.get("version", ""))
-        figs_ref = RunFigures(ref_of_record.score.accuracy, ref_p50, b, version, device)
-        figs_cand = RunFigures(cand.score.accuracy, cand.samples.p50_ms, b, version, device)
-        if b != target.backend:  # the latency ratio stays within the backend: its own FP32 reference
-            figs_ref = RunFigures(ref_of_record.score.accuracy, ref.samples.p50_ms, b, version, device)
+        # the latency ratio stays within the backend: candidate vs that backend's FP32 reference,
+        # paired round by round (the rounds are interleaved, so machine drift cancels in each pair)
+        ratios = tuple(c / r for c, r in zip(cand.samples.samples_s, ref.samples.samples_s, strict=True))
+        figs_ref = RunFigures(ref_of_record.score.accuracy, ref.samples.p50_ms, b, version, device)
+        figs_cand = RunFigures(
+            cand.score.accuracy, cand.samples.p50_ms, b, version, device, cand.precision, image, power_mode,
+            ratios,
+        )  # fmt: skip
         vs = evaluate_gates(cell.gates, figs_ref, figs_cand, baseline, same_artifact=art.same, baseline_hint=hint)
         if b != target.backend and ref.rel_diff is not None:
             ok = ref.rel_diff <= FP32_AGREEMENT_TOLERANCE
@@ -409,9 +439,16 @@ def _gate_and_report(
                 artifact_sha256=sha[cand.path],
                 cpu=device,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
+                image=image,
+                power_mode=power_mode,
+                ratio_samples=[round(x, 6) for x in ratios] if not art.same else [],
             )
             written = write_baseline(options.baselines_dir, bl, key)
             notes.append(f"baseline written to {written} — review and commit it")
+
+    if (target.backend, "base") in measured:
+        verdicts.extend(_ab_verdicts(cell, measured[target.backend, "base"], measured[target.backend, "candidate"]))
+        per_backend_failed[target.backend] = any(v.failed for v in verdicts if "[" not in v.gate)
 
     # backend selection: the fastest candidate among the backends that pass all their gates
     passing = [b for b in backends if not per_backend_failed[b]]
@@ -419,43 +456,44 @@ def _gate_and_report(
     selection = _selection_text(backends, passing, selected, measured)
 
     rows, entries = [], []
-    for b in backends:
-        for role in ("reference", "candidate"):
-            m = measured[b, role]
-            extra: dict[str, float | int | str] = {
-                "role": role,
-                "recipe": cell.recipe_name,
-                "precision": m.precision,
-                "backend": b,
-                "backend_version": str(m.facts.get("version", "")),
-                "inference_precision": str(m.facts.get("inference_precision", m.precision)),
-                "accuracy": round(m.score.accuracy, 6),
-                **{k: round(v, 6) for k, v in m.score.extras.items()},
-                "model_bytes": m.path.stat().st_size,
-                "input_shape": "x".join(map(str, cell.model.input_shape)),
-                "artifact_sha256": sha[m.path],
-                "threads": int(m.facts.get("intra_op_threads", m.facts.get("threads", 0)) or 0),
-                "p50_ms": round(m.samples.p50_ms, 4),
-                "p90_ms": round(m.samples.p90_ms, 4),
-                "p99_ms": round(m.samples.p99_ms, 4),
-                "speedup_vs_reference": round(ref_p50 / m.samples.p50_ms, 4),
-                "max_rel_diff_vs_reference": round(m.rel_diff, 8) if m.rel_diff is not None else 0.0,
-                "selected_backend": selected,
-                "cell": cell.name,
-                "target": cell.target_name,
-                "model": cell.model_name,
-                "runner": choice.runner,
-                "dataset": "synthetic-tusimple" if art.synthetic else "tusimple",
-            }
-            suffix = role if b == target.backend else f"{role}@{b}"
-            entries.append(
-                BenchmarkEntry(
-                    name=f"{cell.name}[{suffix}]", group=cell.name, samples_s=m.samples.samples_s, extra_info=extra
-                )
+    for b, role in [(b, r) for b in backends for r in ("reference", "candidate", "base") if (b, r) in measured]:
+        m = measured[b, role]
+        extra: dict[str, float | int | str] = {
+            "role": role,
+            "recipe": cell.recipe_name,
+            "precision": m.precision,
+            "backend": b,
+            "backend_version": str(m.facts.get("version", "")),
+            "inference_precision": str(m.facts.get("inference_precision", m.precision)),
+            "accuracy": round(m.score.accuracy, 6),
+            **{k: round(v, 6) for k, v in m.score.extras.items()},
+            "model_bytes": m.path.stat().st_size,
+            "input_shape": "x".join(map(str, cell.model.input_shape)),
+            "artifact_sha256": sha[m.path],
+            "threads": int(m.facts.get("intra_op_threads", m.facts.get("threads", 0)) or 0),
+            "p50_ms": round(m.samples.p50_ms, 4),
+            "p90_ms": round(m.samples.p90_ms, 4),
+            "p99_ms": round(m.samples.p99_ms, 4),
+            "speedup_vs_reference": round(ref_p50 / m.samples.p50_ms, 4),
+            "max_rel_diff_vs_reference": round(m.rel_diff, 8) if m.rel_diff is not None else 0.0,
+            "selected_backend": selected,
+            "cell": cell.name,
+            "target": cell.target_name,
+            "model": cell.model_name,
+            "runner": choice.runner,
+            "dataset": "synthetic-tusimple" if art.synthetic else "tusimple",
+        }
+        suffix = role if b == target.backend else f"{role}@{b}"
+        entries.append(
+            BenchmarkEntry(
+                name=f"{cell.name}[{suffix}]", group=cell.name, samples_s=m.samples.samples_s, extra_info=extra
             )
-            rows.append({**extra, "fp": m.score.extras.get("fp", 0.0), "fn": m.score.extras.get("fn", 0.0),
-                         "speedup": ref_p50 / m.samples.p50_ms})  # fmt: skip
+        )
+        rows.append({**extra, "fp": m.score.extras.get("fp", 0.0), "fn": m.score.extras.get("fn", 0.0),
+                     "speedup": ref_p50 / m.samples.p50_ms})  # fmt: skip
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
+    manifest = {"reference": str(art.fp32_path.resolve()), "candidate": str(art.cand_path.resolve())}
+    (out / "artifacts.json").write_text(json.dumps(manifest, indent=2))
 
     cand = measured[target.backend, "candidate"]
     junit_props = {
@@ -493,6 +531,28 @@ def _gate_and_report(
             + f"\nartifacts: {out}"
         )
     return result
+
+
+def _ab_verdicts(cell: Cell, base: _Measured, cand: _Measured) -> list[Any]:
+    """A/B mode: this branch's candidate vs the base branch's, measured in the same rounds."""
+    from edgematrix.gates.latency import compare_latency
+    from edgematrix.gates.verdicts import Verdict
+
+    g = cell.gates
+    lv = compare_latency(
+        base.samples.samples_s, cand.samples.samples_s, min_effect=g.latency_min_effect, confidence=g.latency_confidence
+    )
+    drop = base.score.accuracy - cand.score.accuracy
+    ok = drop <= g.accuracy_drop_vs_baseline
+    return [
+        Verdict("latency_vs_base", "failed" if lv.status == "regression" else "passed", f"A/B, same run: {lv.message}"),
+        Verdict(
+            "accuracy_vs_base",
+            "passed" if ok else "failed",
+            f"candidate {cand.score.accuracy:.2f} vs base branch {base.score.accuracy:.2f}: drop {drop:+.2f} points "
+            f"(budget {g.accuracy_drop_vs_baseline:.2f})",
+        ),
+    ]
 
 
 def _selection_text(backends: list[str], passing: list[str], selected: str, measured: dict) -> str:

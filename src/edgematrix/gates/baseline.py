@@ -1,10 +1,16 @@
-"""Reviewed baselines, one JSON file per cell under ``matrix/baselines/``."""
+"""Reviewed baselines, one JSON file per cell and backend under ``matrix/baselines/``.
+
+A baseline is keyed by its toolchain: backend and version, precision, the CPU/device model, the
+container image (digest, or ``local``) and the device's power mode where known. A run on another
+toolchain is not compared with it (the gate says so); pytest-benchmark's ``machine_id`` is not used
+because it does not tell an arm64 board from an x86 host reliably.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edgematrix.errors import EdgeMatrixError
@@ -24,10 +30,20 @@ class Baseline:
     artifact_sha256: str
     cpu: str
     created: str
+    image: str = "local"  # container image digest the cell ran in, or "local"
+    power_mode: str = ""  # e.g. nvpmodel MAXN on Jetson; "" where not applicable or unknown
+    ratio_samples: list[float] = field(default_factory=list)  # per-round candidate/reference, same run
 
-    def toolchain(self) -> tuple[str, str, str]:
-        """What must match for a comparison: backend, its version, and the CPU/device model."""
-        return (self.backend, self.backend_version, self.cpu)
+    def toolchain(self) -> dict[str, str]:
+        """What must match for a comparison."""
+        return {
+            "backend": self.backend,
+            "backend version": self.backend_version,
+            "precision": self.precision,
+            "device": self.cpu,
+            "image": self.image,
+            "power mode": self.power_mode,
+        }
 
 
 def baseline_key(cell: str, backend: str, primary: str) -> str:
@@ -45,7 +61,11 @@ def load_baseline(baselines_dir: Path, key: str) -> Baseline | None:
         return None
     try:
         data = json.loads(path.read_text())
-        return Baseline(**{k: data[k] for k in Baseline.__dataclass_fields__})
+        known = {f.name for f in fields(Baseline)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise KeyError(f"unknown field(s) {unknown}")
+        return Baseline(**data)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise EdgeMatrixError(
             f"baseline {path} is malformed ({type(e).__name__}: {e}); regenerate it with "

@@ -17,6 +17,20 @@ class RunFigures:
     backend: str
     backend_version: str
     device: str  # CPU or device model the figures were measured on
+    precision: str = ""
+    image: str = "local"
+    power_mode: str = ""
+    ratio_samples: tuple[float, ...] = ()  # per-round candidate/reference (candidate figures only)
+
+    def toolchain(self) -> dict[str, str]:
+        return {
+            "backend": self.backend,
+            "backend version": self.backend_version,
+            "precision": self.precision,
+            "device": self.device,
+            "image": self.image,
+            "power mode": self.power_mode,
+        }
 
 
 @dataclass(frozen=True)
@@ -68,12 +82,11 @@ def evaluate_gates(
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out
-    if baseline.toolchain() != (candidate.backend, candidate.backend_version, candidate.device):
-        msg = (
-            f"baseline recorded with {baseline.backend} {baseline.backend_version} on {baseline.cpu!r}, this run "
-            f"uses {candidate.backend} {candidate.backend_version} on {candidate.device!r}: not comparable; "
-            f"{baseline_hint}"
-        )
+    theirs, ours = baseline.toolchain(), candidate.toolchain()
+    differ = [k for k in theirs if theirs[k] != ours[k]]
+    if differ:
+        what = "; ".join(f"{k}: baseline {theirs[k]!r}, this run {ours[k]!r}" for k in differ)
+        msg = f"baseline is of another toolchain ({what}): not comparable, refused; {baseline_hint}"
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out
@@ -92,6 +105,24 @@ def evaluate_gates(
                 "latency_vs_baseline",
                 "not applicable",
                 "no same-run ratio for a reference-only cell; absolute CPU times are too noisy to gate",
+            )
+        )
+    elif len(baseline.ratio_samples) >= 5 and len(candidate.ratio_samples) >= 5:
+        # statistical gate on the per-round same-run ratios: drift of the machine cancels within a
+        # round, and a regression needs both the minimum effect and significance
+        from edgematrix.gates.latency import compare_latency
+
+        lv = compare_latency(
+            baseline.ratio_samples,
+            list(candidate.ratio_samples),
+            min_effect=gates.latency_min_effect,
+            confidence=gates.latency_confidence,
+        )
+        out.append(
+            Verdict(
+                "latency_vs_baseline",
+                "failed" if lv.status == "regression" else "passed",
+                f"candidate/reference ratio vs baseline's: {lv.message}",
             )
         )
     else:

@@ -145,6 +145,10 @@ class Gates(_Strict):
         0.10, ge=0, description="fraction by which candidate/reference p50 may exceed the baseline's ratio"
     )
     min_accuracy: float = Field(0.0, ge=0, le=100, description="absolute floor for the candidate's accuracy (points)")
+    latency_min_effect: float = Field(
+        0.05, ge=0, lt=1, description="statistical latency gate: smallest slowdown reported as a regression (5% = 0.05)"
+    )
+    latency_confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence of the latency gate's interval")
 
 
 class CellSpec(_Strict):

@@ -1,0 +1,50 @@
+"""``edgematrix report``: merged JUnit, markdown summary + PR comment, plots, history.
+
+Thin over the report modules; the CLI verb calls :func:`run_report`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgematrix.report.merge import find_cells, merge_junit
+from edgematrix.report.summary import write_summary
+
+
+def run_report(
+    results_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    history: str | os.PathLike[str] | None = None,
+    baselines_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Path]:
+    """Write the reports of ``results_dir`` into ``out_dir``; return what was written, by name.
+
+    Keys: ``junit`` (merged), ``summary``, ``pr_comment`` (and ``step_summary`` when
+    ``$GITHUB_STEP_SUMMARY`` is set), ``latency:<cell>`` (one PNG per cell, against ``base_dir``'s
+    same cell when it has one), and with ``history``: ``history`` (the store, appended to) and
+    ``history_plot``.
+    """
+    from edgematrix.report.plots import plot_history, plot_latency_distributions
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"junit": merge_junit(results_dir, out / "junit.xml")}
+    paths.update(write_summary(results_dir, out, base_dir=base_dir, baselines_dir=baselines_dir))
+    for cell_dir in find_cells(results_dir):
+        bench = cell_dir / "benchmark.json"
+        if not bench.is_file():
+            continue
+        base = Path(base_dir) / cell_dir.name / "benchmark.json" if base_dir is not None else None
+        paths[f"latency:{cell_dir.name}"] = plot_latency_distributions(
+            bench, out / "plots" / f"{cell_dir.name}-latency.png", base if base is not None and base.is_file() else None
+        )
+    if history is not None:
+        from edgematrix.report.history import append_run
+
+        append_run(history, results_dir)
+        paths["history"] = Path(history)
+        paths["history_plot"] = plot_history(history, out / "plots" / "history.png")
+    return paths
