@@ -6,13 +6,11 @@ The file is what ``pytest --benchmark-json`` writes, with per-round ``data`` alw
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.fileio import atomic_write_text
 from edgematrix.measure.harness import LatencyConfig
 
 ExtraValue = float | int | str
@@ -93,35 +92,12 @@ def _benchmark_dict(entry: BenchmarkEntry, config: LatencyConfig) -> dict[str, A
     }
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @functools.cache
 def _machine_info() -> dict[str, Any]:
     """pytest-benchmark's machine_info (py-cpuinfo takes ~0.2 s, so once per process)."""
     from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
 
     return pytest_benchmark_generate_machine_info()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp creates 0600; a results file is a normal file
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_benchmark_json(
@@ -159,7 +135,7 @@ def write_benchmark_json(
         text = json.dumps(document, indent=4, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"benchmark JSON for {str(path)!r} is not plain JSON (check machine_extra): {exc}") from None
-    _atomic_write_text(Path(path), text + "\n")
+    atomic_write_text(Path(path), text + "\n")
     return json.loads(text)  # what was written (tuples in machine_info became lists)
 
 

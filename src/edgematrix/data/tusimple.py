@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from edgematrix.errors import DataError
+from edgematrix.fileio import atomic_write_text
 
 TRAIN_GLOB = "label_data_*.json"
 TEST_LABELS = "test_label.json"
@@ -96,12 +97,7 @@ def write_predictions(
 
 
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 class TuSimpleDataset:

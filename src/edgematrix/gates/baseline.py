@@ -9,11 +9,11 @@ because it does not tell an arm64 board from an x86 host reliably.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.fileio import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,5 @@ def load_baseline(baselines_dir: Path, key: str) -> Baseline | None:
 
 def write_baseline(baselines_dir: Path, baseline: Baseline, key: str | None = None) -> Path:
     path = baseline_path(baselines_dir, key or baseline.cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(baseline), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(baseline), indent=2, sort_keys=True) + "\n")
     return path

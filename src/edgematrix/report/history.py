@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.fileio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("cell", "backend", "role", "timestamp")
@@ -103,27 +103,6 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
 def append_records(history_path: str | os.PathLike[str], records: list[dict[str, Any]]) -> int:
     """Append ``records`` to the store atomically; return how many were appended."""
     path = Path(history_path)
@@ -138,7 +117,7 @@ def append_records(history_path: str | os.PathLike[str], records: list[dict[str,
                 "corrupt the store. Look at that line, then remove it (or complete it) and append again"
             )
         if records:
-            _replace_atomically(path, old + lines)
+            atomic_write_bytes(path, old + lines)
     return len(records)
 
 
