@@ -67,6 +67,7 @@ class TrainConfig(_Strict):
     warmup_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when torch sees one")
     flip: bool = True
     label_sigma: float = Field(1.0, ge=0, description="Gaussian soft cell targets (cells); 0 = plain cross-entropy")
     expectation_weight: float = Field(0.05, ge=0, description="weight of UFLD-v2's expectation (mean) loss")

@@ -51,8 +51,8 @@ def _targets(
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.from_numpy(MEAN).view(1, 3, 1, 1)
-    std = torch.from_numpy(STD).view(1, 3, 1, 1)
+    mean = torch.from_numpy(MEAN).view(1, 3, 1, 1).to(x.device)
+    std = torch.from_numpy(STD).view(1, 3, 1, 1).to(x.device)
     return ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
@@ -75,7 +75,10 @@ def train_lane_model(
     np.random.seed(config.seed)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
-    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and cpu_has_bf16())
+    device = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("train.device = 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and (device == "cuda" or cpu_has_bf16()))
     seg_size = model.aux_size if model.use_aux else None
     T = _targets(train, g, False, seg_size)
     TF = _targets(train, g, True, seg_size) if config.flip else T
@@ -84,6 +87,7 @@ def train_lane_model(
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = config.epochs * steps_per_epoch
     model.train()
+    model.to(device)
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, config.warmup_fraction))
@@ -113,9 +117,11 @@ def train_lane_model(
                 )
                 x = X[idx].clone()
                 x[flip] = x[flip].flip(-1)
-                tgt = {k: torch.where(flip.view(-1, *[1] * (T[k].dim() - 1)), TF[k][idx], T[k][idx]) for k in T}
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    out = model(_normalise(x))
+                tgt = {
+                    k: torch.where(flip.view(-1, *[1] * (T[k].dim() - 1)), TF[k][idx], T[k][idx]).to(device) for k in T
+                }
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
+                    out = model(_normalise(x.to(device)))
                 loss = lane_loss(
                     [o.float() for o in out],
                     tgt,
@@ -132,9 +138,11 @@ def train_lane_model(
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.3f}")
             history.append({"epoch": epoch + 1, "loss": running / n})
     model.eval()
+    model.to("cpu")
     model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     seconds = time.perf_counter() - start
-    save_checkpoint(model, checkpoint, {"history": history, "seconds": seconds, "bf16": use_bf16, "threads": threads})
+    facts = {"history": history, "seconds": seconds, "bf16": use_bf16, "threads": threads, "device": device}
+    save_checkpoint(model, checkpoint, facts)
     return TrainResult(checkpoint, False, seconds, history)
 
 
