@@ -186,7 +186,11 @@ class Runner(ABC):
 backends: Registry[type[Runner]] = Registry("backend")
 
 # Built-in backends, imported on first lookup so that registering them costs no runtime import.
-_BUILTIN_BACKEND_MODULES = ("edgematrix.backends.onnxruntime.runner", "edgematrix.backends.openvino.runner")
+_BUILTIN_BACKEND_MODULES = (
+    "edgematrix.backends.onnxruntime.runner",
+    "edgematrix.backends.openvino.runner",
+    "edgematrix.backends.torch.runner",
+)
 
 
 def load_builtin_backends() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgematrix.errors import EdgeMatrixError, GateFailure, RunnerUnavailableError
+from edgematrix.errors import BackendError, EdgeMatrixError, GateFailure, RunnerUnavailableError
 from edgematrix.matrix.loader import Cell
 from edgematrix.runners.select import Choice, RunnerChoiceError, choose_runner
 
@@ -108,9 +108,12 @@ class _Artifacts:
     cand_path: Path
     export_note: str
 
+    precision: str = "fp32"
+
     @property
     def same(self) -> bool:
-        return self.cand_path == self.fp32_path
+        """A reference-only cell: the candidate is the FP32 model run in FP32."""
+        return self.cand_path == self.fp32_path and self.precision == "fp32"
 
 
 @dataclass
@@ -242,8 +245,28 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
             stages.done("reused cached INT8 model")
     return _Artifacts(
         root, synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, cand_path,
-        export_note,
+        export_note, recipe.precision,
     )  # fmt: skip
+
+
+def _gpu_int8_runtime_missing() -> str:
+    """Why a QDQ INT8 model cannot run on this GPU host ("" when a GPU INT8 runtime is present)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        return ""
+    try:
+        import onnxruntime as ort
+
+        if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+            return ""
+    except ImportError:
+        pass
+    return (
+        "no GPU INT8 runtime on this host: the QDQ INT8 model needs TensorRT or onnxruntime-gpu (CUDA / TensorRT "
+        "execution provider), and torch has no kernels for it. Not measured: no CPU figure is reported for a GPU "
+        "cell. Install the `tensorrt` extra (or onnxruntime-gpu) on the GPU runner."
+    )
 
 
 def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
@@ -251,6 +274,20 @@ def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
     target = cell.target
     if backend == "onnxruntime":
         return {"providers": tuple(target.providers), "intra_op_threads": target.threads}  # 0: physical cores
+    if backend == "torch":
+        from edgematrix.models.ufld import OUTPUT_NAMES
+
+        # the trained torch module itself: FP32 eager as the reference; an FP16 candidate runs under
+        # autocast, channels-last, replayed as a CUDA graph (the fastest batch-1 form measured)
+        fast = role != "reference" and cell.recipe.precision == "fp16"
+        return {
+            "input_shape": tuple(cell.model.input_shape),
+            "device": "cuda",
+            "mode": "fp16" if fast else "fp32",
+            "channels_last": fast,
+            "cuda_graph": fast,
+            "output_names": OUTPUT_NAMES,
+        }
     if backend == "openvino":
         # Exact FP32 for every role: OpenVINO would otherwise run the float layers in bf16 on CPUs
         # that have it, and the FP32 reference would not be what it says. For the INT8 QDQ model the
@@ -291,12 +328,22 @@ def _measure(
 
     target, recipe = cell.target, cell.recipe
     backends = target.all_backends
+    if "torch" in backends and recipe.precision == "int8":
+        reason = _gpu_int8_runtime_missing()
+        raise BackendError(
+            f"{cell.name}: {reason or 'the GPU INT8 path through onnxruntime-gpu/TensorRT is not wired to the torch target yet'}"
+        )
     roles = {"reference": art.fp32_path} if art.same else {"reference": art.fp32_path, "candidate": art.cand_path}
     keys = [(b, r) for b in backends for r in roles]
     if ab_base is not None:
         roles["base"] = ab_base
         keys.append((target.backend, "base"))
-    runners = {k: create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1])) for k in keys}
+    runners = {
+        k: create_runner("torch", module=art.model, **_runner_kwargs("torch", cell, k[1]))
+        if k[0] == "torch"
+        else create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1]))
+        for k in keys
+    }
     evaluate = tasks.get(cell.model.task)
     primary = (target.backend, "reference")
     probe = [
@@ -334,7 +381,18 @@ def _measure(
             "latency",
             f"batch 1, {len(runners)} model(s) interleaved, ≥{lcfg.min_rounds} rounds, ≥{lcfg.min_time_s:g} s",
         )
-        samples = measure_interleaved({f"{b}:{r}": run for (b, r), run in runners.items()}, probe[0], lcfg)
+        samples: dict[str, Any]
+        if set(backends) == {"torch"}:
+            # GPU: CUDA-event timing of the device-side forward; host overhead is kept separately
+            import torch
+
+            from edgematrix.measure.gpu import measure_cuda_interleaved
+
+            x = torch.from_numpy(probe[0]["input"]).to("cuda")
+            fns = {f"{b}:{r}": (lambda run=run: run.infer_device(x)) for (b, r), run in runners.items()}
+            samples = measure_cuda_interleaved(fns, lcfg)
+        else:
+            samples = measure_interleaved({f"{b}:{r}": run for (b, r), run in runners.items()}, probe[0], lcfg)
         stages.done(", ".join(f"{k} p50 {v.p50_ms:.2f} ms" for k, v in samples.items()))
         facts = {k: r.facts() for k, r in runners.items()}
     finally:
