@@ -439,6 +439,11 @@ def _gate_and_report(
     backends = target.all_backends
     env = capture_environment({"edgematrix_runner": choice.runner})
     device = str(env.get("cpu_model") or platform.processor())
+    if "torch" in backends:  # GPU facts (name, driver, CUDA, clocks, temperature, locked clocks) via NVML
+        from edgematrix.measure.gpu import gpu_facts
+
+        env.update(gpu_facts())
+        device = str(env.get("gpu") or device)
     image = os.environ.get("EDGEMATRIX_IMAGE_DIGEST", "local")  # the container image's digest when in one
     power_mode = os.environ.get("EDGEMATRIX_POWER_MODE", "")  # device runners export nvpmodel / TI OPP
     ref_of_record = measured[target.backend, "reference"]
