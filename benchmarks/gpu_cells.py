@@ -748,6 +748,31 @@ def plot_configs(bench: Bench, rows: Mapping[str, Any], path: Path) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def run_cells(run: Run, cells: list[str], results: Path) -> dict[str, dict[str, object]]:
+    """The matrix's GPU cells, each a full `edgematrix run` (train, export, accuracy, CUDA-event latency, gates).
+
+    Exit 0 = gates passed, 1 = a gate failed, 2 = the cell could not run (e.g. x86_gpu_int8 without a
+    GPU INT8 runtime: it says so and reports no number).
+    """
+    import subprocess
+
+    outcome: dict[str, dict[str, object]] = {}
+    for cell in cells:
+        run.log(f"  cell {cell}: edgematrix run {cell}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgematrix.cli", "run", cell, "--no-progress", "--results", str(results)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        last = [line for line in (proc.stderr or "").splitlines() if line.strip()][-1:] or [""]
+        outcome[cell] = {"exit_code": proc.returncode, "last_line": last[0][:400]}
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"{cell}.log").write_text(proc.stderr + proc.stdout)
+        run.log(f"  cell {cell}: exit {proc.returncode}: {last[0][:200]}")
+    return outcome
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else ./gpu-results)")
@@ -765,6 +790,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=300.0,
         help="do not start a torch.compile after this many seconds of the run (recorded as skipped)",
+    )
+    parser.add_argument(
+        "--cells",
+        default="",
+        help="comma list of matrix cells to run afterwards with `edgematrix run` (e.g. x86_gpu_fp32,x86_gpu_fp16,"
+        "x86_gpu_int8); their results/<cell>/ go under OUT/cells/ and their exit codes into summary.json",
     )
     args = parser.parse_args(argv)
     out = args.out or Path(os.environ.get("OUT") or "gpu-results")
@@ -828,6 +859,11 @@ def main(argv: list[str] | None = None) -> int:
         stage_int8(run)
     with run.stage("targets"):
         evaluate_targets(run)
+
+    cells = [c for c in args.cells.split(",") if c]
+    if cells:
+        with run.stage("cells"):
+            run.summary["cells"] = run_cells(run, cells, out / "cells")
 
     facts_end = gpu_facts(torch.device(args.device).index if args.device.startswith("cuda") else None)
     run.summary["gpu_facts_end"] = facts_end
