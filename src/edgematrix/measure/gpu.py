@@ -48,14 +48,13 @@ for CPU smoke runs and tests of the loop itself (it measures host wall time, not
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from edgematrix.errors import BackendError, EdgeMatrixError
-from edgematrix.measure.harness import LatencyConfig, LatencySamples, Progress
+from edgematrix.measure.harness import LatencyConfig, LatencySamples, Progress, enough_rounds, gc_paused
 
 GpuFact = str | int | float
 _DEFAULT_CONFIG = LatencyConfig()  # frozen, so a shared default is safe
@@ -211,11 +210,7 @@ def _measure_events(
     timer.synchronize()  # warm-up work must not land inside the first timed interval
     syncs += 1
 
-    gc_was_enabled = gc.isenabled()
-    if config.disable_gc:
-        gc.collect()
-        gc.disable()
-    try:
+    with gc_paused(config):
         clock = time.perf_counter_ns
         start = clock()
         rounds = 0
@@ -241,13 +236,8 @@ def _measure_events(
             elapsed = (clock() - start) * 1e-9
             if progress is not None:
                 progress(rounds, elapsed)
-            if rounds >= config.max_rounds or elapsed >= config.max_time_s:
+            if enough_rounds(config, rounds, elapsed):
                 break
-            if rounds >= config.min_rounds and elapsed >= config.min_time_s:
-                break
-    finally:
-        if config.disable_gc and gc_was_enabled:
-            gc.enable()
 
     result = CudaTimings(gpu, host, timer.name)
     result.synchronizations = syncs

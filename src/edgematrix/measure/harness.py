@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -146,11 +146,7 @@ def measure_interleaved(
             for _ in range(config.warmup):
                 runner.infer(feed)
 
-        gc_was_enabled = gc.isenabled()
-        if config.disable_gc:
-            gc.collect()
-            gc.disable()
-        try:
+        with gc_paused(config):
             clock = time.perf_counter_ns
             start = clock()
             rounds = 0
@@ -166,15 +162,31 @@ def measure_interleaved(
                 elapsed = (clock() - start) * 1e-9
                 if progress is not None:
                     progress(rounds, elapsed)
-                if rounds >= config.max_rounds or elapsed >= config.max_time_s:
+                if enough_rounds(config, rounds, elapsed):
                     break
-                if rounds >= config.min_rounds and elapsed >= config.min_time_s:
-                    break
-        finally:
-            if config.disable_gc and gc_was_enabled:
-                gc.enable()
 
     return results
+
+
+@contextmanager
+def gc_paused(config: LatencyConfig) -> Iterator[None]:
+    """Collect, then keep the garbage collector off during timed rounds (when ``config.disable_gc``)."""
+    was_enabled = gc.isenabled()
+    if config.disable_gc:
+        gc.collect()
+        gc.disable()
+    try:
+        yield
+    finally:
+        if config.disable_gc and was_enabled:
+            gc.enable()
+
+
+def enough_rounds(config: LatencyConfig, rounds: int, elapsed_s: float) -> bool:
+    """The stop rule shared by every harness: both minimums reached, or either maximum."""
+    if rounds >= config.max_rounds or elapsed_s >= config.max_time_s:
+        return True
+    return rounds >= config.min_rounds and elapsed_s >= config.min_time_s
 
 
 def measure_one(
