@@ -9,65 +9,21 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from conftest import CONV_B, CONV_W, MATMUL_W, RNG, save_model  # shared tiny models: tests/backends/conftest.py
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from edgematrix.backends.base import (  # noqa: E402
+from edgematrix.backends.base import (
     Runner,
     backends,
     create_runner,
     load_builtin_backends,
     usable_physical_cores,
 )
-from edgematrix.backends.onnxruntime.loader import SessionFromOnnx  # noqa: E402
-from edgematrix.backends.onnxruntime.runner import OnnxrtRunner, graph_precision  # noqa: E402
-from edgematrix.errors import BackendError, ModelError, UnknownNameError  # noqa: E402
-
-OPSET = 17
-RNG = np.random.default_rng(0)
-CONV_W = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
-CONV_B = RNG.standard_normal(4).astype(np.float32)
-MATMUL_W = RNG.standard_normal((4, 2)).astype(np.float32)
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def conv_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """x[1,3,8,8] → Conv(4 filters, 3×3, pad 1) → Relu → y[1,4,8,8]."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-            helper.make_node("Relu", ["c"], ["y"]),
-        ],
-        "conv_relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [numpy_helper.from_array(CONV_W, "w"), numpy_helper.from_array(CONV_B, "b")],
-    )
-    return _save(graph, tmp_path_factory.mktemp("models") / "conv_relu.onnx")
-
-
-@pytest.fixture(scope="module")
-def matmul_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """x[N,4] @ w[4,2] → y[N,2], with a dynamic batch dimension."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(MATMUL_W, "w")],
-    )
-    return _save(graph, tmp_path_factory.mktemp("models") / "matmul.onnx")
+from edgematrix.backends.onnxruntime.loader import SessionFromOnnx
+from edgematrix.backends.onnxruntime.runner import OnnxrtRunner, graph_precision
+from edgematrix.errors import BackendError, ModelError, UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +42,7 @@ def qdq_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             numpy_helper.from_array(np.array(0, np.int8), "z"),
         ],
     )
-    return _save(graph, tmp_path_factory.mktemp("models") / "qdq.onnx")
+    return save_model(graph, tmp_path_factory.mktemp("models") / "qdq.onnx")
 
 
 def conv_relu_reference(x: np.ndarray) -> np.ndarray:

@@ -25,68 +25,24 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import pytest
+from conftest import MATMUL_W, RNG  # shared tiny models: tests/backends/conftest.py
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-ov = pytest.importorskip("openvino")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from edgematrix.backends.base import backends, create_runner, usable_physical_cores
+from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
+from edgematrix.backends.openvino.runner import CompiledModelFromOnnx, OpenvinoRunner
+from edgematrix.errors import BackendError, ModelError
 
-from edgematrix.backends.base import backends, create_runner, usable_physical_cores  # noqa: E402
-from edgematrix.backends.onnxruntime.runner import OnnxrtRunner  # noqa: E402
-from edgematrix.backends.openvino.runner import CompiledModelFromOnnx, OpenvinoRunner  # noqa: E402
-from edgematrix.errors import BackendError, ModelError  # noqa: E402
-
-OPSET = 17
-RNG = np.random.default_rng(0)
-CONV_W = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
-CONV_B = RNG.standard_normal(4).astype(np.float32)
-MATMUL_W = RNG.standard_normal((4, 2)).astype(np.float32)
 UFLD_SHAPE = (1, 3, 64, 160)
 FLOAT_PRECISIONS = {"f32", "bf16", "f16"}
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def conv_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """x[1,3,8,8] → Conv(4 filters, 3×3, pad 1) → Relu → y[1,4,8,8]."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-            helper.make_node("Relu", ["c"], ["y"]),
-        ],
-        "conv_relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [numpy_helper.from_array(CONV_W, "w"), numpy_helper.from_array(CONV_B, "b")],
-    )
-    return _save(graph, tmp_path_factory.mktemp("models") / "conv_relu.onnx")
-
-
-@pytest.fixture(scope="module")
-def matmul_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """x[N,4] @ w[4,2] → y[N,2], with a dynamic batch dimension."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(MATMUL_W, "w")],
-    )
-    return _save(graph, tmp_path_factory.mktemp("models") / "matmul.onnx")
 
 
 @pytest.fixture(scope="module")
 def ufld_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny UFLDv2 exported to FP32 ONNX and its U8S8 QDQ INT8 model (minmax, 4 images)."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from edgematrix.export.onnx_export import export_onnx
     from edgematrix.models.ufld import OUTPUT_NAMES, UFLDv2
     from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_benchmark
 
-pytest_benchmark = pytest.importorskip("pytest_benchmark")
-
-from edgematrix.bench.artifacts import BenchmarkEntry, read_benchmark_json, write_benchmark_json  # noqa: E402
-from edgematrix.errors import EdgeMatrixError  # noqa: E402
-from edgematrix.measure.environment import capture_environment  # noqa: E402
-from edgematrix.measure.harness import LatencyConfig  # noqa: E402
+from edgematrix.bench.artifacts import BenchmarkEntry, read_benchmark_json, write_benchmark_json
+from edgematrix.errors import EdgeMatrixError
+from edgematrix.measure.environment import capture_environment
+from edgematrix.measure.harness import LatencyConfig
 
 REFERENCE = [0.0102, 0.0099, 0.0101, 0.0120, 0.0100]
 CANDIDATE = [0.0041, 0.0040, 0.0043, 0.0040, 0.0042]

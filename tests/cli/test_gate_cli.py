@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
-pytest.importorskip("pytest_benchmark")
-
 from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
 from edgematrix.cli import main
 

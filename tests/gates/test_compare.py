@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
-pytest.importorskip("pytest_benchmark")
-
 from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.compare import compare_benchmark_files

@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
-
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.latency import LatencyVerdict, compare_latency
 

@@ -242,8 +242,7 @@ def test_percentiles_on_known_values() -> None:
 
 
 def test_interleaves_real_onnxruntime_sessions(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+    import onnx
     from onnx import TensorProto, helper
 
     from edgematrix.backends.onnxruntime.runner import OnnxrtRunner

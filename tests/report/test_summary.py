@@ -182,7 +182,6 @@ def test_base_deltas_use_compare_latency(results: Path, tmp_path: Path, monkeypa
 
 
 def test_real_compare_latency_flags_a_slowdown_only(tmp_path: Path) -> None:
-    pytest.importorskip("edgematrix.gates.latency")
     base, same, slow = tmp_path / "base", tmp_path / "same", tmp_path / "slow"
     write_cell(base, "c", INT8_GATES[:2], cand_ms=10.0, seed=3, rounds=80)
     write_cell(same, "c", INT8_GATES[:2], cand_ms=10.0, seed=4, rounds=80)
