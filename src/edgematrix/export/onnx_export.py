@@ -83,42 +83,13 @@ def export_onnx(
     output_names = tuple(output_names)
     if len(set(output_names)) != len(output_names) or input_name in output_names:
         raise EdgeMatrixError(f"input/output names must be distinct; got {input_name!r} and {output_names}")
-    return _export_onnx_impl(
-        model,
-        tuple(int(d) for d in input_shape),
-        Path(path),
-        output_names=output_names,
-        input_name=input_name,
-        opset=opset,
-        simplify=simplify,
-        atol=atol,
-        rtol=rtol,
-        seed=seed,
-        exporter=exporter,
-    )
-
-
-def _export_onnx_impl(
-    model: torch.nn.Module,
-    input_shape: tuple[int, ...],
-    path: Path,
-    *,
-    output_names: tuple[str, ...],
-    input_name: str,
-    opset: int,
-    simplify: bool,
-    atol: float,
-    rtol: float,
-    seed: int,
-    exporter: str,
-) -> ExportResult:
     was_training = model.training
     model.eval()
     try:
-        return _export_eval(
+        return _export_onnx_impl(
             model,
-            input_shape,
-            path,
+            tuple(int(d) for d in input_shape),
+            Path(path),
             output_names=output_names,
             input_name=input_name,
             opset=opset,
@@ -129,10 +100,10 @@ def _export_onnx_impl(
             exporter=exporter,
         )
     finally:
-        model.train(was_training)
+        model.train(was_training)  # the caller's mode is restored, whatever happened
 
 
-def _export_eval(
+def _export_onnx_impl(
     model: torch.nn.Module,
     input_shape: tuple[int, ...],
     path: Path,
