@@ -1,0 +1,94 @@
+"""One interface for "how fast is this model file on the target?".
+
+The latency-aware pruning search, the ``edgematrix measure`` command and the device cells ask a
+:class:`LatencyMeter` for a model's latency without knowing where it runs: :class:`LocalMeter`
+measures with a backend of this host (ONNX Runtime now), the latency-server client measures on
+the device over HTTP. Both return :class:`LatencyReport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgematrix.backends.base import Fact, create_runner
+from edgematrix.errors import EdgeMatrixError
+from edgematrix.measure.harness import LatencyConfig, measure_one
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """Latency statistics of one model on one backend, in milliseconds, plus where they came from."""
+
+    backend: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    rounds: int
+    samples_ms: tuple[float, ...] = ()
+    facts: dict[str, Fact] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "mean_ms": self.mean_ms,
+            "rounds": self.rounds,
+            "samples_ms": list(self.samples_ms),
+            "facts": dict(self.facts),
+        }
+
+
+@runtime_checkable
+class LatencyMeter(Protocol):
+    """Measures a model file. ``options`` are backend options (threads, precision, ...)."""
+
+    def measure(self, model: Path, *, options: dict[str, Any] | None = None) -> LatencyReport: ...
+
+
+def random_feed(input_metadata: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """A deterministic random feed for a runner's inputs; dynamic dims become 1."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name, meta in input_metadata.items():
+        shape = tuple(d if isinstance(d, int) else 1 for d in meta.shape)
+        if np.issubdtype(meta.dtype, np.floating):
+            feed[name] = rng.standard_normal(shape).astype(meta.dtype)
+        else:
+            feed[name] = rng.integers(0, 2, size=shape).astype(meta.dtype)
+    return feed
+
+
+@dataclass
+class LocalMeter:
+    """Measures on this host with a registered backend (``create_runner(backend, path=model, **options)``)."""
+
+    backend: str = "onnxruntime"
+    config: LatencyConfig = field(default_factory=lambda: LatencyConfig(warmup=5, min_rounds=30, min_time_s=2.0))
+    runner_options: dict[str, Any] = field(default_factory=dict)
+
+    def measure(self, model: Path, *, options: dict[str, Any] | None = None) -> LatencyReport:
+        model = Path(model)
+        if not model.is_file():
+            raise EdgeMatrixError(f"model file {model} does not exist; export the model first or check the path")
+        kwargs = {**self.runner_options, **(options or {})}
+        with create_runner(self.backend, path=model, **kwargs) as runner:
+            feed = random_feed(dict(runner.input_metadata()))
+            samples = measure_one(runner, feed, self.config)
+            facts = runner.facts()
+        return LatencyReport(
+            backend=self.backend,
+            p50_ms=samples.p50_ms,
+            p90_ms=samples.p90_ms,
+            p99_ms=samples.p99_ms,
+            mean_ms=samples.mean_ms,
+            rounds=samples.rounds,
+            samples_ms=tuple(s * 1e3 for s in samples.samples_s),
+            facts=facts,
+        )
