@@ -41,9 +41,25 @@ def _cell_impl(session: nox.Session, info: SessionInfo) -> None:
     except RunnerChoiceError as e:
         session.error(str(e))
     session.log(f"runner: {choice.runner} ({choice.reason})")
-    extras = info.target_table.get("extras", [])
-    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+    if choice.runner == "docker":
+        # the cell runs in the target's image; this venv only drives Docker (no torch, no runtimes)
+        session.install("-e", ".", "--no-deps")
+        session.install(*_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+    else:
+        extras = info.target_table.get("extras", [])
+        session.install("-e", f".[{','.join(extras)}]" if extras else ".")
     session.run("edgematrix", "run", info.name, *session.posargs)
+
+
+def _requirements(*names: str) -> list[str]:
+    """The pyproject dependency specs of ``names`` (so versions live in one place)."""
+    deps = PYPROJECT["project"]["dependencies"]
+    found = [d for d in deps if d.split(">")[0].split("=")[0].split("<")[0].strip() in names]
+    return found + [n for n in names if not any(d.startswith(n) for d in found)]
+
+
+def _extra(name: str) -> list[str]:
+    return list(PYPROJECT["project"]["optional-dependencies"][name])
 
 
 def _register(info: SessionInfo) -> None:
@@ -64,9 +80,27 @@ except ValueError as _e:  # a broken matrix must not hide the tests and lint ses
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pytest; arguments after -- go to pytest)."""
-    session.install("-e", ".[cpu,openvino]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    """Run the test suite (pytest; arguments after -- go to pytest).
+
+    The container tests (tests/runners/test_docker_*.py) use a real Docker engine: a running one,
+    or, as root, one they start from the installed `dockerd` and stop again (docker/base/host-tools.sh
+    installs it, debootstrap and qemu-user-static on Debian).
+    """
+    session.install("-e", ".[cpu,openvino,docker]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs)
+
+
+@nox.session(default=False)
+def images(session: nox.Session) -> None:
+    """Build target images. `nox -s images` builds the offline ones (debootstrap base + host wheelhouse:
+    x86_cpu, emulated jetson); `nox -s images -- jetson x86_gpu` names targets; add --online to build
+    on the recipes' vendor base images (which must already be on the host: edgematrix never pulls)."""
+    session.install("-e", ".", "--no-deps")
+    session.install(*_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+    args = [a for a in session.posargs if a != "--online"]
+    offline = [] if "--online" in session.posargs else ["--offline-base"]
+    session.run("edgematrix", "images", "build", *offline, *args)
+    session.run("edgematrix", "images", "list", *offline, *[a for a in args if not a.startswith("--")])
 
 
 @nox.session

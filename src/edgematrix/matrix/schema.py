@@ -30,6 +30,19 @@ class Target(_Strict):
     device: str = Field("", description="device model, e.g. 'NVIDIA Jetson AGX Orin 64GB'")
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = the cores available to the process")
     image: str = Field("", description="folder under docker/ with the target's image recipe")
+    image_args: dict[str, str] = Field(
+        default_factory=dict,
+        description="pinned build args of docker/<image>/Dockerfile (base image, SDK and package versions)",
+    )
+    image_arch: Arch | None = Field(
+        None,
+        description="architecture of the image when it differs from the target's (TI's PC tools, DriveOS cross-compile: x86_64)",
+    )
+    gpus: bool = Field(False, description="containers of this target get the host's GPUs (--gpus all)")
+    offline_image: bool = Field(
+        False,
+        description="the image also builds on the debootstrap base of Debian's packages (`nox -s images`, no registry)",
+    )
     runner_labels: list[str] = Field(default_factory=list, description="CI runner labels that provide this target")
     runners: list[RunnerName] = Field(default_factory=lambda: list[RunnerName](["local"]))
     requires: list[str] = Field(

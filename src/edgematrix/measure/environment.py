@@ -176,6 +176,7 @@ def capture_environment(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "versions": _versions(),
         "container": container is not None,
         "container_kind": container,
+        "container_image": os.environ.get("EDGEMATRIX_IMAGE"),  # set by edgematrix's Docker runner
         **_ci(),
     }
     if extra:

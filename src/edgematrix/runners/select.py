@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 # Runners implemented in this version of edgematrix. The matrix may name others (docker,
 # remote, emulated) for a target; choosing one that is not implemented is an error.
-IMPLEMENTED_RUNNERS = ("local",)
+IMPLEMENTED_RUNNERS = ("local", "docker")
 ALL_RUNNERS = ("auto", "local", "docker", "remote", "emulated")
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
@@ -83,6 +83,16 @@ def choose_runner(cell: str, target_name: str, target: Mapping, requested: str =
                 f"cell {cell}: runner {requested!r} is not implemented in this version of edgematrix "
                 f"(implemented: {', '.join(IMPLEMENTED_RUNNERS)})"
             )
+        if requested == "docker":
+            image_arch = target.get("image_arch") or target["arch"]
+            if image_arch != host_arch():
+                raise RunnerChoiceError(
+                    f"cell {cell}: {what}: its image is {image_arch} and this host is {host_arch()}; the docker "
+                    "runner runs images natively. Use --runner emulated for a functional check under qemu-user, "
+                    "or a runner with that architecture"
+                )
+            return Choice("docker", f"requested; the image of docker/{target.get('image') or target_name}/")
+        return Choice(requested, "requested")
     if not missing and "local" in offered:
         reason = "this host has everything the target needs" if requested == "auto" else "requested"
         return Choice("local", reason)

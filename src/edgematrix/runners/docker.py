@@ -1,0 +1,252 @@
+"""The Docker runner: run a cell inside its target's container.
+
+``edgematrix run CELL --runner docker`` (``nox -s CELL -- --runner docker``) builds the target image
+when it is missing (:mod:`edgematrix.runners.images`), then runs ``edgematrix run CELL --runner
+local`` inside it with:
+
+- the repository mounted read-only at ``/workspace`` (code and matrix come from there, so a code
+  change never rebuilds the image),
+- the results folder read-write at ``/results`` and the cache (data, trained models) at ``/cache``,
+  so the container reuses what a local run already trained and leaves its results where a local
+  run would,
+- ``--data-root`` / ``--ab-base`` mounted read-only when given,
+- only allow-listed environment variables, no network, the host user's uid/gid (files it writes
+  belong to you), the host's GPUs when the target asks for them.
+
+Logs stream as they come; the container's exit code is the command's; the container is removed on
+success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgematrix.errors import EdgeMatrixError
+from edgematrix.runners.images import (
+    DockerUnavailableError,
+    ImageSpec,
+    docker_client,
+    ensure_image,
+    ensure_offline_base,
+    image_spec,
+)
+
+#: environment variables passed into the container when set on the host (never secrets by default)
+ENV_ALLOWLIST = (
+    "CI",
+    "GITHUB_ACTIONS",
+    "GITHUB_RUN_ID",
+    "GITHUB_SHA",
+    "GITHUB_REF",
+    "GITHUB_HEAD_REF",
+    "GITHUB_BASE_REF",
+    "TZ",
+    "TERM",
+    "COLUMNS",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "OMP_NUM_THREADS",
+    "EDGEMATRIX_DATA_ROOT",
+)
+
+WORKSPACE, RESULTS, CACHE, DATA, AB_BASE, MATRIX = "/workspace", "/results", "/cache", "/data", "/ab-base", "/matrix"
+
+
+class ContainerError(EdgeMatrixError):
+    """The container could not be created or run."""
+
+
+@dataclass
+class DockerRunOptions:
+    repo_root: Path
+    matrix_dir: Path
+    results_dir: Path
+    cache_dir: Path
+    data_root: Path | None = None
+    ab_base: Path | None = None
+    offline_base: bool = False  # build on the debootstrap base instead of the recipe's BASE_IMAGE
+    rebuild: bool = False
+    extra_env: Sequence[str] = ()  # NAME or NAME=VALUE, added to the allow-list
+    cell_args: Sequence[str] = ()  # further `edgematrix run` arguments (e.g. --update-baseline)
+    log: Callable[[str], None] | None = None
+    mounts: dict[str, tuple[str, str]] = field(default_factory=dict)  # host -> (container, mode), extra
+
+
+def container_environment(extra: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed host variables that are set, plus ``extra`` (NAME taken from the host, or NAME=VALUE)."""
+    env = os.environ if environ is None else environ
+    out = {k: env[k] for k in ENV_ALLOWLIST if k in env}
+    for item in extra:
+        name, sep, value = item.partition("=")
+        if not name.isidentifier():
+            raise EdgeMatrixError(f"--env {item!r}: expected NAME or NAME=VALUE")
+        if sep:
+            out[name] = value
+        elif name in env:
+            out[name] = env[name]
+        else:
+            raise EdgeMatrixError(f"--env {name}: the variable is not set on this host; use {name}=VALUE")
+    return out
+
+
+def container_command(cell: str, options: DockerRunOptions) -> list[str]:
+    cmd = ["python3", "-m", "edgematrix.cli", "--matrix", _matrix_in_container(options), "run", cell,
+           "--runner", "local", "--results", RESULTS, "--cache", CACHE, "--no-progress"]
+    if options.data_root is not None:
+        cmd += ["--data-root", DATA]
+    if options.ab_base is not None:
+        cmd += ["--ab-base", f"{AB_BASE}/{options.ab_base.name}" if options.ab_base.is_file() else AB_BASE]
+    return cmd + list(options.cell_args)
+
+
+def _matrix_in_container(options: DockerRunOptions) -> str:
+    matrix = options.matrix_dir.resolve()
+    root = options.repo_root.resolve()
+    if matrix.is_relative_to(root):
+        return f"{WORKSPACE}/{matrix.relative_to(root).as_posix()}"
+    return MATRIX
+
+
+def container_mounts(options: DockerRunOptions) -> dict[str, dict[str, str]]:
+    """Host path -> bind spec. The source is read-only; results and cache are read-write."""
+    options.results_dir.mkdir(parents=True, exist_ok=True)
+    options.cache_dir.mkdir(parents=True, exist_ok=True)
+    mounts = {
+        str(options.repo_root.resolve()): {"bind": WORKSPACE, "mode": "ro"},
+        str(options.results_dir.resolve()): {"bind": RESULTS, "mode": "rw"},
+        str(options.cache_dir.resolve()): {"bind": CACHE, "mode": "rw"},
+    }
+    if options.data_root is not None:
+        if not options.data_root.is_dir():
+            raise EdgeMatrixError(f"--data-root {options.data_root} is not a folder")
+        mounts[str(options.data_root.resolve())] = {"bind": DATA, "mode": "ro"}
+    if options.ab_base is not None:
+        if not options.ab_base.exists():
+            raise EdgeMatrixError(f"--ab-base {options.ab_base} does not exist")
+        src = options.ab_base.resolve()
+        mounts[str(src.parent if src.is_file() else src)] = {"bind": AB_BASE, "mode": "ro"}
+    matrix_inside = _matrix_in_container(options)
+    if matrix_inside == MATRIX:  # a matrix folder outside the repository
+        mounts[str(options.matrix_dir.resolve())] = {"bind": MATRIX, "mode": "ro"}
+    if "--update-baseline" in options.cell_args:  # the one write into the source: reviewed baselines
+        baselines = options.matrix_dir / "baselines"
+        baselines.mkdir(parents=True, exist_ok=True)
+        mounts[str(baselines.resolve())] = {"bind": f"{matrix_inside}/baselines", "mode": "rw"}
+    for host, (inside, mode) in options.mounts.items():
+        mounts[host] = {"bind": inside, "mode": mode}
+    return mounts
+
+
+def prepare_image(client: Any, target_name: str, target: Mapping[str, Any], options: DockerRunOptions) -> tuple[ImageSpec, str, bool]:
+    """Resolve the target's image spec and make sure the image exists. Returns (spec, tag, built)."""
+    arch = target.get("image_arch") or target["arch"]
+    base = ensure_offline_base(client, arch, log=options.log) if options.offline_base else None
+    spec = image_spec(options.repo_root, target_name, target, offline_base=base)
+    tag, built = ensure_image(client, spec, options.cache_dir, log=options.log, rebuild=options.rebuild)
+    return spec, tag, built
+
+
+@contextlib.contextmanager
+def running_container(client: Any, image: str, command: Sequence[str], **kwargs: Any) -> Iterator[Any]:
+    """Create and start a container; always remove it (success, failure, Ctrl-C)."""
+    import docker.errors
+
+    try:
+        container = client.containers.create(image, command=list(command), **kwargs)
+    except docker.errors.APIError as e:
+        raise ContainerError(f"could not create a container of {image}: {e.explanation or e}") from None
+    try:
+        container.start()
+        yield container
+    finally:
+        with contextlib.suppress(Exception):
+            container.kill()
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+
+
+def stream_and_wait(container: Any, out: Any = None) -> int:
+    """Copy the container's output to ``out`` as it comes; return its exit code."""
+    sink = out or sys.stdout
+    for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else str(chunk)
+        sink.write(text)
+        sink.flush()
+    status = container.wait()
+    return int(status.get("StatusCode", 1))
+
+
+def run_command(
+    client: Any,
+    image: str,
+    command: Sequence[str],
+    *,
+    mounts: Mapping[str, Mapping[str, str]],
+    environment: Mapping[str, str],
+    gpus: bool = False,
+    network: bool = False,
+    labels: Mapping[str, str] | None = None,
+    out: Any = None,
+) -> int:
+    """Run ``command`` in ``image`` with the given mounts; stream its output; return its exit code."""
+    import docker.types
+
+    kwargs: dict[str, Any] = {
+        "volumes": {k: dict(v) for k, v in mounts.items()},
+        "environment": dict(environment),
+        "working_dir": WORKSPACE,
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "init": True,  # signals reach the process; zombies are reaped
+        "labels": {"org.edgematrix.run": "1", **(labels or {})},
+        "detach": True,
+    }
+    if not network:
+        kwargs["network_mode"] = "none"
+    if gpus:
+        kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    with running_container(client, image, command, **kwargs) as container:
+        return stream_and_wait(container, out)
+
+
+def run_cell_in_container(cell: str, target_name: str, target: Mapping[str, Any], options: DockerRunOptions) -> int:
+    """Build (if needed) the target image and run ``cell`` in it. Returns the cell's exit code."""
+    log = options.log or (lambda s: print(s, file=sys.stderr, flush=True))
+    client = docker_client()
+    spec, tag, built = prepare_image(client, target_name, target, options)
+    log(f"image: {tag} ({'built' if built else 'cached'}; docker/{spec.name}/, {spec.arch})")
+    env = container_environment(options.extra_env)
+    env.setdefault("HOME", "/tmp")  # the host uid may have no home in the image
+    env["EDGEMATRIX_IMAGE"] = tag
+    env["EDGEMATRIX_IMAGE_DIGEST"] = client.images.get(tag).id  # keys baselines to this image
+    command = container_command(cell, options)
+    log(f"container: {' '.join(command)}")
+    code = run_command(
+        client,
+        tag,
+        command,
+        mounts=container_mounts(options),
+        environment=env,
+        gpus=bool(target.get("gpus")),
+        labels={"org.edgematrix.cell": cell},
+    )
+    log(f"container exited with {code}; results in {options.results_dir / cell}/")
+    return code
+
+
+__all__ = [
+    "ENV_ALLOWLIST",
+    "ContainerError",
+    "DockerRunOptions",
+    "DockerUnavailableError",
+    "container_command",
+    "container_environment",
+    "container_mounts",
+    "run_cell_in_container",
+    "run_command",
+]

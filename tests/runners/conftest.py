@@ -1,0 +1,63 @@
+"""A real Docker engine for the container tests.
+
+Uses the engine that answers (DOCKER_HOST or /var/run/docker.sock). When none does and this is root
+on a host with ``dockerd`` installed (docker/base/host-tools.sh), starts one for the session and
+stops it again, by the pid it started. Without an engine the tests fail, naming how to get one:
+they are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    import docker
+
+    started: subprocess.Popen[bytes] | None = None
+    if not _answers():
+        dockerd = shutil.which("dockerd")
+        if dockerd is None or os.geteuid() != 0:
+            pytest.fail(
+                "the container tests need a Docker engine and none answers. As root on Debian, run "
+                "docker/base/host-tools.sh (installs docker.io, debootstrap, qemu-user-static) and the tests "
+                "start dockerd themselves; otherwise start one and point DOCKER_HOST at it."
+            )
+        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+        started = subprocess.Popen([dockerd], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not _answers():
+            if started.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not come up (exit {started.poll()}); its log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    try:
+        yield docker.from_env(timeout=600)
+    finally:
+        if started is not None:  # stop the engine this session started, by its pid
+            os.kill(started.pid, signal.SIGTERM)
+            try:
+                started.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                started.kill()
+                started.wait()
