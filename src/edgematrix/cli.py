@@ -10,8 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgematrix.errors import EdgeMatrixError, GateFailure
+
+if TYPE_CHECKING:
+    from edgematrix.matrix.loader import Cell
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 
@@ -36,11 +40,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edgematrix.bench.cell import CellOptions, run_cell
     from edgematrix.matrix.loader import load_matrix
 
     m = load_matrix(args.matrix)
     cell = m.cell(args.cell)
+    if args.runner == "docker":
+        return _run_in_docker(args, cell)
+    from edgematrix.bench.cell import CellOptions, run_cell
+
     opts = CellOptions(
         runner=args.runner,
         results_dir=Path(args.results),
@@ -52,6 +59,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ab_base=Path(args.ab_base) if args.ab_base else None,
     )
     run_cell(cell, opts)
+    return EXIT_OK
+
+
+def _run_in_docker(args: argparse.Namespace, cell: Cell) -> int:
+    from edgematrix.errors import RunnerUnavailableError
+    from edgematrix.runners.docker import DockerRunOptions, run_cell_in_container
+    from edgematrix.runners.select import RunnerChoiceError, choose_runner
+
+    try:
+        choice = choose_runner(cell.name, cell.target_name, cell.target.model_dump(), "docker")
+    except RunnerChoiceError as e:
+        raise RunnerUnavailableError(str(e)) from None
+    print(f"{cell.name}: runner {choice.runner} ({choice.reason})", file=sys.stderr)
+    options = DockerRunOptions(
+        repo_root=Path(args.source) if args.source else Path(__file__).resolve().parents[2],
+        matrix_dir=Path(args.matrix),
+        results_dir=Path(args.results),
+        cache_dir=Path(args.cache),
+        data_root=Path(args.data_root) if args.data_root else None,
+        ab_base=Path(args.ab_base) if args.ab_base else None,
+        offline_base=args.offline_base,
+        rebuild=args.rebuild_image,
+        extra_env=args.env,
+        cell_args=["--update-baseline"] if args.update_baseline else [],
+    )
+    return run_cell_in_container(cell.name, cell.target_name, cell.target.model_dump(), options)
+
+
+def _cmd_images(args: argparse.Namespace) -> int:
+    from edgematrix.matrix.loader import load_matrix
+    from edgematrix.runners.images import build_images
+
+    m = load_matrix(args.matrix)
+    targets = {name: t.model_dump() for name, t in m.targets.items()}
+    for line in build_images(
+        Path(args.source) if args.source else Path(__file__).resolve().parents[2],
+        targets,
+        args.targets,
+        cache_dir=Path(args.cache),
+        offline_base=args.offline_base,
+        rebuild=args.rebuild,
+        list_only=args.images_command == "list",
+    ):
+        print(line)
     return EXIT_OK
 
 
@@ -130,6 +181,119 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from edgematrix.server.app import DeviceServer, ServerConfig
+    from edgematrix.server.token import load_token
+
+    token = load_token(args.token_file)
+    assert token is not None  # required=True raises instead
+    config = ServerConfig(
+        token=token,
+        backend=args.backend,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        queue_limit=args.queue_limit,
+        timeout_s=args.timeout_s,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        server = DeviceServer(config, args.host, args.port)
+    except OSError as e:
+        raise EdgeMatrixError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
+    print(f"edgematrix serve: listening on {server.url} (backend {args.backend})", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return EXIT_OK
+
+
+def _option_value(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise EdgeMatrixError(f"--option {text!r} must be KEY=VALUE (VALUE as JSON, else a string)")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from edgematrix.measure.harness import LatencyConfig
+    from edgematrix.measure.meter import LatencyMeter, LocalMeter
+
+    config = LatencyConfig(
+        warmup=args.warmup,
+        min_rounds=args.rounds,
+        max_rounds=max(args.rounds, 1000),
+        min_time_s=args.min_time_s,
+        max_time_s=max(args.min_time_s, 120.0),
+    )
+    options = dict(_option_value(o) for o in args.option)
+    meter: LatencyMeter
+    if args.remote:
+        from edgematrix.server.client import RemoteMeter
+        from edgematrix.server.token import load_token
+
+        token = load_token(args.token_file, required=False) if args.protocol == "native" else None
+        meter = RemoteMeter(
+            args.remote,
+            token=token,
+            protocol=args.protocol,
+            backend=args.backend,
+            config=config,
+            retries=args.retries,
+            timeout_s=args.timeout_s,
+            enot_requests=args.enot_requests,
+        )
+        where = f"{args.remote} ({args.protocol})"
+    else:
+        if args.protocol != "native":
+            raise EdgeMatrixError("--protocol enot needs --remote URL (the ENOT server's address)")
+        meter = LocalMeter(backend=args.backend or "onnxruntime", config=config)
+        where = "this host"
+    report = meter.measure(Path(args.model), options=options)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return EXIT_OK
+    print(
+        f"{args.model} on {where}, backend {report.backend}: p50 {report.p50_ms:.3f} ms  p90 {report.p90_ms:.3f} ms  "
+        f"p99 {report.p99_ms:.3f} ms  mean {report.mean_ms:.3f} ms  ({report.rounds} rounds)"
+    )
+    shown = ("device_model", "os", "l4t_release", "jetpack", "power_mode", "tensorrt_version", "onnxruntime_version")
+    facts = [f"{k} {report.facts[k]}" for k in shown if k in report.facts]
+    if facts:
+        print("device: " + " | ".join(facts))
+    return EXIT_OK
+
+
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    from edgematrix.bench.strategies import cell_name, run_strategies
+    from edgematrix.matrix.loader import load_matrix
+
+    m = load_matrix(args.matrix)
+    if args.model not in m.models:
+        raise EdgeMatrixError(f"unknown model {args.model!r}; the matrix has: {', '.join(sorted(m.models))}")
+    result = run_strategies(
+        m.models[args.model],
+        Path(args.results) / cell_name(args.model),
+        cache_dir=Path(args.cache),
+        data_root=args.data_root,
+        model_name=args.model,
+        target=args.target,
+        progress=not args.no_progress,
+    )
+    for key, path in result.paths.items():
+        print(f"{key}: {path}")
+    if result.failed_gates:
+        raise GateFailure(f"{', '.join(result.failed_gates)} (see {result.paths['report']})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgematrix", description=__doc__.splitlines()[0])
     p.add_argument("--matrix", default="matrix", help="matrix folder (default: matrix)")
@@ -152,7 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="A/B mode: the base branch's candidate (.onnx, or that run's results/<cell>/), measured interleaved",
     )
+    dock = run.add_argument_group("--runner docker")
+    dock.add_argument(
+        "--offline-base",
+        action="store_true",
+        help="build the image on the debootstrap base of Debian's packages (hosts without a registry; needs root once)",
+    )
+    dock.add_argument("--rebuild-image", action="store_true", help="rebuild the target image even if it exists")
+    dock.add_argument(
+        "--env", action="append", default=[], metavar="NAME[=VALUE]", help="pass a variable into the container"
+    )
+    dock.add_argument("--source", default=None, help="repository mounted at /workspace (default: this checkout)")
     run.set_defaults(func=_cmd_run)
+
+    images = sub.add_parser("images", help="target images: list them, or build them (offline with --offline-base)")
+    images_sub = images.add_subparsers(dest="images_command", required=True)
+    for verb, text in (
+        ("list", "each target image: recipe, tag and whether it is on this host"),
+        ("build", "build target images"),
+    ):
+        v = images_sub.add_parser(verb, help=text)
+        v.add_argument(
+            "targets", nargs="*", help="targets (default: all; with --offline-base, those with offline_image)"
+        )
+        v.add_argument("--offline-base", action="store_true", help="on the debootstrap base of Debian's packages")
+        v.add_argument("--rebuild", action="store_true", help="build even when the image exists")
+        v.add_argument("--cache", default=".cache/edgematrix", help="cache (wheelhouses)")
+        v.add_argument("--source", default=None, help="repository with docker/ (default: this checkout)")
+        v.set_defaults(func=_cmd_images)
 
     score = sub.add_parser("score", help="score predictions with a task metric")
     score_sub = score.add_subparsers(dest="metric", required=True)
@@ -185,6 +376,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy-budget", default="0.5", help="accuracy points the candidate may lose vs the base (default 0.5)"
     )
     cmp.set_defaults(func=_cmd_gate_compare)
+
+    srv = sub.add_parser(
+        "serve",
+        help="run the device-side latency server (token: EDGEMATRIX_TOKEN or --token-file)",
+        description="Serve latency measurements and bundle runs over HTTP; see docs/latency-server.md.",
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for all (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    srv.add_argument("--token-file", default=None, help="token file (mode 600); else $EDGEMATRIX_TOKEN")
+    srv.add_argument("--backend", default="onnxruntime", help="default backend for requests (default onnxruntime)")
+    srv.add_argument("--max-body-mb", type=float, default=512, help="largest request body in MiB (default 512)")
+    srv.add_argument("--queue-limit", type=int, default=8, help="requests that may wait for the device (default 8)")
+    srv.add_argument("--timeout-s", type=float, default=600, help="per-request measurement timeout (default 600)")
+    srv.set_defaults(func=_cmd_serve)
+
+    mea = sub.add_parser("measure", help="measure a model's latency here, or on a device with --remote URL")
+    mea.add_argument("model", help="the model file (.onnx; .engine/.plan for a TensorRT device backend)")
+    mea.add_argument("--remote", default=None, metavar="URL", help="latency server, e.g. http://jetson:8765")
+    mea.add_argument("--protocol", default="native", choices=["native", "enot"], help="server protocol")
+    mea.add_argument("--backend", default=None, help="backend (default: onnxruntime / the server's)")
+    mea.add_argument("--token-file", default=None, help="file holding the shared token; else $EDGEMATRIX_TOKEN")
+    mea.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="runner option (JSON value)")
+    mea.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    mea.add_argument("--rounds", type=int, default=30, help="at least this many timed rounds (default 30)")
+    mea.add_argument("--min-time-s", type=float, default=2.0, help="and at least this long (default 2)")
+    mea.add_argument("--retries", type=int, default=3, help="retries on connection errors / busy (default 3)")
+    mea.add_argument("--timeout-s", type=float, default=900, help="HTTP timeout per attempt (default 900)")
+    mea.add_argument("--enot-requests", type=int, default=1, help="ENOT protocol: requests to send (default 1)")
+    mea.add_argument("--json", action="store_true", help="print the report as JSON (with per-round samples)")
+    mea.set_defaults(func=_cmd_measure)
+
+    strat = sub.add_parser(
+        "strategies",
+        help="compare pruning / quantization strategies of a steering model (MSE, size, same-run latency)",
+        description="Writes <results>/<model>_strategies/: benchmark.json, junit.xml (INT8 size gates), report.md, "
+        "pareto.png. Exit 1 when a gate fails.",
+    )
+    strat.add_argument("model", help="a steering model of the matrix (e.g. pilotnet)")
+    strat.add_argument("--results", default="results", help="results folder (default: results)")
+    strat.add_argument("--cache", default=".cache/edgematrix", help="cache for data and checkpoints")
+    strat.add_argument("--data-root", default=None, help="driving_log.csv folder; overrides the model's data_root")
+    strat.add_argument("--target", default="x86_cpu", help="target name recorded in the results (default: x86_cpu)")
+    strat.add_argument("--no-progress", action="store_true", help="no progress bars")
+    strat.set_defaults(func=_cmd_strategies)
     return p
 
 

@@ -1,27 +1,12 @@
-"""Tiny ONNX models shared by the backend tests (built with onnx.helper, no files in the repo)."""
+"""Tiny ONNX model fixtures shared by the backend tests (built with onnx.helper, no files in the repo)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-OPSET = 17
-RNG = np.random.default_rng(0)
-CONV_W = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
-CONV_B = RNG.standard_normal(4).astype(np.float32)
-MATMUL_W = RNG.standard_normal((4, 2)).astype(np.float32)
-
-
-def save_model(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+from tiny_models import CONV_B, CONV_W, MATMUL_W, save_model
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import CONV_B, CONV_W, MATMUL_W, RNG, save_model  # shared tiny models: tests/backends/conftest.py
 from onnx import TensorProto, helper, numpy_helper
+from tiny_models import CONV_B, CONV_W, MATMUL_W, RNG, save_model  # shared tiny models: tests/backends/tiny_models.py
 
 from edgematrix.backends.base import (
     Runner,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import pytest
-from conftest import MATMUL_W, RNG  # shared tiny models: tests/backends/conftest.py
+from tiny_models import MATMUL_W, RNG  # shared tiny models: tests/backends/tiny_models.py
 
 from edgematrix.backends.base import backends, create_runner, usable_physical_cores
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner

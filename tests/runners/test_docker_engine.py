@@ -51,8 +51,20 @@ def x86_image(docker_engine: Any, workspace: Path) -> str:
 
 
 def _cli(ws: Path, *args: str, results: str) -> int:
-    return main(["--matrix", str(ws / "matrix"), "run", CELL, "--results", str(ws / results), "--cache",
-                 str(ws / "cache"), "--no-progress", *args])
+    return main(
+        [
+            "--matrix",
+            str(ws / "matrix"),
+            "run",
+            CELL,
+            "--results",
+            str(ws / results),
+            "--cache",
+            str(ws / "cache"),
+            "--no-progress",
+            *args,
+        ]
+    )
 
 
 def _by_role(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -87,7 +99,9 @@ def test_second_run_reuses_the_image(workspace: Path, x86_image: str, docker_eng
     target = load_matrix(workspace / "matrix").targets["x86_cpu"].model_dump()
     base = ensure_offline_base(docker_engine, "x86_64")
     t0 = time.perf_counter()
-    tag, built = ensure_image(docker_engine, image_spec(REPO, "x86_cpu", target, offline_base=base), REPO / ".cache/edgematrix")
+    tag, built = ensure_image(
+        docker_engine, image_spec(REPO, "x86_cpu", target, offline_base=base), REPO / ".cache/edgematrix"
+    )
     assert (tag, built) == (x86_image, False)
     assert time.perf_counter() - t0 < 10
 
@@ -95,13 +109,21 @@ def test_second_run_reuses_the_image(workspace: Path, x86_image: str, docker_eng
 def test_exit_code_propagates_and_container_is_removed(workspace: Path, x86_image: str, docker_engine: Any) -> None:
     mounts = {str(REPO): {"bind": "/workspace", "mode": "ro"}}
     labels = {"org.edgematrix.test": "exit-code"}
-    code = run_command(docker_engine, x86_image, ["python3", "-c", "import sys; print('hi'); sys.exit(7)"],
-                       mounts=mounts, environment={}, labels=labels)
+    code = run_command(
+        docker_engine,
+        x86_image,
+        ["python3", "-c", "import sys; print('hi'); sys.exit(7)"],
+        mounts=mounts,
+        environment={},
+        labels=labels,
+    )
     assert code == 7
     assert not docker_engine.containers.list(all=True, filters={"label": "org.edgematrix.test=exit-code"})
 
 
-def test_source_is_read_only_and_env_is_allow_listed(workspace: Path, x86_image: str, docker_engine: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_source_is_read_only_and_env_is_allow_listed(
+    workspace: Path, x86_image: str, docker_engine: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     mounts = {str(REPO): {"bind": "/workspace", "mode": "ro"}}
     script = (
         "import os, sys\n"
@@ -113,7 +135,9 @@ def test_source_is_read_only_and_env_is_allow_listed(workspace: Path, x86_image:
     import io
 
     buf = io.StringIO()
-    code = run_command(docker_engine, x86_image, ["python3", "-c", script], mounts=mounts, environment={"CI": "true"}, out=buf)
+    code = run_command(
+        docker_engine, x86_image, ["python3", "-c", script], mounts=mounts, environment={"CI": "true"}, out=buf
+    )
     assert code == 0
     assert buf.getvalue().split() == ["ro", "30", "False", "true", "no-net"]  # EROFS
 
@@ -141,7 +165,13 @@ def test_run_cell_in_container_rejects_a_missing_data_root(workspace: Path, x86_
     from edgematrix.errors import EdgeMatrixError
 
     target = load_matrix(workspace / "matrix").targets["x86_cpu"].model_dump()
-    options = DockerRunOptions(repo_root=REPO, matrix_dir=workspace / "matrix", results_dir=workspace / "r",
-                               cache_dir=workspace / "cache", data_root=workspace / "no-such-data", offline_base=True)
+    options = DockerRunOptions(
+        repo_root=REPO,
+        matrix_dir=workspace / "matrix",
+        results_dir=workspace / "r",
+        cache_dir=workspace / "cache",
+        data_root=workspace / "no-such-data",
+        offline_base=True,
+    )
     with pytest.raises(EdgeMatrixError, match=r"--data-root .*no-such-data is not a folder"):
         run_cell_in_container(CELL, "x86_cpu", target, options)

@@ -190,6 +190,8 @@ _BUILTIN_BACKEND_MODULES = (
     "edgematrix.backends.onnxruntime.runner",
     "edgematrix.backends.openvino.runner",
     "edgematrix.backends.torch.runner",
+    "edgematrix.backends.tensorrt.runner",
+    "edgematrix.backends.tidl.runner",
 )
 
 

@@ -96,8 +96,22 @@ def container_environment(extra: Sequence[str] = (), environ: Mapping[str, str] 
 
 
 def container_command(cell: str, options: DockerRunOptions) -> list[str]:
-    cmd = ["python3", "-m", "edgematrix.cli", "--matrix", _matrix_in_container(options), "run", cell,
-           "--runner", "local", "--results", RESULTS, "--cache", CACHE, "--no-progress"]
+    cmd = [
+        "python3",
+        "-m",
+        "edgematrix.cli",
+        "--matrix",
+        _matrix_in_container(options),
+        "run",
+        cell,
+        "--runner",
+        "local",
+        "--results",
+        RESULTS,
+        "--cache",
+        CACHE,
+        "--no-progress",
+    ]
     if options.data_root is not None:
         cmd += ["--data-root", DATA]
     if options.ab_base is not None:
@@ -143,7 +157,9 @@ def container_mounts(options: DockerRunOptions) -> dict[str, dict[str, str]]:
     return mounts
 
 
-def prepare_image(client: Any, target_name: str, target: Mapping[str, Any], options: DockerRunOptions) -> tuple[ImageSpec, str, bool]:
+def prepare_image(
+    client: Any, target_name: str, target: Mapping[str, Any], options: DockerRunOptions
+) -> tuple[ImageSpec, str, bool]:
     """Resolve the target's image spec and make sure the image exists. Returns (spec, tag, built)."""
     arch = target.get("image_arch") or target["arch"]
     base = ensure_offline_base(client, arch, log=options.log) if options.offline_base else None

@@ -77,7 +77,9 @@ class ImageSpec:
     def recipe_files(self) -> list[Path]:
         """Every file of the recipe folder that goes into the build (sorted; wheelhouse excluded)."""
         return sorted(
-            p for p in self.recipe_dir.rglob("*") if p.is_file() and "wheelhouse" not in p.relative_to(self.recipe_dir).parts
+            p
+            for p in self.recipe_dir.rglob("*")
+            if p.is_file() and "wheelhouse" not in p.relative_to(self.recipe_dir).parts
         )
 
     def content_hash(self) -> str:
@@ -95,7 +97,9 @@ class ImageSpec:
         return f"edgematrix/{self.name}:{self.content_hash()}"
 
 
-def image_spec(repo_root: Path, target_name: str, target: Mapping[str, Any], *, offline_base: str | None = None) -> ImageSpec:
+def image_spec(
+    repo_root: Path, target_name: str, target: Mapping[str, Any], *, offline_base: str | None = None
+) -> ImageSpec:
     """The image of ``target`` (a target table); ``offline_base`` replaces its BASE_IMAGE."""
     name = target.get("image") or target_name
     recipe = repo_root / "docker" / name
@@ -154,7 +158,9 @@ def image_exists(client: Any, ref: str) -> bool:
 # -- offline base: debootstrap + docker import ----------------------------------------------------
 
 
-def debian_mirror(sources: Iterable[Path] = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))) -> str:
+def debian_mirror(
+    sources: Iterable[Path] = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")),
+) -> str:
     """The Debian mirror of this host's own apt sources (no mirror host is written in the repo)."""
     for path in sources:
         if not path.is_file():
@@ -219,7 +225,8 @@ def ensure_offline_base(client: Any, arch: str, *, log: Log | None = None) -> st
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ImageError(
-                f"debootstrap failed (exit {proc.returncode}) building {tag}:\n" + "\n".join(proc.stdout.splitlines()[-15:])
+                f"debootstrap failed (exit {proc.returncode}) building {tag}:\n"
+                + "\n".join(proc.stdout.splitlines()[-15:])
             )
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (rootfs / leftover).glob("*"):
@@ -227,8 +234,18 @@ def ensure_offline_base(client: Any, arch: str, *, log: Log | None = None) -> st
                     p.unlink()
         tarball = Path(tmp) / "rootfs.tar"
         subprocess.run(
-            ["tar", "-C", str(rootfs), "--numeric-owner", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*",
-             "-cf", str(tarball), "."],
+            [
+                "tar",
+                "-C",
+                str(rootfs),
+                "--numeric-owner",
+                "--exclude=./proc/*",
+                "--exclude=./sys/*",
+                "--exclude=./dev/*",
+                "-cf",
+                str(tarball),
+                ".",
+            ],
             check=True,
         )
         _emit(log, f"offline base {tag}: importing {tarball.stat().st_size / 2**20:.0f} MiB")
@@ -240,11 +257,16 @@ def _import(client: Any, tarball: Path, tag: str, arch: str) -> None:
     """``docker import --platform linux/<arch>`` through the Engine API (the SDK has no platform param)."""
     repo, _, version = tag.rpartition(":")
     params = {"fromSrc": "-", "repo": repo, "tag": version, "platform": f"linux/{DOCKER_ARCH[arch]}"}
-    changes = ['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'CMD ["/bin/bash"]']
+    changes = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["/bin/bash"]']
     api = client.api
     with tarball.open("rb") as f:
-        resp = api._post(api._url("/images/create"), params={**params, "changes": changes}, data=f,
-                         headers={"Content-Type": "application/tar"}, timeout=None)
+        resp = api._post(
+            api._url("/images/create"),
+            params={**params, "changes": changes},
+            data=f,
+            headers={"Content-Type": "application/tar"},
+            timeout=None,
+        )
     api._raise_for_status(resp)
     if not image_exists(client, tag):
         raise ImageError(f"docker import did not create {tag}: {resp.text[-500:]}")
@@ -301,8 +323,18 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
     # resolve them for the image's Python and architecture first.
     resolved = out / "requirements.resolved.txt"
     resolved.write_text("\n".join(requirements_for(spec)) + "\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-           "-d", str(out), "-r", str(resolved)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "-d",
+        str(out),
+        "-r",
+        str(resolved),
+    ]
     from edgematrix.runners.select import host_arch
 
     pyver = spec.python_version
@@ -318,7 +350,9 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
         raise ImageError(
             f"building the wheelhouse for {spec.name} ({spec.arch}, Python {pyver}) failed:\n"
             + "\n".join((proc.stderr or proc.stdout).splitlines()[-12:])
-            + "\nCheck the pins in " + str(spec.requirements) + " and that PyPI (or your index) is reachable."
+            + "\nCheck the pins in "
+            + str(spec.requirements)
+            + " and that PyPI (or your index) is reachable."
         )
     done.write_text(json.dumps(sorted(p.name for p in out.glob("*.whl")), indent=1))
     return out
@@ -360,7 +394,10 @@ def ensure_image(
                 os.link(whl, wh / whl.name)
             except OSError:
                 shutil.copy2(whl, wh / whl.name)
-        _emit(log, f"building {tag} from docker/{spec.name}/ (args: {', '.join(f'{k}={v}' for k, v in sorted(spec.build_args.items()))})")
+        _emit(
+            log,
+            f"building {tag} from docker/{spec.name}/ (args: {', '.join(f'{k}={v}' for k, v in sorted(spec.build_args.items()))})",
+        )
         _build(client, ctx, tag, spec, log)
     return tag, True
 
@@ -380,7 +417,9 @@ def _build(client: Any, ctx: Path, tag: str, spec: ImageSpec, log: Log | None) -
     for chunk in stream:
         if "error" in chunk:
             detail = chunk.get("errorDetail", {}).get("message", chunk["error"])
-            raise ImageError(f"building {tag} from docker/{spec.name}/Dockerfile failed: {detail.strip()}\n" + "".join(tail[-15:]))
+            raise ImageError(
+                f"building {tag} from docker/{spec.name}/Dockerfile failed: {detail.strip()}\n" + "".join(tail[-15:])
+            )
         text = chunk.get("stream") or ""
         if text:
             tail.append(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,162 @@ ProviderSpec = str | tuple[str, dict[str, Any]]
 
 def _provider_name(spec: ProviderSpec) -> str:
     return spec if isinstance(spec, str) else spec[0]
+
+
+# Provider options edgematrix validates, with their kind: bool / int / str, or the allowed values.
+# Keys from ONNX Runtime's TensorRT and CUDA execution provider documentation (onnxruntime.ai,
+# "NVIDIA - TensorRT" / "NVIDIA - CUDA" pages); both providers need onnxruntime-gpu (not run here).
+_TRT_OPTION_NAMES_BOOL = (
+    "trt_fp16_enable", "trt_bf16_enable", "trt_int8_enable", "trt_int8_use_native_calibration_table",
+    "trt_dla_enable", "trt_dump_subgraphs", "trt_engine_cache_enable", "trt_engine_decryption_enable",
+    "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
+    "trt_timing_cache_enable", "trt_force_timing_cache", "trt_detailed_build_log", "trt_build_heuristics_enable",
+    "trt_sparsity_enable", "trt_cuda_graph_enable", "trt_dump_ep_context_model", "trt_weight_stripped_engine_enable",
+    "trt_engine_hw_compatible", "trt_load_user_initializer", "has_user_compute_stream",
+)  # fmt: skip
+_TRT_OPTION_NAMES_INT = (
+    "device_id", "trt_max_workspace_size", "trt_max_partition_iterations", "trt_min_subgraph_size", "trt_dla_core",
+    "trt_builder_optimization_level", "trt_auxiliary_streams", "trt_ep_context_embed_mode",
+)  # fmt: skip
+_TRT_OPTION_NAMES_STR = (
+    "user_compute_stream", "trt_int8_calibration_table_name", "trt_engine_cache_path", "trt_engine_cache_prefix",
+    "trt_engine_decryption_lib_path", "trt_timing_cache_path", "trt_tactic_sources", "trt_extra_plugin_lib_paths",
+    "trt_profile_min_shapes", "trt_profile_max_shapes", "trt_profile_opt_shapes", "trt_ep_context_file_path",
+    "trt_onnx_model_folder_path", "trt_op_types_to_exclude",
+)  # fmt: skip
+PROVIDER_OPTIONS: dict[str, dict[str, Any]] = {
+    "TensorrtExecutionProvider": {
+        **dict.fromkeys(_TRT_OPTION_NAMES_BOOL, bool),
+        **dict.fromkeys(_TRT_OPTION_NAMES_INT, int),
+        **dict.fromkeys(_TRT_OPTION_NAMES_STR, str),
+    },
+    "CUDAExecutionProvider": {
+        "device_id": int,
+        "gpu_mem_limit": int,
+        "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
+        "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        "do_copy_in_default_stream": bool,
+        "cudnn_conv_use_max_workspace": bool,
+        "cudnn_conv1d_pad_to_nc1d": bool,
+        "enable_cuda_graph": bool,
+        "enable_skip_layer_norm_strict_mode": bool,
+        "use_tf32": bool,
+        "prefer_nhwc": bool,
+        "use_ep_level_unified_stream": bool,
+        "tunable_op_enable": bool,
+        "tunable_op_tuning_enable": bool,
+        "tunable_op_max_tuning_duration_ms": int,
+        "has_user_compute_stream": bool,
+        "user_compute_stream": str,
+        "gpu_external_alloc": str,
+        "gpu_external_free": str,
+        "gpu_external_empty_cache": str,
+        "sdpa_kernel": int,
+        "fuse_conv_bias": bool,
+    },
+}
+_TRUE, _FALSE = {"1", "true", "on", "yes"}, {"0", "false", "off", "no"}
+
+
+def _option_value(provider: str, key: str, kind: Any, value: Any) -> str:
+    """One provider option as the string ONNX Runtime parses (bools as "True"/"False"), or an error."""
+    where = f"{provider} option {key!r}"
+    if kind is bool:
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in _TRUE | _FALSE:
+            return "True" if (value if isinstance(value, bool) else text in _TRUE) else "False"
+        raise BackendError(f"{where} must be a boolean (True/False, 1/0), got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise BackendError(f"{where} must be an integer, got {value!r}")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise BackendError(f"{where} must be an integer, got {value!r}") from None
+        if number < 0:
+            raise BackendError(f"{where} must be >= 0, got {number}")
+        return str(number)
+    if kind is str:
+        if not isinstance(value, (str, os.PathLike)):
+            raise BackendError(f"{where} must be a string or path, got {type(value).__name__} {value!r}")
+        return str(value)
+    if str(value) not in kind:
+        raise BackendError(f"{where} must be one of {', '.join(kind)}, got {value!r}")
+    return str(value)
+
+
+def normalize_providers(providers: Sequence[ProviderSpec]) -> tuple[ProviderSpec, ...]:
+    """Validate the options of the TensorRT / CUDA providers and write them as ONNX Runtime parses them.
+
+    ``["TensorrtExecutionProvider", ...]`` or ``[("TensorrtExecutionProvider", {"trt_fp16_enable": True}), ...]``.
+    An unknown option key raises (ONNX Runtime itself fails late, at session creation, or ignores it).
+    Options of other providers are passed through as given.
+    """
+    out: list[ProviderSpec] = []
+    for spec in providers:
+        if isinstance(spec, str):
+            out.append(spec)
+            continue
+        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict)):
+            raise BackendError(
+                f"provider {spec!r} must be a name or a (name, options dict) pair, "
+                "e.g. ('CUDAExecutionProvider', {'device_id': 0})"
+            )
+        name, options = spec
+        known = PROVIDER_OPTIONS.get(name)
+        if known is None:
+            out.append((name, dict(options)))
+            continue
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            hints = [
+                f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
+                for k in unknown
+            ]
+            raise BackendError(
+                f"unknown {name} option(s) {', '.join(hints)}; valid options: {', '.join(sorted(known))}"
+            )
+        normalized = {k: _option_value(name, k, known[k], v) for k, v in options.items()}
+        low_precision = "True" in (normalized.get("trt_fp16_enable"), normalized.get("trt_int8_enable"))
+        if name == "TensorrtExecutionProvider" and normalized.get("trt_dla_enable") == "True" and not low_precision:
+            raise BackendError(
+                "TensorrtExecutionProvider: trt_dla_enable needs trt_fp16_enable or trt_int8_enable "
+                "(the DLA runs FP16 / INT8 only)"
+            )
+        out.append((name, normalized))
+    return tuple(out)
+
+
+def tensorrt_providers(
+    *,
+    fp16: bool = True,
+    int8: bool = False,
+    device_id: int = 0,
+    engine_cache_dir: str | os.PathLike[str] | None = None,
+    timing_cache_dir: str | os.PathLike[str] | None = None,
+    dla_core: int | None = None,
+    **options: Any,
+) -> list[ProviderSpec]:
+    """Providers for an onnxruntime-gpu host: TensorRT first, CUDA for what TensorRT rejects, then CPU.
+
+    ``int8`` sets ``trt_int8_enable`` (a QDQ model carries its scales; an FP32 model also needs
+    ``trt_int8_calibration_table_name``). Engine and timing caches are enabled when a folder is given.
+    Extra ``options`` are TensorRT provider options (validated).
+    """
+    trt: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": fp16, "trt_int8_enable": int8}
+    if engine_cache_dir is not None:
+        trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(engine_cache_dir))
+    if timing_cache_dir is not None:
+        trt.update(trt_timing_cache_enable=True, trt_timing_cache_path=str(timing_cache_dir))
+    if dla_core is not None:
+        trt.update(trt_dla_enable=True, trt_dla_core=dla_core)
+    trt.update(options)
+    specs: list[ProviderSpec] = [
+        ("TensorrtExecutionProvider", trt),
+        ("CUDAExecutionProvider", {"device_id": device_id}),
+        "CPUExecutionProvider",
+    ]
+    return list(normalize_providers(specs))
 
 
 def check_providers(providers: Sequence[ProviderSpec]) -> None:
@@ -94,7 +251,7 @@ class SessionFromOnnx:
         if not providers:
             raise BackendError("providers is empty; give at least one, e.g. ('CPUExecutionProvider',)")
         self.path = Path(path)
-        self.providers = tuple(providers)
+        self.providers = normalize_providers(providers)
         self.intra_op_threads = intra_op_threads
         self.allow_spinning = allow_spinning
         self.optimization = optimization

@@ -1,0 +1,308 @@
+"""Client of the latency server: :class:`RemoteMeter` (a :class:`~edgematrix.measure.meter.LatencyMeter`)
+and :func:`run_bundle_remote` (run an evaluation bundle on the device, get the raw outputs back).
+
+``protocol="native"`` talks to ``edgematrix serve``; ``protocol="enot"`` to a server built on ENOT's
+``enot_latency_server.LatencyServer`` (see :mod:`edgematrix.server.enot`). Connection errors and
+``503 busy`` answers are retried with exponential backoff (``backoff_s * 2**k``, at most
+``max_backoff_s``, or the server's ``Retry-After`` when it is larger, up to that cap); when every attempt
+failed, :class:`~edgematrix.errors.DeviceUnreachableError` names the URL, the attempts and the last error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edgematrix.backends.base import Fact
+from edgematrix.errors import DeviceUnreachableError, EdgeMatrixError, RemoteError, WireFormatError
+from edgematrix.measure.harness import LatencyConfig
+from edgematrix.measure.meter import LatencyReport
+from edgematrix.server.bundle import EvalBundle
+from edgematrix.server.enot import ENOT_DEFAULT_ENDPOINT, enot_request_body
+from edgematrix.server.options import MODEL_SUFFIXES
+from edgematrix.server.token import load_token
+from edgematrix.server.wire import CONTENT_TYPE, arrays_to_npz, decode_frame, encode_frame, npz_to_arrays
+
+Protocol = Literal["native", "enot"]
+PROTOCOLS = ("native", "enot")
+_RETRYABLE = (urllib.error.URLError, ConnectionError, http.client.HTTPException, TimeoutError, OSError)
+
+
+@dataclass
+class Transport:
+    """HTTP with retries. ``request`` returns ``(status, headers, body)`` of a 2xx answer or raises."""
+
+    url: str
+    token: str | None = None
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    timeout_s: float = 900.0
+    sleep: Callable[[float], None] = time.sleep
+    attempts_made: int = 0  # of the last request
+
+    def __post_init__(self) -> None:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise EdgeMatrixError(f"remote URL {self.url!r} must look like http://HOST:PORT")
+        if self.retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
+            raise EdgeMatrixError(
+                f"need retries >= 0, backoff_s >= 0, timeout_s > 0; got {self.retries}, {self.backoff_s}, {self.timeout_s}"
+            )
+        self.url = self.url.rstrip("/")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, auth: bool = True
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        target = self.url + path
+        headers = {"Accept": "application/json, " + CONTENT_TYPE}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if auth and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        attempts = self.retries + 1
+        last = "no attempt made"
+        started = time.monotonic()
+        busy_message: str | None = None
+        for attempt in range(1, attempts + 1):
+            self.attempts_made = attempt
+            wait = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+            req = urllib.request.Request(target, data=body, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return resp.status, dict(resp.headers), resp.read()
+            except urllib.error.HTTPError as exc:
+                payload = exc.read()
+                message = _error_message(payload) or exc.reason
+                if exc.code != 503:
+                    raise RemoteError(f"{method} {target} answered {exc.code}: {message}", status=exc.code) from None
+                busy_message = f"{exc.code}: {message}"
+                last = f"HTTP {busy_message}"
+                retry_after = exc.headers.get("Retry-After", "")
+                if retry_after.isdigit():
+                    wait = min(self.max_backoff_s, max(wait, float(retry_after)))
+            except _RETRYABLE as exc:
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                last = f"{type(reason).__name__}: {reason}"
+                busy_message = None
+            if attempt < attempts:
+                self.sleep(wait)
+        elapsed = time.monotonic() - started
+        if busy_message is not None:
+            raise RemoteError(
+                f"{target} stayed busy through {attempts} attempt(s) over {elapsed:.1f} s; last answer {busy_message}. "
+                "Another job holds the device: retry later, or raise the server's --queue-limit",
+                status=503,
+            )
+        raise DeviceUnreachableError(
+            f"cannot reach the latency server at {self.url}: {attempts} attempt(s) over {elapsed:.1f} s failed "
+            f"({method} {path}); last error: {last}. Check that `edgematrix serve` (or the ENOT server) is running on "
+            f"the device and listening on that host and port (try `curl {self.url}/v1/health`), that no firewall "
+            "blocks it, and that the URL is right"
+        )
+
+
+def _error_message(payload: bytes) -> str:
+    try:
+        data = json.loads(payload)
+        return str(data["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return payload.decode("utf-8", "replace").strip()[:2000]
+
+
+def _facts(raw: Any) -> dict[str, Fact]:
+    """Keep plain str/int/float values (what :class:`LatencyReport` carries)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, str | int | float)}
+
+
+def _model_suffix(model: Path) -> str:
+    suffix = model.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise EdgeMatrixError(f"model {model} has suffix {suffix!r}; the server accepts {', '.join(MODEL_SUFFIXES)}")
+    return suffix
+
+
+def _read_model(model: Path) -> bytes:
+    if not model.is_file():
+        raise EdgeMatrixError(f"model file {model} does not exist; export the model first or check the path")
+    return model.read_bytes()
+
+
+@dataclass
+class RemoteMeter:
+    """Measures a model file on a remote device (``LatencyMeter``): ``RemoteMeter(url).measure(path)``.
+
+    ``token`` defaults to ``$EDGEMATRIX_TOKEN`` (native protocol only; ENOT servers take none).
+    ``backend`` is the device backend (``None``: the server's default); ``config`` the harness settings
+    used on the device; ``options`` of :meth:`measure` are runner options, as for ``LocalMeter``.
+    With ``protocol="enot"`` each of ``enot_requests`` requests returns one latency figure (the ENOT
+    server decides which statistic); the report's percentiles are over those figures.
+    """
+
+    url: str
+    token: str | None = None
+    protocol: Protocol = "native"
+    backend: str | None = None
+    config: LatencyConfig = field(default_factory=lambda: LatencyConfig(warmup=5, min_rounds=30, min_time_s=2.0))
+    retries: int = 3
+    backoff_s: float = 0.5
+    timeout_s: float = 900.0
+    return_samples: bool = True
+    enot_requests: int = 1
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise EdgeMatrixError(f"protocol {self.protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+        if self.enot_requests < 1:
+            raise EdgeMatrixError(f"enot_requests must be >= 1, got {self.enot_requests}")
+        if self.token is None and self.protocol == "native":
+            self.token = load_token(required=False)
+        self.transport = Transport(
+            self.url,
+            self.token if self.protocol == "native" else None,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            timeout_s=self.timeout_s,
+            sleep=self.sleep,
+        )
+
+    def _need_native(self, what: str) -> None:
+        if self.protocol != "native":
+            raise EdgeMatrixError(f"{what} needs an edgematrix server (protocol 'native'); ENOT servers only measure")
+        if not self.token:
+            load_token(required=True)  # raises the "no token" message
+
+    # -- native ---------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health`` (no token needed)."""
+        _, _, body = self.transport.request("GET", "/v1/health", auth=False)
+        return dict(json.loads(body))
+
+    def device_facts(self) -> dict[str, Fact]:
+        """Device facts (model, L4T / JetPack, runtime versions, power mode, clocks, temperatures)."""
+        self._need_native("device_facts")
+        _, _, body = self.transport.request("GET", "/v1/device")
+        return _facts(json.loads(body).get("facts"))
+
+    def measure(self, model: Path, *, options: dict[str, Any] | None = None) -> LatencyReport:
+        model = Path(model)
+        if self.protocol == "enot":
+            return self._measure_enot(model, options or {})
+        self._need_native("measure")
+        meta: dict[str, Any] = {
+            "model_suffix": _model_suffix(model),
+            "config": dataclasses.asdict(self.config),
+            "runner_options": dict(options or {}),
+            "return_samples": self.return_samples,
+        }
+        if self.backend:
+            meta["backend"] = self.backend
+        body = encode_frame(meta, {"model": _read_model(model)})
+        _, _, answer = self.transport.request("POST", "/v1/measure", body, CONTENT_TYPE)
+        data = json.loads(answer)
+        facts = _facts(data.get("facts"))
+        facts.update({"remote": self.url, "protocol": "native", "queued_s": float(data.get("queued_s", 0.0))})
+        return LatencyReport(
+            backend=str(data["backend"]),
+            p50_ms=float(data["p50_ms"]),
+            p90_ms=float(data["p90_ms"]),
+            p99_ms=float(data["p99_ms"]),
+            mean_ms=float(data["mean_ms"]),
+            rounds=int(data["rounds"]),
+            samples_ms=tuple(float(s) for s in data.get("samples_ms", ())),
+            facts=facts,
+        )
+
+    def run_bundle(
+        self, model: Path, bundle: EvalBundle, *, options: dict[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run every sample of ``bundle`` on the device; ``outputs[name][i]`` is sample ``i``'s output."""
+        model = Path(model)
+        self._need_native("run_bundle")
+        meta: dict[str, Any] = {"model_suffix": _model_suffix(model), "runner_options": dict(options or {})}
+        if self.backend:
+            meta["backend"] = self.backend
+        body = encode_frame(meta, {"model": _read_model(model), "bundle": arrays_to_npz(bundle.inputs)})
+        _, _, answer = self.transport.request("POST", "/v1/run", body, CONTENT_TYPE)
+        result, blobs = decode_frame(answer)
+        if "outputs" not in blobs:
+            raise WireFormatError(f"{self.url}/v1/run answered without an 'outputs' blob (got {sorted(blobs)})")
+        outputs = npz_to_arrays(blobs["outputs"], what="device outputs")
+        counts = {n: a.shape[0] for n, a in outputs.items()}
+        if any(c != bundle.samples for c in counts.values()) or int(result.get("samples", -1)) != bundle.samples:
+            raise WireFormatError(f"the device returned {counts} samples per output; the bundle has {bundle.samples}")
+        return outputs
+
+    # -- ENOT -----------------------------------------------------------------------------------
+
+    def _enot_url_path(self) -> str:
+        path = urllib.parse.urlsplit(self.transport.url).path
+        return "" if path not in ("", "/") else f"/{ENOT_DEFAULT_ENDPOINT}"
+
+    def _measure_enot(self, model: Path, options: dict[str, Any]) -> LatencyReport:
+        body = enot_request_body(_read_model(model), options)
+        latencies: list[float] = []
+        extra: dict[str, Fact] = {}
+        for _ in range(self.enot_requests):
+            _, _, answer = self.transport.request(
+                "POST", self._enot_url_path(), body, "application/octet-stream", auth=False
+            )
+            try:
+                data = json.loads(answer)
+                latencies.append(float(data["latency"]))
+            except (ValueError, KeyError, TypeError):
+                raise RemoteError(
+                    f"ENOT server at {self.url} answered {answer[:200]!r}; expected JSON with a 'latency' (ms)"
+                ) from None
+            extra = {f"enot_{k}": v for k, v in _facts(data).items() if k != "latency"}
+        arr = np.asarray(latencies, dtype=np.float64)
+        facts: dict[str, Fact] = {
+            "remote": self.url,
+            "protocol": "enot",
+            "enot_requests": len(latencies),
+            "statistic": "one latency figure per request, as the ENOT server's measure_latency computes it",
+            **extra,
+        }
+        return LatencyReport(
+            backend="enot",
+            p50_ms=float(np.percentile(arr, 50)),
+            p90_ms=float(np.percentile(arr, 90)),
+            p99_ms=float(np.percentile(arr, 99)),
+            mean_ms=float(arr.mean()),
+            rounds=len(latencies),
+            samples_ms=tuple(latencies),
+            facts=facts,
+        )
+
+
+def run_bundle_remote(
+    url: str,
+    model: str | os.PathLike[str],
+    bundle: EvalBundle,
+    *,
+    token: str | None = None,
+    backend: str | None = None,
+    runner_options: dict[str, Any] | None = None,
+    retries: int = 3,
+    timeout_s: float = 900.0,
+) -> dict[str, np.ndarray]:
+    """Run ``bundle`` through ``model`` on the device behind ``url`` (``edgematrix serve``); returns
+    ``{output name: array}`` with ``outputs[name][i]`` the device's output for sample ``i``."""
+    meter = RemoteMeter(url, token=token, backend=backend, retries=retries, timeout_s=timeout_s)
+    return meter.run_bundle(Path(model), bundle, options=runner_options)
