@@ -42,6 +42,7 @@ class CellOptions:
     update_baseline: bool = False
     progress: bool = True
     ab_base: Path | None = None  # A/B mode: the base branch's candidate (.onnx, or its results/<cell>/ folder)
+    remote: str | None = None  # --runner remote: URL of the device's `edgematrix serve`
 
 
 @dataclass
@@ -90,6 +91,10 @@ def run_cell(cell: Cell, options: CellOptions) -> CellResult:
     console.print(f"runner: {choice.runner} ({choice.reason})")
     if cell.model.task != "lane":
         raise RunnerUnavailableError(f"task {cell.model.task!r} has no cell pipeline in this version")
+    if choice.runner in ("remote", "emulated"):
+        from edgematrix.bench.device import run_device_cell
+
+        return run_device_cell(cell, options, choice)
     return _run_lane_cell(cell, options, choice)
 
 
@@ -109,6 +114,13 @@ class _Artifacts:
     export_note: str
 
     precision: str = "fp32"
+    cand_model: Any = None  # the candidate's torch module when it is not ``model`` (a pruned model)
+    # further models measured interleaved on the primary backend: role -> (ONNX file, precision)
+    extra_roles: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    facts: dict[str, float | int | str] = field(default_factory=dict)  # recipe facts for extra_info
+    prune_search: Any = None  # edgematrix.optimize.prune.SearchResult
+    qat_info: dict[str, Any] | None = None
+    mixed_info: dict[str, Any] | None = None
 
     @property
     def same(self) -> bool:
@@ -145,7 +157,7 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    stages = _Stages(6 if cell.recipe.quantize is not None else 5)
+    stages = _Stages(_stage_count(cell.recipe))
     art = _build_artifacts(cell, options, stages)
     measured, lcfg = _measure(cell, art, out, stages, _resolve_ab_base(options.ab_base))
     return _gate_and_report(cell, options, choice, art, measured, lcfg, stages, out)
@@ -155,13 +167,11 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
     """Steps 1-4: data, training, export, recipe; each cached by content hash."""
     import torch
 
-    from edgematrix.data.lanes import fingerprint, load_split, preprocess, resolve_data_root
+    from edgematrix.data.lanes import fingerprint, load_split, resolve_data_root
     from edgematrix.data.synthetic_lanes import SyntheticConfig
     from edgematrix.export.onnx_export import export_onnx
     from edgematrix.models import create_model
     from edgematrix.models.ufld import OUTPUT_NAMES
-    from edgematrix.optimize.graph import pad_input_channels
-    from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
     from edgematrix.train.cache import code_hash, content_key, file_sha256
     from edgematrix.train.lane import train_lane_model
 
@@ -188,7 +198,7 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
         model_cfg.input_shape,
         model_cfg.train.model_dump(),
         data_key,
-        code_hash(["models", "train", "data"]),
+        code_hash(["models", "train/lane", "train/cache", "data"]),  # not train/distill: it does not train this
         torch.__version__.split("+")[0],
     )
     ckpt = cache / "checkpoints" / f"{cell.model_name}-{train_key}.pt"
@@ -216,37 +226,414 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
         export_note = f"reused cached export; max |onnx - torch| = {e['max_abs_diff']:.2e} (atol {e['atol']:g})"
     stages.done(export_note)
 
-    # 4. recipe
-    cand_path = fp32_path
-    q = recipe.quantize
-    if q is not None:
-        qcfg = QuantizeConfig(
-            method=q.method,
-            calibration_images=q.calibration_images,
-            per_channel=q.per_channel,
-            percentile=q.percentile,
-            symmetric_activations=q.symmetric_for(target.backend),
-        )
-        qkey = content_key(q.model_dump(), qcfg.symmetric_activations, code_hash(["optimize"]), data_key)
-        cand_path = art_dir / f"{recipe.precision}-{qkey}.onnx"
-        form = "S8S8 symmetric, TensorRT form" if qcfg.symmetric_activations else "U8S8, ORT CPU form"
-        stages.start("quantize", f"INT8 PTQ ({q.method}, {q.calibration_images} calibration images, QDQ {form})")
-        if not cand_path.is_file():
-            n = min(q.calibration_images, len(train_split.samples))
-            calib = (preprocess(train_split.images[i : i + 1]) for i in range(n))
-            source, padded = fp32_path, 0
-            if q.pad_input_channels:
-                source = art_dir / f"fp32-pad{q.pad_input_channels}.onnx"
-                padded = pad_input_channels(fp32_path, source, "input", q.pad_input_channels)
-            qres = quantize_static_qdq(source, cand_path, calib, input_name="input", config=qcfg)
-            pad_note = f", input conv padded to {q.pad_input_channels} channels" if padded else ""
-            stages.done(f"{qres.quantized_nodes} nodes quantized{pad_note} → {cand_path.name}")
-        else:
-            stages.done("reused cached INT8 model")
-    return _Artifacts(
-        root, synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, cand_path,
+    # 4. recipe: prune (+ distillation fine-tune), QAT, PTQ, mixed precision
+    built = _Artifacts(
+        root, synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, fp32_path,
         export_note, recipe.precision,
     )  # fmt: skip
+    ctx = _RecipeContext(cell, options, stages, art_dir, data_key, ckpt, built)
+    if recipe.prune is not None:
+        _prune_stages(ctx)
+    elif recipe.qat is not None:
+        _qat_stages(ctx)
+    elif recipe.quantize is not None and recipe.quantize.accuracy_budget is not None:
+        _mixed_precision_stages(ctx)
+    elif recipe.quantize is not None:
+        q = recipe.quantize
+        form = "S8S8 symmetric, TensorRT form" if q.symmetric_for(target.backend) else "U8S8, ORT CPU form"
+        stages.start("quantize", f"INT8 PTQ ({q.method}, {q.calibration_images} calibration images, QDQ {form})")
+        built.cand_path, note = _ptq(ctx, fp32_path, recipe.precision)
+        stages.done(note)
+    return built
+
+
+@dataclass
+class _RecipeContext:
+    cell: Cell
+    options: CellOptions
+    stages: _Stages
+    art_dir: Path
+    data_key: str
+    ckpt: Path
+    art: _Artifacts
+
+
+def _stage_count(recipe: Any) -> int:
+    """data, train, export, accuracy, latency + the recipe's own stages."""
+    n = 5
+    if recipe.prune is not None:
+        n += 2 + (1 if recipe.finetune is not None else 0) + (1 if recipe.quantize is not None else 0)
+    elif recipe.qat is not None:
+        n += 2
+    elif recipe.quantize is not None:
+        n += 2 if recipe.quantize.accuracy_budget is not None else 1
+    return n
+
+
+_PTQ_ONLY_FIELDS = {"accuracy_budget", "sensitivity_images", "max_float_layers"}
+
+
+def _ptq(
+    ctx: _RecipeContext,
+    source_fp32: Path,
+    tag: str,
+    *,
+    exclude: tuple[str, ...] = (),
+    out: Path | None = None,
+    probe: bool = False,
+) -> tuple[Path, str]:
+    """INT8 PTQ of ``source_fp32`` with the recipe's [quantize] section (cached by content).
+
+    ``probe``: a latency probe of the pruning search, calibrated on 2 images with minmax (the graph,
+    hence the latency, does not depend on the calibration).
+    """
+    from edgematrix.data.lanes import preprocess
+    from edgematrix.optimize.graph import pad_input_channels
+    from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
+    from edgematrix.train.cache import code_hash, content_key, file_sha256
+
+    q, backend, split = ctx.cell.recipe.quantize, ctx.cell.target.backend, ctx.art.train
+    assert q is not None
+    qcfg = QuantizeConfig(
+        method="minmax" if probe else q.method,
+        calibration_images=2 if probe else q.calibration_images,
+        per_channel=q.per_channel,
+        percentile=q.percentile,
+        symmetric_activations=q.symmetric_for(backend),
+        exclude_nodes=exclude,
+    )
+    if out is None:
+        qkey = content_key(
+            q.model_dump(exclude=_PTQ_ONLY_FIELDS), qcfg.symmetric_activations, exclude,
+            code_hash(["optimize/quantize", "optimize/graph"]), ctx.data_key, file_sha256(source_fp32),
+        )  # fmt: skip
+        out = ctx.art_dir / f"{tag}-{qkey}.onnx"
+    if out.is_file():
+        return out, f"reused cached INT8 model {out.name}"
+    n = min(qcfg.calibration_images, len(split.samples))
+    calib = (preprocess(split.images[i : i + 1]) for i in range(n))
+    source, padded = source_fp32, 0
+    if q.pad_input_channels:
+        source = source_fp32.with_name(f"{source_fp32.stem}-pad{q.pad_input_channels}.onnx")
+        padded = pad_input_channels(source_fp32, source, "input", q.pad_input_channels)
+    qres = quantize_static_qdq(source, out, calib, input_name="input", config=qcfg)
+    pad_note = f", input conv padded to {q.pad_input_channels} channels" if padded else ""
+    return out, f"{qres.quantized_nodes} nodes quantized{pad_note} → {out.name}"
+
+
+def _export_cached(model: Any, input_shape: list[int], path: Path) -> str:
+    from edgematrix.export.onnx_export import export_onnx
+    from edgematrix.models.ufld import OUTPUT_NAMES
+
+    if path.is_file():
+        return f"reused cached export {path.name}"
+    res = export_onnx(model, tuple(input_shape), path, output_names=OUTPUT_NAMES, input_name="input")
+    return f"max |onnx - torch| = {res.max_abs_diff:.2e} → {path.name}"
+
+
+def _search_meter(cell: Cell, options: CellOptions, section: Any) -> Any:
+    """The LatencyMeter of the pruning search: the device's latency server when the cell runs with
+    ``--runner remote`` (``options.remote``), else the cell's primary backend on this host, as the
+    cell's own latency stage runs it."""
+    from edgematrix.measure.harness import LatencyConfig
+    from edgematrix.measure.meter import LocalMeter
+
+    config = LatencyConfig(
+        warmup=5,
+        min_rounds=section.probe_rounds,
+        max_rounds=max(section.probe_rounds, 400),
+        min_time_s=section.probe_min_time_s,
+        max_time_s=max(section.probe_min_time_s * 4, 30.0),
+    )
+    remote = getattr(options, "remote", None)
+    if remote:
+        from edgematrix.server.client import RemoteMeter
+
+        return RemoteMeter(remote, config=config)
+    backend = cell.target.backend
+    return LocalMeter(backend=backend, config=config, runner_options=_runner_kwargs(backend, cell, "candidate"))
+
+
+def _prune_stages(ctx: _RecipeContext) -> None:
+    """Latency-aware pruning search → prune → distillation fine-tune → export (→ INT8 PTQ)."""
+    import copy
+    import tempfile
+
+    import torch
+
+    from edgematrix.optimize.prune import (
+        LatencyCache,
+        PruneSettings,
+        channel_counts,
+        parameter_count,
+        prune_model,
+        save_search,
+        search_pruning_ratio,
+    )
+    from edgematrix.train.cache import code_hash, content_key, file_sha256
+
+    cell, stages, art = ctx.cell, ctx.stages, ctx.art
+    recipe, shape = cell.recipe, cell.model.input_shape
+    p = recipe.prune
+    assert p is not None
+    settings = PruneSettings(
+        speedup=p.speedup, round_to=p.round_to, ignored_layers=tuple(p.ignored_layers), importance=p.importance,
+        tolerance=p.tolerance, max_probes=p.max_probes, max_ratio=p.max_ratio, remeasure=p.remeasure,
+        aim=p.aim,
+        pairs=p.pairs,
+    )  # fmt: skip
+    int8 = recipe.quantize is not None
+
+    def deploy(m: Any, folder: Path) -> Path:
+        fp32 = folder / "fp32.onnx"
+        _export_cached(m, shape, fp32)
+        if not int8:
+            return fp32
+        return _ptq(ctx, fp32, "probe", out=folder / "int8.onnx", probe=True)[0]
+
+    cache_dir = ctx.options.cache_dir / "prune"
+    cache = LatencyCache(cache_dir / "latency.json")
+    stages.start(
+        "prune search",
+        f"{p.speedup:g}× in {recipe.precision} on {cell.target.backend} (±{p.tolerance:.0%}, ≤{p.max_probes} probes, "
+        f"round_to {p.round_to}, ignored {', '.join(p.ignored_layers) or 'none'}; {len(cache)} cached measurements)",
+    )
+
+    def on_probe(pr: Any) -> None:
+        src = "cached" if pr.cached else "measured"
+        console.print(
+            f"      ratio {pr.ratio:.3f}: {pr.latency_ms:.2f} ms vs unpruned {pr.baseline_ms:.2f} ms in the same pairs "
+            f"({src}), speedup {pr.speedup:.2f}×, "
+            f"widths {pr.channels}, {pr.params / 1e6:.1f} M params"
+        )
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgematrix-prune-", dir=cache_dir) as work:
+        search = search_pruning_ratio(
+            art.model, input_shape=shape, settings=settings, meter=_search_meter(cell, ctx.options, p), deploy=deploy,
+            cache=cache, work_dir=work, backend=cell.target.backend, precision=recipe.precision, on_probe=on_probe,
+        )  # fmt: skip
+    chosen = search.chosen
+    assert chosen is not None
+    stages.done(
+        f"ratio {chosen.ratio:.3f}: {chosen.speedup:.2f}× (requested {p.speedup:g}×, "
+        f"{'within' if search.landed else 'NOT within'} ±{p.tolerance:.0%}), {chosen.latency_ms:.2f} vs unpruned "
+        f"{chosen.baseline_ms:.2f} ms in the same pairs, "
+        f"{len(search.probes)} probes, {search.measurements} measured"
+    )
+
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    student = prune_model(
+        copy.deepcopy(art.model), example, chosen.ratio, round_to=p.round_to, ignored_layers=p.ignored_layers,
+        importance=p.importance,
+    )  # fmt: skip
+    counts = channel_counts(student)
+    ft = recipe.finetune
+    tune_key = content_key(
+        file_sha256(ctx.ckpt), counts, p.importance, ft.model_dump() if ft else None, ctx.data_key,
+        code_hash(["models", "train/lane", "train/distill", "optimize/prune"]), torch.__version__.split("+")[0],
+    )  # fmt: skip
+    facts: dict[str, float | int | str] = {
+        "prune_requested_speedup": float(p.speedup),
+        "prune_ratio": float(chosen.ratio),
+        "prune_search_speedup": round(chosen.speedup, 4),
+        "prune_search_landed": int(search.landed),
+        "prune_tolerance": float(p.tolerance),
+        "prune_probes": len(search.probes),
+        "prune_widths": chosen.channels,
+        "prune_round_to": p.round_to,
+        "prune_ignored_layers": ",".join(p.ignored_layers),
+        "params": parameter_count(student),
+        "unpruned_params": parameter_count(art.model),
+    }
+    if ft is not None:
+        from edgematrix.train.distill import DistillConfig, distill_lane_model
+
+        tcfg = cell.model.train
+        dcfg = DistillConfig(
+            epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr, weight_decay=ft.weight_decay,
+            warmup_fraction=ft.warmup_fraction, alpha=ft.alpha, temperature=ft.temperature, seed=ft.seed,
+            amp=ft.amp, flip=tcfg.flip, label_sigma=tcfg.label_sigma, expectation_weight=tcfg.expectation_weight,
+        )  # fmt: skip
+        ft_ckpt = ctx.options.cache_dir / "checkpoints" / f"{cell.model_name}-pruned-{tune_key}.pt"
+        stages.start(
+            "finetune",
+            f"distillation from the unpruned model: {ft.epochs} epochs, lr {ft.lr:g}, alpha {ft.alpha:g}, "
+            f"T {ft.temperature:g} (cache key {tune_key})",
+        )
+        tuned = distill_lane_model(student, art.model, art.train, dcfg, ft_ckpt, progress=ctx.options.progress)
+        last = tuned.history[-1] if tuned.history else {}
+        stages.done(
+            "reused cached checkpoint"
+            if tuned.cache_hit
+            else f"{tuned.seconds:.0f} s, last epoch kd {last.get('kd', 0):.3f} task {last.get('task', 0):.3f}"
+        )
+        facts.update({"finetune_epochs": ft.epochs, "distill_alpha": ft.alpha, "distill_temperature": ft.temperature})
+    pruned_fp32 = ctx.art_dir / f"pruned-{tune_key}.onnx"
+    stages.start("export pruned", f"ONNX → {pruned_fp32.name}")
+    stages.done(_export_cached(student, shape, pruned_fp32))
+    art.cand_model, art.cand_path = student, pruned_fp32
+    if recipe.quantize is not None:
+        stages.start("quantize", "INT8 PTQ of the pruned model, and of the unpruned one (the speedup's base)")
+        art.cand_path, note = _ptq(ctx, pruned_fp32, "pruned-int8")
+        unpruned, note2 = _ptq(ctx, art.fp32_path, "int8")
+        art.extra_roles["unpruned"] = (unpruned, "int8")
+        stages.done(f"pruned: {note}; unpruned: {note2}")
+    art.facts.update(facts)
+    art.prune_search = search
+    save_search(search, ctx.options.results_dir / cell.name / "prune_search.json")
+
+
+def _qat_stages(ctx: _RecipeContext) -> None:
+    """ModelOpt QAT (distilled from the FP32 model) → QDQ ONNX; PTQ of the same model to compare."""
+    import numpy as np
+    import torch
+
+    from edgematrix.data.lanes import preprocess
+    from edgematrix.models.ufld import OUTPUT_NAMES
+    from edgematrix.optimize.qat import qat_lane_model
+    from edgematrix.train.cache import code_hash, content_key, file_sha256
+    from edgematrix.train.distill import DistillConfig
+
+    cell, stages, art = ctx.cell, ctx.stages, ctx.art
+    qs, tcfg = cell.recipe.qat, cell.model.train
+    assert qs is not None
+    dcfg = DistillConfig(
+        epochs=qs.epochs, batch_size=qs.batch_size, lr=qs.lr, weight_decay=qs.weight_decay,
+        warmup_fraction=qs.warmup_fraction, alpha=qs.alpha, temperature=qs.temperature, seed=qs.seed, amp=qs.amp,
+        flip=tcfg.flip, label_sigma=tcfg.label_sigma, expectation_weight=tcfg.expectation_weight,
+    )  # fmt: skip
+    key = content_key(
+        file_sha256(ctx.ckpt), qs.model_dump(), ctx.data_key,
+        code_hash(["models", "train/lane", "train/distill", "optimize/qat"]), torch.__version__.split("+")[0],
+    )  # fmt: skip
+    qat_path = ctx.art_dir / f"qat-{key}.onnx"
+    qat_fp32 = ctx.art_dir / f"qat-{key}-fp32.onnx"
+    meta = qat_path.with_suffix(".json")
+    stages.start(
+        "qat",
+        f"ModelOpt INT8 fake quantization, {qs.calibration_images} calibration images, {qs.epochs} epochs of "
+        f"distillation (alpha {qs.alpha:g}, T {qs.temperature:g}, lr {qs.lr:g})",
+    )
+    if qat_path.is_file() and qat_fp32.is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        stages.done(f"reused cached QAT model {qat_path.name}")
+    else:
+        n = min(qs.calibration_images, len(art.train.samples))
+        calib = [preprocess(art.train.images[i : i + 1]) for i in range(n)]
+        res = qat_lane_model(
+            art.model, art.model, art.train, calib, dcfg, qat_path, qat_fp32, input_shape=cell.model.input_shape,
+            output_names=OUTPUT_NAMES, progress=ctx.options.progress,
+        )  # fmt: skip
+        info = {
+            "qdq_pairs": res.qdq_pairs, "max_rel_diff": res.max_rel_diff, "folded_batchnorms": res.folded_batchnorms,
+            "seconds": res.seconds, "history": res.history, "calibration_images": res.calibration_images,
+        }  # fmt: skip
+        meta.write_text(json.dumps(info, indent=2))
+        stages.done(
+            f"{res.qdq_pairs} DequantizeLinear, {res.folded_batchnorms} BatchNorms folded, trained in {res.seconds:.0f} s, "
+            f"ModelOpt QDQ vs torch: max relative difference {res.max_rel_diff:.2e}"
+        )
+    q = cell.recipe.quantize
+    assert q is not None
+    stages.start(
+        "quantize",
+        f"the QAT-trained weights through the PTQ pipeline ({q.method}, {q.calibration_images} images: the "
+        "deployed QDQ form), and PTQ of the original FP32 model to compare",
+    )
+    art.cand_path, note = _ptq(ctx, qat_fp32, "qat-int8")
+    ptq_path, note2 = _ptq(ctx, art.fp32_path, "int8")
+    art.extra_roles["ptq"] = (ptq_path, "int8")
+    art.extra_roles["qat_modelopt_qdq"] = (qat_path, "int8")
+    stages.done(f"QAT: {note}; PTQ: {note2}")
+    art.qat_info = info
+    art.facts.update(
+        {
+            "qat_epochs": qs.epochs,
+            "qat_qdq_pairs": int(info["qdq_pairs"]),
+            "qat_export_max_rel_diff": float(np.float64(info["max_rel_diff"])),
+            "distill_alpha": qs.alpha,
+        }
+    )
+
+
+def _mixed_precision_stages(ctx: _RecipeContext) -> None:
+    """Full INT8 PTQ, then per-layer sensitivity and the greedy float set that meets the budget."""
+    import copy
+
+    from edgematrix.backends.base import create_runner
+    from edgematrix.bench.tasks import tasks
+    from edgematrix.data.lanes import LaneSplit
+    from edgematrix.optimize.mixed_precision import MixedPrecisionResult, mixed_precision_search
+    from edgematrix.train.cache import code_hash, content_key, file_sha256
+
+    cell, stages, art = ctx.cell, ctx.stages, ctx.art
+    q = cell.recipe.quantize
+    assert q is not None and q.accuracy_budget is not None
+    stages.start("quantize", f"INT8 PTQ, every layer ({q.method}, {q.calibration_images} calibration images)")
+    full, note = _ptq(ctx, art.fp32_path, "int8")
+    art.extra_roles["int8_full"] = (full, "int8")
+    stages.done(note)
+
+    # held-out scoring subset: the last images of the training split (calibration takes the first)
+    k = min(q.sensitivity_images, len(art.train.samples))
+    ds = copy.copy(art.train.dataset)
+    ds.samples = art.train.samples[-k:]
+    subset = LaneSplit(ds, art.train.images[-k:])
+    evaluate_task = tasks.get(cell.model.task)
+    backend = cell.target.backend
+
+    key = content_key(
+        q.model_dump(), q.symmetric_for(backend), file_sha256(art.fp32_path), ctx.data_key,
+        code_hash(["optimize/quantize", "optimize/graph", "optimize/mixed_precision"]),
+    )  # fmt: skip
+    folder = ctx.art_dir / f"mixed-{key}"
+    meta = folder / "mixed.json"
+    stages.start(
+        "sensitivity",
+        f"per-layer sensitivity on {k} held-out training images, keep float until within {q.accuracy_budget:g} "
+        f"points of FP32 (at most {q.max_float_layers} layers)",
+    )
+    if meta.is_file() and Path(json.loads(meta.read_text())["path"]).is_file():
+        info = json.loads(meta.read_text())
+        stages.done(f"reused cached search: float {', '.join(info['float_nodes']) or '(none)'}")
+    else:
+        import tempfile
+
+        def evaluate(path: Path) -> float:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                create_runner(backend, path=path, **_runner_kwargs(backend, cell, "candidate")) as run,
+            ):
+                score = evaluate_task(run, subset, Path(tmp), "probe", geometry=art.model.geometry, input_name="input")
+            return float(score.accuracy)
+
+        def quantize(exclude: tuple[str, ...], out: Path) -> Path:
+            return _ptq(ctx, art.fp32_path, "mixed", exclude=exclude, out=out)[0]
+
+        res: MixedPrecisionResult = mixed_precision_search(
+            art.fp32_path, folder, budget=q.accuracy_budget, quantize=quantize, evaluate=evaluate,
+            max_float_layers=q.max_float_layers, progress=lambda msg: console.print(f"      {msg}"),
+        )  # fmt: skip
+        info = res.as_dict()
+        meta.write_text(json.dumps(info, indent=2))
+        stages.done(
+            f"float: {', '.join(res.float_nodes) or '(none)'}; subset accuracy FP32 {res.fp32_score:.2f}, "
+            f"full INT8 {res.int8_score:.2f}, mixed {res.final_score:.2f} ({res.evaluations} evaluations)"
+        )
+    art.cand_path = Path(info["path"])
+    art.mixed_info = info
+    art.facts.update(
+        {
+            "accuracy_budget": float(info["budget"]),
+            "float_layers": ",".join(info["float_nodes"]),
+            "float_layer_count": len(info["float_nodes"]),
+            "sensitivity_images": k,
+            "subset_accuracy_fp32": round(float(info["fp32_score"]), 4),
+            "subset_accuracy_int8_full": round(float(info["int8_score"]), 4),
+            "subset_accuracy_mixed": round(float(info["final_score"]), 4),
+        }
+    )
 
 
 def _gpu_int8_runtime_missing() -> str:
@@ -338,8 +725,16 @@ def _measure(
     if ab_base is not None:
         roles["base"] = ab_base
         keys.append((target.backend, "base"))
+    if art.extra_roles and target.backend == "torch":
+        raise BackendError(
+            f"{cell.name}: recipe {cell.recipe_name!r} compares ONNX models; the torch target runs modules"
+        )
+    for role, (path, _precision) in art.extra_roles.items():  # primary backend only, like the A/B base
+        roles[role] = path
+        keys.append((target.backend, role))
+    modules = {"reference": art.model, "candidate": art.cand_model if art.cand_model is not None else art.model}
     runners = {
-        k: create_runner("torch", module=art.model, **_runner_kwargs("torch", cell, k[1]))
+        k: create_runner("torch", module=modules.get(k[1], art.model), **_runner_kwargs("torch", cell, k[1]))
         if k[0] == "torch"
         else create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1]))
         for k in keys
@@ -398,7 +793,8 @@ def _measure(
     finally:
         for r in runners.values():
             r.__exit__(None, None, None)
-    precision_of = {"reference": "fp32", "candidate": recipe.precision, "base": recipe.precision}
+    precision_of: dict[str, str] = {"reference": "fp32", "candidate": recipe.precision, "base": recipe.precision}
+    precision_of.update({role: precision for role, (_path, precision) in art.extra_roles.items()})
     measured = {
         (b, r): _Measured(
             b, r, roles[r], precision_of[r], scores[b, r], samples[f"{b}:{r}"], facts[b, r], rel.get((b, r))
@@ -512,6 +908,12 @@ def _gate_and_report(
     if (target.backend, "base") in measured:
         verdicts.extend(_ab_verdicts(cell, measured[target.backend, "base"], measured[target.backend, "candidate"]))
         per_backend_failed[target.backend] = any(v.failed for v in verdicts if "[" not in v.gate)
+    recipe_verdicts, recipe_facts = _recipe_verdicts(cell, art, measured)
+    if recipe_verdicts:
+        verdicts.extend(recipe_verdicts)
+        per_backend_failed[target.backend] = per_backend_failed[target.backend] or any(
+            v.failed for v in recipe_verdicts
+        )
 
     # backend selection: the fastest candidate among the backends that pass all their gates
     passing = [b for b in backends if not per_backend_failed[b]]
@@ -519,7 +921,8 @@ def _gate_and_report(
     selection = _selection_text(backends, passing, selected, measured)
 
     rows, entries = [], []
-    for b, role in [(b, r) for b in backends for r in ("reference", "candidate", "base") if (b, r) in measured]:
+    role_order = ("reference", "candidate", "base", *art.extra_roles)
+    for b, role in [(b, r) for b in backends for r in role_order if (b, r) in measured]:
         m = measured[b, role]
         extra: dict[str, float | int | str] = {
             "role": role,
@@ -546,6 +949,9 @@ def _gate_and_report(
             "runner": choice.runner,
             "dataset": "synthetic-tusimple" if art.synthetic else "tusimple",
         }
+        if role == "candidate":
+            extra.update(art.facts)
+            extra.update(recipe_facts)
         suffix = role if b == target.backend else f"{role}@{b}"
         entries.append(
             BenchmarkEntry(
@@ -584,6 +990,7 @@ def _gate_and_report(
         "stage seconds": ", ".join(f"{k} {v:.1f}" for k, v in stages.seconds.items()),
     }
     report = render_report(cell.name, cell.description, rows, verdicts, context, notes, selection=selection)
+    report += _recipe_report(cell, art, measured)
     (out / "report.md").write_text(report)
     result = CellResult(cell.name, out, verdicts, rows, stages.seconds, selection)
     _print_summary(result)
@@ -594,6 +1001,171 @@ def _gate_and_report(
             + f"\nartifacts: {out}"
         )
     return result
+
+
+def _recipe_verdicts(
+    cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], _Measured]
+) -> tuple[list[Any], dict[str, float | int | str]]:
+    """Recipe-specific gates (JUnit testcases) and the same-run facts they are based on."""
+    from edgematrix.gates.verdicts import Verdict
+
+    primary = cell.target.backend
+    cand = measured[primary, "candidate"]
+    out: list[Verdict] = []
+    facts: dict[str, float | int | str] = {}
+    p = cell.recipe.prune
+    if p is not None and art.prune_search is not None:
+        search = art.prune_search
+        chosen = search.chosen
+        out.append(
+            Verdict(
+                "prune_search_landed",
+                "passed" if search.landed else "failed",
+                f"search probe at ratio {chosen.ratio:.3f}: {chosen.speedup:.2f}× vs requested {p.speedup:g}× "
+                f"(±{p.tolerance:.0%}: {p.speedup * (1 - p.tolerance):.2f}..{p.speedup * (1 + p.tolerance):.2f}×), "
+                f"{len(search.probes)} probes",
+            )
+        )
+        base = measured.get((primary, "unpruned"), measured[primary, "reference"])
+        ratios = [b / c for b, c in zip(base.samples.samples_s, cand.samples.samples_s, strict=True)]
+        speedup = base.samples.p50_ms / cand.samples.p50_ms
+        facts["speedup_vs_unpruned"] = round(speedup, 4)
+        facts["speedup_vs_unpruned_round_median"] = round(float(sorted(ratios)[len(ratios) // 2]), 4)
+        floor = p.speedup * (1 - p.tolerance)
+        out.append(
+            Verdict(
+                "prune_speedup_vs_unpruned",
+                "passed" if speedup >= floor else "failed",
+                f"same run, {cell.recipe.precision} vs unpruned {cell.recipe.precision}: p50 "
+                f"{base.samples.p50_ms:.2f} / {cand.samples.p50_ms:.2f} ms = {speedup:.2f}× "
+                f"(requested {p.speedup:g}×, floor {floor:.2f}×)",
+            )
+        )
+    if art.qat_info is not None:
+        ptq = measured[primary, "ptq"]
+        diff = float(art.qat_info["max_rel_diff"])
+        out.append(
+            Verdict(
+                "qat_export_matches_torch",
+                "passed" if diff <= QAT_EXPORT_TOLERANCE else "failed",
+                f"ModelOpt QDQ ONNX on ONNX Runtime vs the fake-quantized torch model: max |diff| / max |torch| "
+                f"{diff:.2e} (tolerance {QAT_EXPORT_TOLERANCE:g})",
+            )
+        )
+        facts["ptq_accuracy"] = round(ptq.score.accuracy, 6)
+        facts["qat_minus_ptq_accuracy"] = round(cand.score.accuracy - ptq.score.accuracy, 6)
+        facts["qat_vs_ptq_p50_ratio"] = round(cand.samples.p50_ms / ptq.samples.p50_ms, 4)
+    if art.mixed_info is not None:
+        info = art.mixed_info
+        full = measured[primary, "int8_full"]
+        drop = float(info["fp32_score"]) - float(info["final_score"])
+        out.append(
+            Verdict(
+                "mixed_precision_budget",
+                "passed" if drop <= float(info["budget"]) else "failed",
+                f"held-out subset: mixed {float(info['final_score']):.2f} vs FP32 {float(info['fp32_score']):.2f}, "
+                f"drop {drop:+.2f} points (budget {float(info['budget']):g}); full INT8 "
+                f"{float(info['int8_score']):.2f}; float: {', '.join(info['float_nodes']) or '(none)'}",
+            )
+        )
+        facts["int8_full_accuracy"] = round(full.score.accuracy, 6)
+        facts["latency_cost_vs_int8_full"] = round(cand.samples.p50_ms / full.samples.p50_ms, 4)
+    return out, facts
+
+
+QAT_EXPORT_TOLERANCE = 1e-2  # relative to the largest logit: one int8 step at a few layers, not a broken export
+
+
+def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], _Measured]) -> str:
+    """Markdown sections appended to report.md for pruning, QAT and mixed precision."""
+    primary = cell.target.backend
+    cand = measured[primary, "candidate"]
+    lines: list[str] = []
+    search = art.prune_search
+    if search is not None:
+        p = cell.recipe.prune
+        assert p is not None
+        lines += [
+            "",
+            "## Pruning search",
+            "",
+            f"Requested {p.speedup:g}× in {cell.recipe.precision} on {primary} (±{p.tolerance:.0%}). Each probe is "
+            f"measured {p.pairs}× alternating with the unpruned model; its speedup is the ratio of the medians. "
+            f"Chosen: ratio {search.chosen.ratio:.3f} "
+            f"({'within' if search.landed else 'NOT within'} tolerance).",
+            "",
+            "| probe | ratio | widths | params (M) | p50 (ms) | unpruned p50, same pairs (ms) | speedup | source |",
+            "|---:|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for i, pr in enumerate(search.probes, start=1):
+            mark = " **(chosen)**" if pr is search.chosen else ""
+            lines.append(
+                f"| {i} | {pr.ratio:.3f}{mark} | {pr.channels} | {pr.params / 1e6:.2f} | {pr.latency_ms:.2f} "
+                f"| {pr.baseline_ms:.2f} | {pr.speedup:.2f}× | {'cache' if pr.cached else 'measured'} |"
+            )
+        base = measured.get((primary, "unpruned"), measured[primary, "reference"])
+        lines += [
+            "",
+            f"Same run, interleaved: unpruned {base.precision} {base.samples.p50_ms:.2f} ms, pruned "
+            f"{cand.samples.p50_ms:.2f} ms → {base.samples.p50_ms / cand.samples.p50_ms:.2f}×; vs the FP32 "
+            f"reference {measured[primary, 'reference'].samples.p50_ms / cand.samples.p50_ms:.2f}×. Accuracy: "
+            f"pruned {cand.score.accuracy:.2f} vs unpruned FP32 {measured[primary, 'reference'].score.accuracy:.2f}"
+            + (f", unpruned {base.precision} {base.score.accuracy:.2f}" if base.role == "unpruned" else "")
+            + ".",
+        ]
+    if art.qat_info is not None:
+        ptq, ref = measured[primary, "ptq"], measured[primary, "reference"]
+        lines += [
+            "",
+            "## QAT vs PTQ",
+            "",
+            "| model | accuracy (%) | drop vs FP32 | FP | FN | p50 (ms) | size |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        mo = measured[primary, "qat_modelopt_qdq"]
+        rows = (
+            ("FP32 reference", ref),
+            ("PTQ (INT8)", ptq),
+            ("QAT (INT8, PTQ form)", cand),
+            ("QAT (ModelOpt QDQ)", mo),
+        )
+        for label, m in rows:
+            lines.append(
+                f"| {label} | {m.score.accuracy:.2f} | {ref.score.accuracy - m.score.accuracy:+.2f} "
+                f"| {m.score.extras.get('fp', 0.0):.4f} | {m.score.extras.get('fn', 0.0):.4f} "
+                f"| {m.samples.p50_ms:.2f} | {m.path.stat().st_size / 1e6:.1f} MB |"
+            )
+        hist = art.qat_info.get("history") or []
+        lines += [
+            "",
+            "The deployed QAT model is the QAT-trained weights through the PTQ pipeline (the form ONNX Runtime's "
+            "int8 kernels fuse); ModelOpt's own QDQ export (TensorRT's form, quantizers on layer inputs only) is "
+            "measured too.",
+            "",
+            f"QAT: {art.qat_info['qdq_pairs']} DequantizeLinear, {art.qat_info['folded_batchnorms']} BatchNorms folded, "
+            f"{len(hist)} epochs (last: "
+            + (", ".join(f"{k} {v:.3f}" for k, v in hist[-1].items() if k != "epoch") if hist else "cached")
+            + f"); QAT − PTQ accuracy {cand.score.accuracy - ptq.score.accuracy:+.2f} points.",
+        ]
+    if art.mixed_info is not None:
+        info, full = art.mixed_info, measured[primary, "int8_full"]
+        lines += [
+            "",
+            "## Mixed precision",
+            "",
+            f"Kept in float ({len(info['float_nodes'])}): {', '.join(info['float_nodes']) or '(none)'}. "
+            f"Latency cost vs full INT8 (same run): {cand.samples.p50_ms:.2f} vs {full.samples.p50_ms:.2f} ms "
+            f"({cand.samples.p50_ms / full.samples.p50_ms:.2f}×); test accuracy {cand.score.accuracy:.2f} vs full INT8 "
+            f"{full.score.accuracy:.2f}.",
+            "",
+            "| layer | op | held-out accuracy with this layer float | gain vs full INT8 |",
+            "|---|---|---:|---:|",
+        ]
+        for sens in info["sensitivities"][:12]:
+            lines.append(
+                f"| {sens['node']} | {sens['op_type']} | {sens['score_kept_float']:.2f} | {sens['gain']:+.2f} |"
+            )
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _ab_verdicts(cell: Cell, base: _Measured, cand: _Measured) -> list[Any]:

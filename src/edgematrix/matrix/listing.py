@@ -19,6 +19,7 @@ class SessionInfo:
     recipe: str
     description: str
     target_table: dict = field(repr=False, hash=False, compare=False)
+    schedule: str = "pull_request"  # "nightly": CI runs the cell in the nightly full matrix only
 
     @property
     def tags(self) -> list[str]:
@@ -46,9 +47,9 @@ def list_sessions(root: str | Path = "matrix") -> list[SessionInfo]:
                 desc = cell.get("description") or (
                     f"{r['description']} — {m['description'].split(',')[0]} on {target['description']}"
                 )
-                out.append(
-                    SessionInfo(f"{cell['target']}_{recipe}", cell["target"], cell["model"], recipe, desc, target)
-                )
+                name = f"{cell['target']}_{recipe}"
+                schedule = cell.get("schedule", "pull_request")
+                out.append(SessionInfo(name, cell["target"], cell["model"], recipe, desc, target, schedule))
         except (KeyError, TypeError) as e:
             raise ValueError(f"matrix cells[{i}] refers to something undefined or malformed: {e}") from None
     return out

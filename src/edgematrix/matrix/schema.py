@@ -89,8 +89,8 @@ class TrainConfig(_Strict):
 class Model(_Strict):
     description: str
     family: str
-    task: Literal["lane"]
-    dataset: Literal["tusimple"]
+    task: Literal["lane", "steering"]
+    dataset: Literal["tusimple", "driving_log"]
     input_shape: Annotated[list[int], Field(min_length=4, max_length=4)]
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     data_root: str = Field("", description="path to the real dataset; empty = synthetic data in the cache")
@@ -118,6 +118,14 @@ class QuantizeSection(_Strict):
         description="auto: asymmetric uint8 (U8S8, ORT CPU's fast path) on onnxruntime targets, symmetric int8 "
         "(zero points 0, TensorRT's explicit-quantization form) on tensorrt / tidl targets",
     )
+    accuracy_budget: float | None = Field(
+        None,
+        ge=0,
+        description="mixed precision: keep the most quantization-sensitive layers in float until the accuracy "
+        "(points, on a held-out subset of the training split) is within this budget of FP32; unset = all INT8",
+    )
+    sensitivity_images: int = Field(32, ge=1, description="mixed precision: images scored per sensitivity probe")
+    max_float_layers: int = Field(8, ge=0, description="mixed precision: at most this many layers stay in float")
 
     def symmetric_for(self, backend: str) -> bool:
         if self.activations == "auto":
@@ -133,10 +141,59 @@ class LatencySection(_Strict):
     max_time_s: float = Field(120.0, gt=0)
 
 
+class PruneSection(_Strict):
+    """Latency-aware structured pruning (torch-pruning) to ``speedup``× in the deployed precision."""
+
+    speedup: float = Field(gt=1, description="requested p50 ratio unpruned / pruned, both in the recipe's precision")
+    round_to: int = Field(8, ge=1, description="channel counts after pruning are multiples of this")
+    ignored_layers: list[str] = Field(
+        default_factory=lambda: ["pool", "cls"], description="modules (dotted names) whose output channels stay"
+    )
+    importance: Literal["magnitude", "fpgm", "lamp"] = "magnitude"
+    tolerance: float = Field(0.10, gt=0, lt=1, description="the search stops within speedup × (1 ± tolerance)")
+    max_probes: int = Field(8, ge=1, le=50)
+    max_ratio: float = Field(0.9, gt=0, lt=1, description="largest uniform pruning ratio tried")
+    remeasure: int = Field(
+        2, ge=0, description="re-pairings of a probe whose speedup is not monotone with the others (busy host)"
+    )
+    aim: float = Field(0.5, gt=0, le=1, description="keep refining until within aim × tolerance (probes permitting)")
+    pairs: int = Field(
+        2,
+        ge=1,
+        description="measurements of each probe alternating with the unpruned model; speedup = ratio of medians",
+    )
+    probe_rounds: int = Field(30, ge=5, description="latency rounds per probe (at least)")
+    probe_min_time_s: float = Field(2.0, ge=0, description="seconds of latency rounds per probe (at least)")
+
+
+class FinetuneSection(_Strict):
+    """Fine-tuning by knowledge distillation from the unpruned FP32 model (plus the task loss)."""
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss; 1 - alpha weighs the task loss")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation loss")
+    seed: int = 0
+    amp: Literal["auto", "bf16", "off"] = "auto"
+
+
+class QatSection(FinetuneSection):
+    """Quantization-aware fine-tuning (NVIDIA ModelOpt fake quantization), distilled from the FP32 model."""
+
+    calibration_images: int = Field(32, ge=1, description="images calibrating the fake quantizers before training")
+    amp: Literal["auto", "bf16", "off"] = "off"
+
+
 class Recipe(_Strict):
     description: str
     precision: Precision
     quantize: QuantizeSection | None = None
+    prune: PruneSection | None = None
+    finetune: FinetuneSection | None = None
+    qat: QatSection | None = None
     latency: LatencySection = LatencySection()
 
     @model_validator(mode="after")
@@ -145,6 +202,18 @@ class Recipe(_Strict):
             raise ValueError(f"precision {self.precision!r} needs a [quantize] section (method, calibration_images)")
         if self.precision in ("fp32", "fp16") and self.quantize is not None:
             raise ValueError(f"precision {self.precision!r} does not quantize; remove the [quantize] section")
+        if self.finetune is not None and self.prune is None:
+            raise ValueError("finetune: distillation fine-tunes a pruned model; add a [prune] section or remove it")
+        if self.qat is not None:
+            if self.precision != "int8":
+                raise ValueError(f"qat: QAT produces an INT8 model; precision must be 'int8', not {self.precision!r}")
+            if self.prune is not None:
+                raise ValueError("qat: QAT of a pruned model is not supported; use prune + [quantize] (PTQ)")
+        if self.quantize is not None and self.quantize.accuracy_budget is not None:
+            if self.qat is not None:
+                raise ValueError("quantize.accuracy_budget: mixed precision applies to PTQ, not to a [qat] recipe")
+            if self.prune is not None:
+                raise ValueError("quantize.accuracy_budget: mixed precision of a pruned model is not supported")
         return self
 
 
@@ -171,6 +240,10 @@ class CellSpec(_Strict):
     recipes: list[Name] = Field(min_length=1)
     gates: Gates | None = None
     description: str = ""
+    schedule: Literal["pull_request", "nightly"] = Field(
+        "pull_request",
+        description="when CI runs these cells: on every pull request, or only in the nightly full-matrix run",
+    )
 
 
 class Defaults(_Strict):

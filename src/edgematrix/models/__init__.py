@@ -20,6 +20,13 @@ def _ufld_v2(input_shape: list[int], **params: Any) -> Any:
     return UFLDv2(input_size=(input_shape[2], input_shape[3]), **params)
 
 
+@families.register("pilotnet")
+def _pilotnet(input_shape: list[int], **params: Any) -> Any:
+    from edgematrix.models.pilotnet import PilotNet
+
+    return PilotNet(input_size=(input_shape[2], input_shape[3]), **params)
+
+
 def create_model(family: str, input_shape: list[int], **params: Any) -> Any:
     """Build an untrained ``torch.nn.Module`` of ``family``; bad params name the family and the valid ones."""
     factory = families.get(family)

@@ -15,6 +15,7 @@ per-channel weights and float model outputs:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -55,6 +56,21 @@ DEFAULT_OP_TYPES: tuple[str, ...] = COMPUTE_OP_TYPES + MOVEMENT_OP_TYPES
 # Histogram methods keep every intermediate tensor of a chunk in memory; this many images per chunk
 # bounds that (ResNet-18 at 288×800 holds ~40 MB of activations per image).
 _CALIBRATION_CHUNK = 8
+
+# Calibration ranges of the last models quantized in this process, by (model bytes, data,
+# calibration settings): a mixed-precision sensitivity search quantizes one model dozens of times
+# with different nodes_to_exclude, and the ranges do not depend on which nodes are excluded.
+_RANGES_MEMO: dict[str, Any] = {}
+_RANGES_MEMO_SIZE = 4
+
+
+def _ranges_key(fp32_path: Path, arrays: list[np.ndarray], config: QuantizeConfig) -> str:
+    h = hashlib.sha256(fp32_path.read_bytes())
+    for arr in arrays:
+        h.update(arr.tobytes())
+    settings = (config.method, config.percentile, config.histogram_bins, config.symmetric_activations)
+    h.update(repr((settings, config.op_types, config.preprocess)).encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -318,7 +334,13 @@ def _quantize_impl(
         staged = tmp / "quantized.onnx"
         try:
             with _quiet():
-                ranges = _calibrate(source, tmp, arrays, input_name, config, methods[config.method])
+                memo_key = _ranges_key(fp32_path, arrays, config)
+                ranges = _RANGES_MEMO.get(memo_key)
+                if ranges is None:
+                    ranges = _calibrate(source, tmp, arrays, input_name, config, methods[config.method])
+                    while len(_RANGES_MEMO) >= _RANGES_MEMO_SIZE:
+                        _RANGES_MEMO.pop(next(iter(_RANGES_MEMO)))
+                    _RANGES_MEMO[memo_key] = ranges
                 save_tensors_data(ranges, cache)
                 quantize_static(
                     str(source),

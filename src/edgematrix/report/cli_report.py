@@ -24,9 +24,11 @@ def run_report(
 
     Keys: ``junit`` (merged), ``summary``, ``pr_comment`` (and ``step_summary`` when
     ``$GITHUB_STEP_SUMMARY`` is set), ``latency:<cell>`` (one PNG per cell, against ``base_dir``'s
-    same cell when it has one), and with ``history``: ``history`` (the store, appended to) and
-    ``history_plot``.
+    same cell when it has one), ``pareto:<model>:<target>`` (accuracy vs latency across recipes, when a
+    model and target have two or more points; its table is appended to ``summary.md``), and with
+    ``history``: ``history`` (the store, appended to) and ``history_plot``.
     """
+    from edgematrix.report.pareto import write_pareto_reports
     from edgematrix.report.plots import plot_history, plot_latency_distributions
 
     out = Path(out_dir)
@@ -41,6 +43,11 @@ def run_report(
         paths[f"latency:{cell_dir.name}"] = plot_latency_distributions(
             bench, out / "plots" / f"{cell_dir.name}-latency.png", base if base is not None and base.is_file() else None
         )
+    pareto_paths, pareto_md = write_pareto_reports(results_dir, out / "plots")
+    paths.update(pareto_paths)
+    if pareto_md:  # accuracy-vs-latency across the recipes of each model and target
+        summary_md = paths["summary"].read_text(encoding="utf-8").rstrip("\n")
+        paths["summary"].write_text(f"{summary_md}\n\n{pareto_md}", encoding="utf-8")
     if history is not None:
         from edgematrix.report.history import append_run
 

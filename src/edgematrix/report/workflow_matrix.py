@@ -40,15 +40,25 @@ class TargetJobs:
         return SELF_HOSTED in self.runner_labels
 
 
-def targets_with_cells(root: str | Path = "matrix") -> dict[str, TargetJobs]:
-    """Per target (in matrix order): its cells and its runner labels.
+EVENTS = ("pull_request", "nightly")
+
+
+def targets_with_cells(root: str | Path = "matrix", event: str = "nightly") -> dict[str, TargetJobs]:
+    """Per target (in matrix order): its cells that run on ``event`` and its runner labels.
+
+    ``pull_request`` takes the cells with ``schedule = "pull_request"`` (the default); ``nightly``
+    takes every cell.
 
     Raises ValueError, naming the target and what to add, when a target that has cells has no
     usable ``runner_labels``.
     """
     cells: dict[str, list[str]] = {}
     labels: dict[str, tuple[str, ...]] = {}
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}; choose {' or '.join(EVENTS)}")
     for info in list_sessions(root):
+        if event == "pull_request" and info.schedule != "pull_request":
+            continue
         if info.target not in labels:
             raw = info.target_table.get("runner_labels")
             if not raw or not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
@@ -62,7 +72,9 @@ def targets_with_cells(root: str | Path = "matrix") -> dict[str, TargetJobs]:
     return {t: TargetJobs(t, tuple(cells[t]), labels[t]) for t in cells}
 
 
-def job_matrices(root: str | Path = "matrix") -> dict[str, dict[str, list[dict[str, object]]]]:
+def job_matrices(
+    root: str | Path = "matrix", event: str = "pull_request"
+) -> dict[str, dict[str, list[dict[str, object]]]]:
     """The ``strategy.matrix`` values of the workflows' cell jobs.
 
     ``hosted``: one entry per cell ``{"cell", "target", "runner_labels"}``;
@@ -70,7 +82,7 @@ def job_matrices(root: str | Path = "matrix") -> dict[str, dict[str, list[dict[s
     """
     hosted: list[dict[str, object]] = []
     device: list[dict[str, object]] = []
-    for t in targets_with_cells(root).values():
+    for t in targets_with_cells(root, event).values():
         if t.self_hosted:
             device.append({"target": t.target, "cells": list(t.cells), "runner_labels": list(t.runner_labels)})
         else:
@@ -97,9 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--github-output", action="store_true", help="print key=value lines for $GITHUB_OUTPUT instead of JSON"
     )
+    p.add_argument(
+        "--event",
+        choices=EVENTS,
+        default="pull_request",
+        help="pull_request: cells scheduled for every PR; nightly: every cell (default: pull_request)",
+    )
     args = p.parse_args(argv)
     try:
-        matrices = job_matrices(args.matrix)
+        matrices = job_matrices(args.matrix, args.event)
     except ValueError as e:
         print(f"workflow_matrix: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,178 @@
+"""Latency-aware pruning search on the lane model: requested vs achieved speedups.
+
+    PYTHONPATH=src python benchmarks/prune_search.py [--speedups 2,3] [--precision int8] [--cache DIR]
+
+Builds UFLD-v2 ResNet-18 at 288×800 (mid 512, as ``matrix/models.toml``; random weights with one
+BatchNorm-statistics pass on synthetic lane frames: latency depends on the architecture, not on
+the weights), then for each requested speedup runs :func:`edgematrix.optimize.prune.search_pruning_ratio`
+exactly as the ``x86_cpu_prune_x*_int8`` cells do: each probe is exported, quantized to INT8 QDQ
+(U8S8, input convolution padded to 4 channels) and measured by a ``LocalMeter`` on ONNX Runtime's
+CPU provider. The measurement cache (``--cache``/prune/latency.json) is the cells' own when
+``--cache`` is the cells' cache folder.
+
+Then the unpruned FP32, unpruned INT8 and every chosen pruned INT8 model are measured again in the
+*same interleaved rounds* (spinning off), and the table prints requested vs achieved speedups:
+the search's own figure and the same-run one. Claims are those same-run ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgematrix.backends.base import create_runner
+from edgematrix.export.onnx_export import export_onnx
+from edgematrix.measure.harness import LatencyConfig, measure_interleaved
+from edgematrix.measure.meter import LocalMeter
+from edgematrix.models.ufld import OUTPUT_NAMES, UFLDv2
+from edgematrix.optimize.graph import pad_input_channels
+from edgematrix.optimize.prune import LatencyCache, PruneSettings, prune_model, search_pruning_ratio
+from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
+
+SIZE = (288, 800)
+SHAPE = (1, 3, *SIZE)
+
+
+def lane_images(count: int) -> np.ndarray:
+    from PIL import Image
+
+    from edgematrix.data.lanes import preprocess
+    from edgematrix.data.synthetic_lanes import render_sample
+
+    h, w = SIZE
+    frames = [
+        np.asarray(render_sample(seed=0, index=i)[0].resize((w, h), Image.Resampling.BILINEAR)) for i in range(count)
+    ]
+    return preprocess(np.stack(frames))
+
+
+def build_model(images: np.ndarray):
+    import torch
+
+    torch.manual_seed(0)
+    model = UFLDv2(input_size=SIZE, mlp_mid_dim=512, use_aux=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for batch in np.array_split(images, max(1, len(images) // 4)):
+            model(torch.from_numpy(batch))
+    return model.eval()
+
+
+def deploy_fn(precision: str, calib: np.ndarray):
+    def deploy(model, folder: Path) -> Path:
+        fp32 = folder / "fp32.onnx"
+        export_onnx(model, SHAPE, fp32, output_names=OUTPUT_NAMES, input_name="input")
+        if precision == "fp32":
+            return fp32
+        padded = folder / "fp32-pad4.onnx"
+        pad_input_channels(fp32, padded, "input", 4)
+        out = folder / "int8.onnx"
+        cfg = QuantizeConfig(method="minmax", calibration_images=2)
+        quantize_static_qdq(padded, out, list(calib[:2]), input_name="input", config=cfg)
+        return out
+
+    return deploy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speedups", default="2,3", help="requested speedups, comma-separated (default 2,3)")
+    parser.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--max-probes", type=int, default=8)
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=Path(".cache/edgematrix"), help="cache folder (prune/ inside)")
+    parser.add_argument("--rounds", type=int, default=40, help="interleaved verification rounds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    speedups = [float(s) for s in args.speedups.split(",") if s.strip()]
+
+    images = lane_images(8)
+    model = build_model(images)
+    runner_options = {"providers": ("CPUExecutionProvider",), "intra_op_threads": 0}  # as the x86_cpu cells
+    meter = LocalMeter(
+        "onnxruntime",
+        LatencyConfig(warmup=5, min_rounds=30, max_rounds=400, min_time_s=2.0, max_time_s=30.0),
+        runner_options,
+    )
+    cache = LatencyCache(args.cache / "prune" / "latency.json")
+    deploy = deploy_fn(args.precision, images)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="prune-search-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        chosen = {}
+        for n in speedups:
+            settings = PruneSettings(
+                speedup=n, round_to=args.round_to, tolerance=args.tolerance, max_probes=args.max_probes
+            )
+            print(f"search {n:g}x ({args.precision}, ±{args.tolerance:.0%}):", flush=True)
+            res = search_pruning_ratio(
+                model, input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy, cache=cache,
+                work_dir=tmp / f"x{n:g}", backend="onnxruntime", precision=args.precision,
+                on_probe=lambda p: print(
+                    f"  ratio {p.ratio:.3f}: {p.latency_ms:7.2f} ms vs unpruned {p.baseline_ms:7.2f} ms (same pairs)  "
+                    f"{p.speedup:5.2f}x  widths {p.channels}"
+                    f"{'  (cached)' if p.cached else ''}", flush=True,
+                ),
+            )  # fmt: skip
+            assert res.chosen is not None
+            chosen[n] = res
+            print(f"  chosen ratio {res.chosen.ratio:.3f} ({res.chosen.speedup:.2f}x), landed={res.landed}")
+        # same-run verification: unpruned FP32, unpruned deployed, each chosen pruned model
+        import torch
+
+        example = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(0))
+        paths = {"unpruned_fp32": tmp / "u32" / "fp32.onnx"}
+        (tmp / "u32").mkdir()
+        export_onnx(model, SHAPE, paths["unpruned_fp32"], output_names=OUTPUT_NAMES, input_name="input")
+        (tmp / "ud").mkdir()
+        paths["unpruned"] = deploy(copy.deepcopy(model), tmp / "ud")
+        for n, res in chosen.items():
+            folder = tmp / f"final-x{n:g}"
+            folder.mkdir()
+            pruned = prune_model(
+                copy.deepcopy(model), example, res.chosen.ratio, round_to=args.round_to, ignored_layers=("pool", "cls")
+            )
+            paths[f"x{n:g}"] = deploy(pruned, folder)
+        runners = {k: create_runner("onnxruntime", path=p, **runner_options) for k, p in paths.items()}
+        feed = {"input": images[:1]}
+        cfg = LatencyConfig(warmup=5, min_rounds=args.rounds, max_rounds=args.rounds * 4, min_time_s=5.0)
+        samples = measure_interleaved(runners, feed, cfg)
+    base, fp32 = samples["unpruned"].p50_ms, samples["unpruned_fp32"].p50_ms
+    print(f"\nsame run, {len(paths)} models interleaved, {samples['unpruned'].rounds} rounds:")
+    print(f"  unpruned FP32 {fp32:.2f} ms, unpruned {args.precision} {base:.2f} ms ({fp32 / base:.2f}x FP32)")
+    header = f"{'requested':>9} | {'ratio':>5} | {'search':>7} | {'same-run':>8} | {'vs FP32':>7} | within ±{args.tolerance:.0%}"
+    print(header)
+    print("-" * len(header))
+    for n, res in chosen.items():
+        p50 = samples[f"x{n:g}"].p50_ms
+        achieved = base / p50
+        ok = abs(achieved / n - 1) <= args.tolerance
+        rows.append(
+            {"requested": n, "ratio": res.chosen.ratio, "search_speedup": res.chosen.speedup, "same_run_speedup": achieved,
+             "speedup_vs_fp32": fp32 / p50, "p50_ms": p50, "within": ok, "search_landed": res.landed,
+             "probes": [p.__dict__ for p in res.probes]}
+        )  # fmt: skip
+        print(
+            f"{n:>8g}x | {res.chosen.ratio:5.3f} | {res.chosen.speedup:6.2f}x | {achieved:7.2f}x | "
+            f"{fp32 / p50:6.2f}x | {'yes' if ok else 'NO'}"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"precision": args.precision, "fp32_ms": fp32, "base_ms": base, "rows": rows}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
