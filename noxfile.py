@@ -86,7 +86,7 @@ def tests(session: nox.Session) -> None:
     or, as root, one they start from the installed `dockerd` and stop again (docker/base/host-tools.sh
     installs it, debootstrap and qemu-user-static on Debian).
     """
-    session.install("-e", ".[cpu,openvino,docker]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", ".[cpu,openvino,docker,optimize]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs)
 
 
@@ -138,6 +138,14 @@ def update_baselines(session: nox.Session) -> None:
     for info in runnable:
         session.run("edgematrix", "run", info.name, "--update-baseline", "--no-progress")
     session.log("baselines rewritten under matrix/baselines/: review `git diff matrix/baselines` and commit")
+
+
+@nox.session(default=False)
+def pilotnet_strategies(session: nox.Session) -> None:
+    """PilotNet (steering): FP32, global / local pruning, dynamic and static INT8, QAT, prune + INT8 — MSE,
+    size and same-run latency on ONNX Runtime CPU in one table (results/pilotnet_strategies/)."""
+    session.install("-e", ".[cpu,optimize]")
+    session.run("edgematrix", "strategies", "pilotnet", "--results", "results", *session.posargs)
 
 
 @nox.session(default=False)

@@ -44,6 +44,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     m = load_matrix(args.matrix)
     cell = m.cell(args.cell)
+    if args.runner == "auto" and args.remote:
+        args.runner = "remote"  # a device URL given: measure there
     if args.runner == "docker":
         return _run_in_docker(args, cell)
     from edgematrix.bench.cell import CellOptions, run_cell
@@ -57,6 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         update_baseline=args.update_baseline,
         progress=not args.no_progress,
         ab_base=Path(args.ab_base) if args.ab_base else None,
+        remote=args.remote,
     )
     run_cell(cell, opts)
     return EXIT_OK
@@ -315,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="A/B mode: the base branch's candidate (.onnx, or that run's results/<cell>/), measured interleaved",
+    )
+    run.add_argument(
+        "--remote",
+        default=None,
+        metavar="URL",
+        help="--runner remote: the device's `edgematrix serve` (token in EDGEMATRIX_TOKEN)",
     )
     dock = run.add_argument_group("--runner docker")
     dock.add_argument(

@@ -142,7 +142,8 @@ def test_source_is_read_only_and_env_is_allow_listed(
     assert buf.getvalue().split() == ["ro", "30", "False", "true", "no-net"]  # EROFS
 
 
-def test_ctrl_c_removes_the_container(workspace: Path, x86_image: str, docker_engine: Any) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_removes_the_container(workspace: Path, x86_image: str, docker_engine: Any, sig: int) -> None:
     code = (
         "import sys\n"
         "from edgematrix.runners.docker import run_command\n"
@@ -155,7 +156,7 @@ def test_ctrl_c_removes_the_container(workspace: Path, x86_image: str, docker_en
     while not docker_engine.containers.list(filters={"label": "org.edgematrix.test=ctrl-c"}):
         assert time.monotonic() < deadline and proc.poll() is None, "the container never started"
         time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert not docker_engine.containers.list(all=True, filters={"label": "org.edgematrix.test=ctrl-c"})

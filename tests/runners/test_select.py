@@ -63,9 +63,21 @@ def test_requesting_a_runner_the_target_does_not_offer() -> None:
         choose_runner("t_int8", "t", _target(), "ssh")
 
 
-def test_unimplemented_runner_is_refused_not_faked() -> None:
-    with pytest.raises(RunnerChoiceError, match="runner 'remote' is not implemented"):
-        choose_runner("t_int8", "t", _target(runners=["local", "remote"]), "remote")
+def test_requested_runners_are_taken_when_offered() -> None:
+    t = _target(runners=["local", "remote", "emulated", "docker"])
+    for runner in ("remote", "emulated", "docker"):
+        choice = choose_runner("t_int8", "t", t, runner)
+        assert choice.runner == runner and choice.reason.startswith("requested")
+
+
+def test_docker_runner_refuses_an_image_of_another_architecture() -> None:
+    t = _target(arch=OTHER, runners=["docker", "emulated"])
+    with pytest.raises(
+        RunnerChoiceError, match=rf"its image is {OTHER} and this host is {HERE}[\s\S]*--runner emulated"
+    ):
+        choose_runner("t_int8", "t", t, "docker")
+    # an image of this host's architecture for a target of another (TI's PC tools) is fine
+    assert choose_runner("t_int8", "t", {**t, "image_arch": HERE}, "docker").runner == "docker"
 
 
 def test_shipped_device_cells_fail_fast_here_and_loudly_under_ci(monkeypatch) -> None:

@@ -8,6 +8,7 @@ the device over HTTP. Both return :class:`LatencyReport`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -16,7 +17,7 @@ import numpy as np
 
 from edgematrix.backends.base import Fact, create_runner
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.measure.harness import LatencyConfig, measure_one
+from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_one
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,22 @@ class LatencyReport:
     rounds: int
     samples_ms: tuple[float, ...] = ()
     facts: dict[str, Fact] = field(default_factory=dict)
+
+    @classmethod
+    def from_samples(
+        cls, backend: str, samples: LatencySamples, facts: Mapping[str, Fact] | None = None
+    ) -> LatencyReport:
+        """The harness's statistics (numpy's linear percentiles) of per-round times ``samples``."""
+        return cls(
+            backend=backend,
+            p50_ms=samples.p50_ms,
+            p90_ms=samples.p90_ms,
+            p99_ms=samples.p99_ms,
+            mean_ms=samples.mean_ms,
+            rounds=samples.rounds,
+            samples_ms=tuple(s * 1e3 for s in samples.samples_s),
+            facts=dict(facts or {}),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,13 +99,4 @@ class LocalMeter:
             feed = random_feed(dict(runner.input_metadata()))
             samples = measure_one(runner, feed, self.config)
             facts = runner.facts()
-        return LatencyReport(
-            backend=self.backend,
-            p50_ms=samples.p50_ms,
-            p90_ms=samples.p90_ms,
-            p99_ms=samples.p99_ms,
-            mean_ms=samples.mean_ms,
-            rounds=samples.rounds,
-            samples_ms=tuple(s * 1e3 for s in samples.samples_s),
-            facts=facts,
-        )
+        return LatencyReport.from_samples(self.backend, samples, facts)

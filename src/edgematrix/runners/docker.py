@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,22 +171,40 @@ def prepare_image(
 
 
 @contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, `kill`) unwinds like Ctrl-C, so ``finally`` blocks remove containers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def running_container(client: Any, image: str, command: Sequence[str], **kwargs: Any) -> Iterator[Any]:
-    """Create and start a container; always remove it (success, failure, Ctrl-C)."""
+    """Create and start a container; always remove it (success, failure, Ctrl-C, SIGTERM)."""
     import docker.errors
 
-    try:
-        container = client.containers.create(image, command=list(command), **kwargs)
-    except docker.errors.APIError as e:
-        raise ContainerError(f"could not create a container of {image}: {e.explanation or e}") from None
-    try:
-        container.start()
-        yield container
-    finally:
-        with contextlib.suppress(Exception):
-            container.kill()
-        with contextlib.suppress(Exception):
-            container.remove(force=True)
+    with _sigterm_as_interrupt():
+        try:
+            container = client.containers.create(image, command=list(command), **kwargs)
+        except docker.errors.APIError as e:
+            raise ContainerError(f"could not create a container of {image}: {e.explanation or e}") from None
+        try:
+            container.start()
+            yield container
+        finally:
+            with contextlib.suppress(Exception):
+                container.kill()
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
 
 
 def stream_and_wait(container: Any, out: Any = None) -> int:

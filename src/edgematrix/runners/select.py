@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 # Runners implemented in this version of edgematrix. The matrix may name others (docker,
 # remote, emulated) for a target; choosing one that is not implemented is an error.
-IMPLEMENTED_RUNNERS = ("local", "docker")
+IMPLEMENTED_RUNNERS = ("local", "docker", "remote", "emulated")
 ALL_RUNNERS = ("auto", "local", "docker", "remote", "emulated")
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}

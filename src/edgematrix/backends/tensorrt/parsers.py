@@ -170,16 +170,7 @@ def latency_report_from_times(
     samples = trace.samples(metric=metric)
     all_facts: dict[str, str | int | float] = {"latency_metric": f"trtexec {metric}Ms"}
     all_facts.update(facts or {})
-    return LatencyReport(
-        backend=backend,
-        p50_ms=samples.p50_ms,
-        p90_ms=samples.p90_ms,
-        p99_ms=samples.p99_ms,
-        mean_ms=samples.mean_ms,
-        rounds=samples.rounds,
-        samples_ms=tuple(s * 1e3 for s in samples.samples_s),
-        facts=all_facts,
-    )
+    return LatencyReport.from_samples(backend, samples, all_facts)
 
 
 # -- exportProfile ---------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""Device cells run from this host: TI FX8 emulation, a remote device (real server on loopback),
+and the emulated Jetson (arm64 image under qemu-user on a real Docker engine)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgematrix.bench.device import EMULATED_FLOAT_IMAGES
+from edgematrix.cli import main
+from edgematrix.optimize.fx8 import verify_power_of_two
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = (REPO / "tests" / "bench" / "test_cell_e2e.py").read_text().split('TINY = """', 1)[1].split('"""', 1)[0]
+MODELS_AND_RECIPES = TINY.split("[[cells]]")[0]
+TOKEN = "device-cell-test-token-0123456789"
+
+DEVICE_CELLS = """
+[recipes.fx8q]
+description = "FX8 quick"
+precision = "fx8"
+
+[recipes.fx8q.quantize]
+method = "minmax"
+calibration_images = 4
+
+# a board whose server runs ONNX Runtime (the Jetson's runs TensorRT via trtexec, not installable here)
+[targets.board]
+description = "a board behind an edgematrix latency server"
+arch = "aarch64"
+backend = "onnxruntime"
+precisions = ["fp32", "int8"]
+runners = ["remote"]
+requires = ["path:/nonexistent/board-marker"]
+
+[[cells]]
+target = "ti"
+model = "ufld_tiny"
+recipes = ["fx8q"]
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+
+[[cells]]
+target = "board"
+model = "ufld_tiny"
+recipes = ["int8q"]
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+
+[[cells]]
+target = "jetson"
+model = "ufld_tiny"
+recipes = ["int8q"]
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("device")
+    (ws / "matrix").mkdir()
+    (ws / "matrix" / "targets.toml").write_text((REPO / "matrix" / "targets.toml").read_text())
+    (ws / "matrix" / "tiny.toml").write_text(MODELS_AND_RECIPES + DEVICE_CELLS)
+    return ws
+
+
+def _run(ws: Path, cell: str, *args: str) -> int:
+    return main(["--matrix", str(ws / "matrix"), "run", cell, "--results", str(ws / "results"), "--cache",
+                 str(ws / "cache"), "--no-progress", *args])  # fmt: skip
+
+
+def _bench(ws: Path, cell: str) -> dict[str, dict[str, Any]]:
+    doc = json.loads((ws / "results" / cell / "benchmark.json").read_text())
+    return {b["name"].split("[")[1].rstrip("]"): b["extra_info"] for b in doc["benchmarks"]}
+
+
+def _gates(ws: Path, cell: str) -> dict[str, str]:
+    root = ET.parse(ws / "results" / cell / "junit.xml").getroot()
+    out = {}
+    for case in root.iter("testcase"):
+        status = (
+            "failed"
+            if case.find("failure") is not None
+            else "skipped"
+            if case.find("skipped") is not None
+            else "passed"
+        )
+        out[case.get("name", "")] = status
+    return out
+
+
+@pytest.mark.slow
+def test_ti_fx8_emulated_reports_accuracy_and_deltas(workspace: Path) -> None:
+    assert _run(workspace, "ti_fx8q", "--runner", "emulated") == 0
+    info = _bench(workspace, "ti_fx8q")
+    assert set(info) == {"reference", "int8", "candidate"}
+    assert (info["reference"]["precision"], info["int8"]["precision"], info["candidate"]["precision"]) == (
+        "fp32",
+        "int8",
+        "fx8",
+    )
+    assert info["candidate"]["latency_kind"] == "emulated-host" and info["candidate"]["latency_gated"] == "no"
+    assert info["candidate"]["fx8_scales_rewritten"] > 0
+    assert info["candidate"]["artifact_sha256"] != info["int8"]["artifact_sha256"]
+    gates = _gates(workspace, "ti_fx8q")
+    assert gates["fx8_power_of_two_scales"] == "passed" and gates["latency_vs_baseline"] == "skipped"
+    report = (workspace / "results" / "ti_fx8q" / "report.md").read_text()
+    delta = info["candidate"]["accuracy"] - info["int8"]["accuracy"]
+    assert f"FX8 vs INT8: {delta:+.2f} points" in report
+    fx8_files = list((workspace / "cache").rglob("*-fx8.onnx"))
+    assert fx8_files and all(verify_power_of_two(p).qdq_nodes > 0 for p in fx8_files)
+
+
+@pytest.mark.slow
+def test_remote_cell_runs_the_bundle_and_measures_on_the_server(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgematrix.server.app import ServerConfig, serve_in_thread
+
+    monkeypatch.setenv("EDGEMATRIX_TOKEN", TOKEN)
+    with serve_in_thread(ServerConfig(token=TOKEN)) as server:
+        assert _run(workspace, "board_int8q", "--remote", server.url) == 0  # auto + --remote -> remote
+        served = len(server.history)
+    info = _bench(workspace, "board_int8q")
+    for role in ("reference", "candidate"):
+        assert info[role]["latency_kind"] == "device" and info[role]["runner"] == "remote"
+        assert info[role]["max_rel_diff_vs_host"] == 0.0  # same ORT build on loopback
+        assert info[role]["accuracy"] == info[role]["host_accuracy"]
+    assert served >= 2  # a latency measurement per model went through the server
+    gates = _gates(workspace, "board_int8q")
+    assert gates["device_outputs_match_host[candidate]"] == "passed"
+    config = json.loads((workspace / "results" / "board_int8q" / "config.json").read_text())
+    assert config["runner"]["name"] == "remote" and config["runner"]["remote"] == server.url
+
+
+def test_remote_cell_without_url_says_what_to_pass(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(workspace, "board_int8q", "--runner", "remote") == 2
+    assert "needs --remote URL" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_emulated_jetson_matches_x86(workspace: Path, docker_engine: Any) -> None:
+    assert _run(workspace, "jetson_int8q", "--runner", "emulated") == 0
+    info = _bench(workspace, "jetson_int8q")
+    for role in ("reference", "candidate"):
+        assert info[role]["latency_kind"] == "emulated-qemu-aarch64" and info[role]["latency_gated"] == "no"
+        assert abs(info[role]["device_accuracy"] - info[role]["host_accuracy"]) <= 0.1
+        assert info[role]["max_rel_diff_vs_host"] <= 1e-3
+    # INT8 runs every test image under qemu; FP32 (float SIMD emulated in software) the first few
+    assert info["candidate"]["device_images"] == 5 and info["candidate"]["accuracy_source"] == "device"
+    assert info["reference"]["device_images"] == EMULATED_FLOAT_IMAGES
+    assert info["reference"]["accuracy_source"].startswith("host, 5 images")
+    gates = _gates(workspace, "jetson_int8q")
+    assert gates["device_outputs_match_host[candidate]"] == "passed"
+    assert gates["device_outputs_match_host[reference]"] == "passed"
+    assert gates["latency_vs_baseline"] == "skipped"
+    doc = json.loads((workspace / "results" / "jetson_int8q" / "benchmark.json").read_text())
+    rounds = {b["extra_info"]["role"]: b["stats"]["rounds"] for b in doc["benchmarks"]}
+    assert rounds == {"reference": EMULATED_FLOAT_IMAGES, "candidate": 5}  # each image's inference time
+    report = (workspace / "results" / "jetson_int8q" / "report.md").read_text()
+    assert "emulated-qemu-aarch64" in report and "never gated" in report
