@@ -144,22 +144,32 @@ def test_source_is_read_only_and_env_is_allow_listed(
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_removes_the_container(workspace: Path, x86_image: str, docker_engine: Any, sig: int) -> None:
+    label = f"interrupt-{int(sig)}"
     code = (
-        "import sys\n"
+        "import signal\n"
+        # a terminal delivers Ctrl-C; a background job (`cmd &`, some CI shells) starts with SIGINT ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from edgematrix.runners.docker import run_command\n"
         "import docker\n"
         "c = docker.from_env()\n"
-        f"run_command(c, {x86_image!r}, ['sleep', '300'], mounts={{}}, environment={{}}, labels={{'org.edgematrix.test': 'ctrl-c'}})\n"
+        f"run_command(c, {x86_image!r}, ['sleep', '300'], mounts={{}}, environment={{}}, "
+        f"labels={{'org.edgematrix.test': {label!r}}})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    deadline = time.monotonic() + 60
-    while not docker_engine.containers.list(filters={"label": "org.edgematrix.test=ctrl-c"}):
-        assert time.monotonic() < deadline and proc.poll() is None, "the container never started"
-        time.sleep(0.3)
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
-    assert not docker_engine.containers.list(all=True, filters={"label": "org.edgematrix.test=ctrl-c"})
+    filters = {"label": f"org.edgematrix.test={label}"}
+    try:
+        deadline = time.monotonic() + 60
+        while not docker_engine.containers.list(filters=filters):
+            assert time.monotonic() < deadline and proc.poll() is None, "the container never started"
+            time.sleep(0.3)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        assert proc.returncode != 0
+        assert not docker_engine.containers.list(all=True, filters=filters)
+    finally:
+        proc.kill()
+        for leftover in docker_engine.containers.list(all=True, filters=filters):
+            leftover.remove(force=True)
 
 
 def test_run_cell_in_container_rejects_a_missing_data_root(workspace: Path, x86_image: str) -> None:
