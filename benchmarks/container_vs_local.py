@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/container_vs_local.py [--pairs 3] [--workdir /tmp/cvl]
 
-Runs ``x86_cpu_int8s`` (a small UFLD-v2: width 32, 144×400, trained once into the work folder's
+Runs ``x86_cpu_int8s`` (a small UFLD-v2: width 32, 160×416, trained once into the work folder's
 cache) with ``--runner local`` and ``--runner docker --offline-base`` alternately (local, docker,
 docker, local, ...), all on the same cache, so both run the same ONNX files. Prints per run the
 ONNX Runtime FP32 and INT8 p50 and accuracy, then the container/local ratio of the medians of
@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 CELL = "x86_cpu_int8s"
 MATRIX = """
 [models.ufld_small]
-description = "UFLD-v2 small (width 32, 144x400), for the container benchmark"
+description = "UFLD-v2 small (width 32, 160x416), for the container benchmark"
 family = "ufld_v2"
 task = "lane"
 dataset = "tusimple"
-input_shape = [1, 3, 144, 400]
+input_shape = [1, 3, 160, 416]
 
 [models.ufld_small.params]
 width = 32

@@ -36,3 +36,10 @@ def create_model(family: str, input_shape: list[int], **params: Any) -> Any:
         from edgematrix.errors import ModelError
 
         raise ModelError(f"model family {family!r} rejected its params {sorted(params)}: {e}") from None
+    except ValueError as e:  # a value the architecture cannot take (e.g. an input size it cannot divide)
+        from edgematrix.errors import ModelError
+
+        raise ModelError(
+            f"model family {family!r} with input_shape {list(input_shape)} and params {params}: {e}; "
+            "fix input_shape / params in matrix/models.toml"
+        ) from None
