@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,92 +11,18 @@ from pathlib import Path
 import pytest
 
 from edgematrix.cli import main
+from tiny_cells import TINY, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
-
-TINY = """
-[models.ufld_tiny]
-description = "UFLD-v2 tiny, for tests"
-family = "ufld_v2"
-task = "lane"
-dataset = "tusimple"
-input_shape = [1, 3, 64, 160]
-
-[models.ufld_tiny.params]
-width = 8
-mlp_mid_dim = 64
-
-[models.ufld_tiny.synthetic]
-train = 12
-test = 5
-seed = 3
-
-[models.ufld_tiny.train]
-epochs = 1
-batch_size = 6
-
-[recipes.int8q]
-description = "INT8 PTQ quick"
-precision = "int8"
-
-[recipes.int8q.quantize]
-method = "minmax"
-calibration_images = 4
-
-[recipes.int8q.latency]
-warmup = 2
-min_rounds = 6
-max_rounds = 20
-min_time_s = 0.1
-max_time_s = 10
-
-[recipes.fp32q]
-description = "FP32 quick"
-precision = "fp32"
-
-[recipes.fp32q.latency]
-warmup = 1
-min_rounds = 5
-min_time_s = 0.1
-
-[[cells]]
-target = "x86_cpu"
-model = "ufld_tiny"
-recipes = ["int8q", "fp32q"]
-
-[cells.gates]
-accuracy_drop_vs_reference = 100.0
-min_accuracy = 0.0
-# sub-millisecond tiny models over a handful of rounds: the ratio is noise, so the latency gate is
-# exercised (it is evaluated and reported) with a limit it cannot reach
-latency_regression = 10.0
-latency_min_effect = 0.99
-"""
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ws = tmp_path_factory.mktemp("ws")
-    (ws / "matrix").mkdir()
-    shutil.copy(REPO / "matrix" / "targets.toml", ws / "matrix" / "targets.toml")
-    (ws / "matrix" / "tiny.toml").write_text(TINY)
-    return ws
+    return make_workspace(tmp_path_factory, "ws", TINY)
 
 
-def _run(ws: Path, *args: str) -> int:
-    return main(
-        [
-            "--matrix",
-            str(ws / "matrix"),
-            "run",
-            *args,
-            "--results",
-            str(ws / "results"),
-            "--cache",
-            str(ws / "cache"),
-            "--no-progress",
-        ]
-    )
+def _run(ws: Path, cell: str, *args: str) -> int:
+    return run_cell(ws, cell, *args)
 
 
 @pytest.mark.slow

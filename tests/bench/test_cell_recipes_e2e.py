@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from edgematrix.cli import main
+from tiny_cells import make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,18 +118,11 @@ latency_min_effect = 0.99
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ws = tmp_path_factory.mktemp("ws")
-    (ws / "matrix").mkdir()
-    shutil.copy(REPO / "matrix" / "targets.toml", ws / "matrix" / "targets.toml")
-    (ws / "matrix" / "tiny.toml").write_text(TINY)
-    return ws
+    return make_workspace(tmp_path_factory, "ws", TINY)
 
 
 def _run(ws: Path, cell: str) -> int:
-    return main(
-        ["--matrix", str(ws / "matrix"), "run", cell, "--results", str(ws / "results"), "--cache", str(ws / "cache"),
-         "--no-progress"]
-    )  # fmt: skip
+    return run_cell(ws, cell)
 
 
 def _gates(out: Path) -> dict[str, ET.Element]:

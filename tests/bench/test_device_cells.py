@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 
 from edgematrix.bench.device import EMULATED_FLOAT_IMAGES
-from edgematrix.cli import main
 from edgematrix.optimize.fx8 import verify_power_of_two
+from tiny_cells import TINY_MODELS_AND_RECIPES, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = (REPO / "tests" / "bench" / "test_cell_e2e.py").read_text().split('TINY = """', 1)[1].split('"""', 1)[0]
-MODELS_AND_RECIPES = TINY.split("[[cells]]")[0]
 TOKEN = "device-cell-test-token-0123456789"
 
 DEVICE_CELLS = """
@@ -68,16 +66,11 @@ min_accuracy = 0.0
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ws = tmp_path_factory.mktemp("device")
-    (ws / "matrix").mkdir()
-    (ws / "matrix" / "targets.toml").write_text((REPO / "matrix" / "targets.toml").read_text())
-    (ws / "matrix" / "tiny.toml").write_text(MODELS_AND_RECIPES + DEVICE_CELLS)
-    return ws
+    return make_workspace(tmp_path_factory, "device", TINY_MODELS_AND_RECIPES + DEVICE_CELLS)
 
 
 def _run(ws: Path, cell: str, *args: str) -> int:
-    return main(["--matrix", str(ws / "matrix"), "run", cell, "--results", str(ws / "results"), "--cache",
-                 str(ws / "cache"), "--no-progress", *args])  # fmt: skip
+    return run_cell(ws, cell, *args)
 
 
 def _bench(ws: Path, cell: str) -> dict[str, dict[str, Any]]:

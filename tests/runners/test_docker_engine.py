@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 
-from edgematrix.cli import main
 from edgematrix.matrix.loader import load_matrix
 from edgematrix.runners.docker import DockerRunOptions, run_cell_in_container, run_command
 from edgematrix.runners.images import ensure_image, ensure_offline_base, image_spec
+from tiny_cells import TINY, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = (REPO / "tests" / "bench" / "test_cell_e2e.py").read_text().split('TINY = """', 1)[1].split('"""', 1)[0]
 CELL = "x86_cpu_int8q"
 
 pytestmark = pytest.mark.slow
@@ -33,11 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ws = tmp_path_factory.mktemp("dock")
-    (ws / "matrix").mkdir()
-    (ws / "matrix" / "targets.toml").write_text((REPO / "matrix" / "targets.toml").read_text())
-    (ws / "matrix" / "tiny.toml").write_text(TINY)
-    return ws
+    return make_workspace(tmp_path_factory, "dock", TINY)
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +46,7 @@ def x86_image(docker_engine: Any, workspace: Path) -> str:
 
 
 def _cli(ws: Path, *args: str, results: str) -> int:
-    return main(
-        [
-            "--matrix",
-            str(ws / "matrix"),
-            "run",
-            CELL,
-            "--results",
-            str(ws / results),
-            "--cache",
-            str(ws / "cache"),
-            "--no-progress",
-            *args,
-        ]
-    )
+    return run_cell(ws, CELL, *args, results=results)
 
 
 def _by_role(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
