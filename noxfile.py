@@ -32,6 +32,8 @@ def _requested_runner(posargs: list[str]) -> str:
             return posargs[i + 1]
         if arg.startswith("--runner="):
             return arg.split("=", 1)[1]
+    if any(a == "--remote" or a.startswith("--remote=") for a in posargs):
+        return "remote"  # a device URL given: `edgematrix run` measures there (as it does for auto + --remote)
     return "auto"
 
 
@@ -45,6 +47,10 @@ def _cell_impl(session: nox.Session, info: SessionInfo) -> None:
         # the cell runs in the target's image; this venv only drives Docker (no torch, no runtimes)
         session.install("-e", ".", "--no-deps")
         session.install(*_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+    elif choice.runner in ("remote", "emulated"):
+        # this host builds the artifacts and scores the device's outputs (ONNX Runtime CPU); the
+        # emulated Jetson runs in a container
+        session.install("-e", ".[cpu,docker]")
     else:
         extras = info.target_table.get("extras", [])
         session.install("-e", f".[{','.join(extras)}]" if extras else ".")
