@@ -38,6 +38,7 @@ from edgematrix.measure.environment import capture_environment
 from edgematrix.measure.harness import LatencyConfig
 from edgematrix.report.junit import write_junit
 from edgematrix.runners.select import Choice
+from edgematrix.train.cache import file_sha256
 
 #: an emulated or remote device's task accuracy may differ from the host's by this much (points)
 DEVICE_ACCURACY_TOLERANCE = 0.1
@@ -118,9 +119,10 @@ def _emulated_container(
 ) -> list[DeviceRun]:
     """Run the models in the target's arm64 image under qemu-user (offline base, never pulled)."""
     from edgematrix.runners.docker import DockerRunOptions, prepare_image, run_command
+    from edgematrix.runners.images import docker_client
     from edgematrix.server.wire import npz_to_arrays
 
-    client = __import__("edgematrix.runners.images", fromlist=["docker_client"]).docker_client()
+    client = docker_client()
     repo = Path(__file__).resolve().parents[3]
     dopts = DockerRunOptions(
         repo_root=repo,
@@ -297,7 +299,7 @@ def run_device_cell(cell: Cell, options: Any, choice: Choice) -> Any:
             "max_rel_diff_vs_host": float(rel),
             "model_bytes": int(run.path.stat().st_size),
             "input_shape": "x".join(str(d) for d in cell.model.input_shape),
-            "artifact_sha256": __import__("hashlib").sha256(run.path.read_bytes()).hexdigest(),
+            "artifact_sha256": file_sha256(run.path),
             "latency_kind": run.latency_kind,
             "latency_gated": "no" if run.latency_kind.startswith("emulated") else "yes",
             "runner": choice.runner,
