@@ -31,6 +31,7 @@ import numpy as np
 
 from edgematrix.bench import cell as cellmod
 from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+from edgematrix.bench.tasks import score_lane_outputs
 from edgematrix.errors import EdgeMatrixError, GateFailure
 from edgematrix.gates.verdicts import Verdict
 from edgematrix.matrix.loader import Cell
@@ -74,28 +75,6 @@ def lane_bundle(split: Any) -> Any:
 
     x = preprocess(split.images)[:, None]
     return EvalBundle({"input": x}, ids=tuple(s.raw_file for s in split.samples), meta={"task": "lane"})
-
-
-def score_lane_outputs(outputs: dict[str, np.ndarray], split: Any, geometry: Any, out_file: Path | None = None) -> Any:
-    """TuSimple accuracy (percent), FP, FN of per-sample outputs ``loc_row`` / ``exist_row``.
-
-    ``outputs`` may cover only the first n samples of ``split`` (a partial emulated run): those are scored.
-    """
-    from edgematrix.bench.tasks import TaskScore
-    from edgematrix.data.tusimple import write_predictions
-    from edgematrix.metrics.tusimple import score
-    from edgematrix.models.lane_task import decode_rows, lanes_for_h_samples
-
-    n = len(outputs["loc_row"])
-    samples = split.samples[:n]
-    preds = []
-    for i, sample in enumerate(samples):
-        xs = decode_rows(np.asarray(outputs["loc_row"][i])[0], np.asarray(outputs["exist_row"][i])[0], geometry)
-        preds.append((sample.raw_file, lanes_for_h_samples(xs, geometry, sample.h_samples), 0.0))
-    if out_file is not None:
-        write_predictions(out_file, preds)
-    result = score([{"raw_file": r, "lanes": lanes, "run_time": rt} for r, lanes, rt in preds], split.labels_json()[:n])
-    return TaskScore(result.accuracy * 100, {"fp": result.fp, "fn": result.fn}, out_file)
 
 
 def _prefix(outputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
