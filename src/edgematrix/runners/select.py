@@ -16,9 +16,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# Runners implemented in this version of edgematrix. The matrix may name others (docker,
-# remote, emulated) for a target; choosing one that is not implemented is an error.
-IMPLEMENTED_RUNNERS = ("local", "docker", "remote", "emulated")
 ALL_RUNNERS = ("auto", "local", "docker", "remote", "emulated")
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
@@ -78,11 +75,6 @@ def choose_runner(cell: str, target_name: str, target: Mapping, requested: str =
             raise RunnerChoiceError(
                 f"cell {cell}: {what} does not offer runner {requested!r}; its runners: {', '.join(offered)}"
             )
-        if requested not in IMPLEMENTED_RUNNERS:
-            raise RunnerChoiceError(
-                f"cell {cell}: runner {requested!r} is not implemented in this version of edgematrix "
-                f"(implemented: {', '.join(IMPLEMENTED_RUNNERS)})"
-            )
         if requested == "docker":
             image_arch = target.get("image_arch") or target["arch"]
             if image_arch != host_arch():
@@ -104,13 +96,12 @@ def choose_runner(cell: str, target_name: str, target: Mapping, requested: str =
         how.append(f"run it on a CI runner labelled [{', '.join(labels)}] (or any host that has the above)")
     others = [r for r in offered if r != "local"]
     for r in others:
-        status = "" if r in IMPLEMENTED_RUNNERS else " — not implemented in this version"
         hint = {
             "docker": f"--runner docker with the image recipe docker/{target.get('image') or target_name}/",
             "remote": "--runner remote --remote URL of an edgematrix latency server on the device",
             "emulated": "--runner emulated (functional check under qemu-user; latency not gated)",
         }[r]
-        how.append(hint + status)
+        how.append(hint)
     raise RunnerChoiceError(
         f"cell {cell} cannot run on this host: {what} needs "
         + "; ".join(missing)
