@@ -171,3 +171,47 @@ def test_backends_dimension(matrix_dir: Path) -> None:
         MatrixError, match=r"targets\.x86_cpu\.backends\[1\]: Input should be 'onnxruntime', 'openvino'.*'tvm'"
     ):
         load_matrix(matrix_dir)
+
+
+def test_cells_of_a_second_model_name_the_model(matrix_dir: Path) -> None:
+    extra = matrix_dir / "zz_second.toml"
+    extra.write_text(
+        '[[cells]]\ntarget = "x86_cpu"\nmodel = "ufld_r18"\nrecipes = ["int8"]\nname = "{target}_{model}_{recipe}"\n'
+    )
+    m = load_matrix(matrix_dir)
+    assert "x86_cpu_ufld_r18_int8" in m.cells and "x86_cpu_int8" in m.cells
+    assert [s.name for s in list_sessions(matrix_dir)] == list(m.cells)
+    # the default pattern collides with the first cell: the message says how to name the second model's cells
+    extra.write_text('[[cells]]\ntarget = "x86_cpu"\nmodel = "ufld_r18"\nrecipes = ["int8"]\n')
+    with pytest.raises(MatrixError, match=r"'x86_cpu_int8' is declared twice.*\{target\}_\{model\}_\{recipe\}"):
+        load_matrix(matrix_dir)
+    extra.write_text('[[cells]]\ntarget = "x86_cpu"\nmodel = "ufld_r18"\nrecipes = ["int8"]\nname = "fixed"\n')
+    with pytest.raises(MatrixError, match=r"cells\[0\]\.name"):
+        load_matrix(matrix_dir)
+
+
+def test_cells_need_a_task_with_a_pipeline(matrix_dir: Path) -> None:
+    (matrix_dir / "zz_steer.toml").write_text(
+        '[[cells]]\ntarget = "x86_cpu"\nmodel = "pilotnet"\nrecipes = ["int8"]\nname = "{target}_{model}_{recipe}"\n'
+    )
+    with pytest.raises(MatrixError, match=r"task 'steering', which has no cell pipeline; cells run tasks lane"):
+        load_matrix(matrix_dir)
+
+
+def test_split_and_mixed_precision_recipes_check_the_model_task(matrix_dir: Path) -> None:
+    (matrix_dir / "zz_split.toml").write_text(
+        '[recipes.split_heads]\ndescription = "split"\nprecision = "int8"\n[recipes.split_heads.quantize]\n'
+        '[recipes.split_heads.split.default_head]\nprecision = "int8"\n'
+        '[[cells]]\ntarget = "x86_cpu"\nmodel = "ufld_r18"\nrecipes = ["split_heads"]\n'
+    )
+    with pytest.raises(
+        MatrixError, match=r"recipe 'split_heads' splits a multi-head model; model 'ufld_r18' is a 'lane'"
+    ):
+        load_matrix(matrix_dir)
+    # the recipe's precision must be its lowest subgraph precision
+    (matrix_dir / "zz_split.toml").write_text(
+        '[recipes.split_heads]\ndescription = "split"\nprecision = "fp32"\n'
+        '[recipes.split_heads.split.default_head]\nprecision = "fp16"\n'
+    )
+    with pytest.raises(MatrixError, match=r"lowest subgraph precision is 'fp16'"):
+        load_matrix(matrix_dir)

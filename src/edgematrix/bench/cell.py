@@ -6,7 +6,7 @@ task accuracy of reference and candidate → interleaved latency → gates → a
     results/<cell>/config.json            resolved configuration + where it ran
     results/<cell>/benchmark.json         pytest-benchmark JSON (per-round data, extra_info)
     results/<cell>/junit.xml              one testcase per gate
-    results/<cell>/predictions-<role>.json, labels.json   TuSimple submission format
+    results/<cell>/predictions-<role>.*, labels.json   the task's submission format (TuSimple, COCO results, ...)
     results/<cell>/report.md              the human summary
 """
 
@@ -89,9 +89,12 @@ def run_cell(cell: Cell, options: CellOptions) -> CellResult:
     choice = pick_runner(cell, options.runner)
     console.print(f"[bold]{cell.name}[/]: {cell.description}")
     console.print(f"runner: {choice.runner} ({choice.reason})")
-    if cell.model.task != "lane":
-        raise RunnerUnavailableError(f"task {cell.model.task!r} has no cell pipeline in this version")
     if choice.runner in ("remote", "emulated"):
+        if cell.model.task != "lane":
+            raise RunnerUnavailableError(
+                f"{cell.name}: the {choice.runner} runner ships lane models and the TuSimple test bundle; a "
+                f"{cell.model.task!r} cell runs with --runner local or docker"
+            )
         from edgematrix.bench.device import run_device_cell
 
         return run_device_cell(cell, options, choice)
@@ -104,9 +107,9 @@ class _Artifacts:
 
     root: Path
     synthetic: bool
-    train: Any  # LaneSplit
-    test: Any  # LaneSplit
-    model: Any  # torch module (its geometry decodes the outputs)
+    train: Any  # the task's split (TaskData.train)
+    test: Any  # the task's split (TaskData.test)
+    model: Any  # torch module (the adapter decodes its outputs, e.g. with a lane model's geometry)
     cache_hit: bool
     train_seconds: float
     fp32_path: Path
@@ -121,6 +124,8 @@ class _Artifacts:
     prune_search: Any = None  # edgematrix.optimize.prune.SearchResult
     qat_info: dict[str, Any] | None = None
     mixed_info: dict[str, Any] | None = None
+    split_info: dict[str, Any] | None = None
+    data: Any = None  # TaskData
 
     @property
     def same(self) -> bool:
@@ -167,28 +172,22 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
     """Steps 1-4: data, training, export, recipe; each cached by content hash."""
     import torch
 
-    from edgematrix.data.lanes import fingerprint, load_split, resolve_data_root
-    from edgematrix.data.synthetic_lanes import SyntheticConfig
+    from edgematrix.bench.tasks import get_task
     from edgematrix.export.onnx_export import export_onnx
     from edgematrix.models import create_model
-    from edgematrix.models.ufld import OUTPUT_NAMES
     from edgematrix.train.cache import code_hash, content_key, file_sha256
-    from edgematrix.train.lane import train_lane_model
 
     model_cfg, recipe, target = cell.model, cell.recipe, cell.target
     cache = options.cache_dir
-    h, w = model_cfg.input_shape[2], model_cfg.input_shape[3]
+    task = get_task(model_cfg.task)
 
     # 1. data
     configured = options.data_root if options.data_root is not None else model_cfg.data_root
-    syn = SyntheticConfig(**model_cfg.synthetic.model_dump())
     real = bool(configured or os.environ.get("EDGEMATRIX_DATA_ROOT"))
-    stages.start("data", "TuSimple" if real else "synthetic TuSimple")
-    root, synthetic = resolve_data_root(configured, syn, cache)
-    train_split = load_split(root, "train", (h, w))
-    test_split = load_split(root, "test", (h, w), limit=model_cfg.eval_images)
-    data_key = fingerprint(root)
-    stages.done(f"{root} ({len(train_split.samples)} train / {len(test_split.samples)} test images, {data_key})")
+    stages.start("data", f"{model_cfg.dataset} ({'real' if real else 'synthetic'})")
+    data = task.load_data(model_cfg, options.data_root, cache)
+    train_split, test_split, data_key, root = data.train, data.test, data.key, data.root
+    stages.done(f"{data.label} at {root} ({len(train_split)} train / {len(test_split)} test images, {data_key})")
 
     # 2. train (cached by config + data + code)
     model = create_model(model_cfg.family, model_cfg.input_shape, **model_cfg.params)
@@ -198,23 +197,27 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
         model_cfg.input_shape,
         model_cfg.train.model_dump(),
         data_key,
-        code_hash(["models", "train/lane", "train/cache", "data"]),  # not train/distill: it does not train this
+        code_hash(list(task.train_code)),  # the lane task: not train/distill (it does not train this)
         torch.__version__.split("+")[0],
     )
     ckpt = cache / "checkpoints" / f"{cell.model_name}-{train_key}.pt"
     stages.start(
         "train", f"{model_cfg.train.epochs} epochs, batch {model_cfg.train.batch_size} (cache key {train_key})"
     )
-    trained = train_lane_model(model, train_split, model_cfg.train, ckpt, progress=options.progress)
+    trained = task.train(model, data, model_cfg.train, ckpt, progress=options.progress)
     stages.done("reused cached checkpoint" if trained.cache_hit else f"checkpoint {ckpt}")
 
     # 3. export FP32 ONNX (cached by checkpoint + export code)
-    art_dir = cache / "artifacts" / f"{cell.model_name}-{content_key(file_sha256(ckpt), code_hash(['export']))}"
+    art_dir = (
+        cache / "artifacts" / f"{cell.model_name}-{content_key(file_sha256(ckpt), code_hash(['export/onnx_export']))}"
+    )
     fp32_path = art_dir / "fp32.onnx"
     stages.start("export", f"ONNX opset 17 → {fp32_path}")
     export_note = "reused cached export"
     if not fp32_path.is_file():
-        res = export_onnx(model, tuple(model_cfg.input_shape), fp32_path, output_names=OUTPUT_NAMES, input_name="input")
+        res = export_onnx(
+            model, tuple(model_cfg.input_shape), fp32_path, output_names=task.output_names, input_name="input"
+        )
         check = {"max_abs_diff": res.max_abs_diff, "atol": res.atol, "rtol": res.rtol, "simplified": res.simplified}
         (art_dir / "export.json").write_text(json.dumps(check))
         export_note = (
@@ -228,8 +231,8 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
 
     # 4. recipe: prune (+ distillation fine-tune), QAT, PTQ, mixed precision
     built = _Artifacts(
-        root, synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, fp32_path,
-        export_note, recipe.precision,
+        root, data.synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, fp32_path,
+        export_note, recipe.precision, data=data,
     )  # fmt: skip
     ctx = _RecipeContext(cell, options, stages, art_dir, data_key, ckpt, built)
     if recipe.prune is not None:
@@ -287,7 +290,7 @@ def _ptq(
     ``probe``: a latency probe of the pruning search, calibrated on 2 images with minmax (the graph,
     hence the latency, does not depend on the calibration).
     """
-    from edgematrix.data.lanes import preprocess
+    from edgematrix.bench.tasks import get_task
     from edgematrix.optimize.graph import pad_input_channels
     from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
     from edgematrix.train.cache import code_hash, content_key, file_sha256
@@ -310,7 +313,8 @@ def _ptq(
         out = ctx.art_dir / f"{tag}-{qkey}.onnx"
     if out.is_file():
         return out, f"reused cached INT8 model {out.name}"
-    n = min(qcfg.calibration_images, len(split.samples))
+    n = min(qcfg.calibration_images, len(split))
+    preprocess = get_task(ctx.cell.model.task).preprocess
     calib = (preprocess(split.images[i : i + 1]) for i in range(n))
     source, padded = source_fp32, 0
     if q.pad_input_channels:
@@ -321,13 +325,12 @@ def _ptq(
     return out, f"{qres.quantized_nodes} nodes quantized{pad_note} → {out.name}"
 
 
-def _export_cached(model: Any, input_shape: list[int], path: Path) -> str:
+def _export_cached(model: Any, input_shape: list[int], path: Path, output_names: tuple[str, ...]) -> str:
     from edgematrix.export.onnx_export import export_onnx
-    from edgematrix.models.ufld import OUTPUT_NAMES
 
     if path.is_file():
         return f"reused cached export {path.name}"
-    res = export_onnx(model, tuple(input_shape), path, output_names=OUTPUT_NAMES, input_name="input")
+    res = export_onnx(model, tuple(input_shape), path, output_names=output_names, input_name="input")
     return f"max |onnx - torch| = {res.max_abs_diff:.2e} → {path.name}"
 
 
@@ -361,6 +364,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
 
     import torch
 
+    from edgematrix.bench.tasks import TrainOutcome, get_task
     from edgematrix.optimize.prune import (
         LatencyCache,
         PruneSettings,
@@ -383,10 +387,12 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         pairs=p.pairs,
     )  # fmt: skip
     int8 = recipe.quantize is not None
+    task = get_task(cell.model.task)
+    outputs = task.output_names
 
     def deploy(m: Any, folder: Path) -> Path:
         fp32 = folder / "fp32.onnx"
-        _export_cached(m, shape, fp32)
+        _export_cached(m, shape, fp32, outputs)
         if not int8:
             return fp32
         return _ptq(ctx, fp32, "probe", out=folder / "int8.onnx", probe=True)[0]
@@ -431,7 +437,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     ft = recipe.finetune
     tune_key = content_key(
         file_sha256(ctx.ckpt), counts, p.importance, ft.model_dump() if ft else None, ctx.data_key,
-        code_hash(["models", "train/lane", "train/distill", "optimize/prune"]), torch.__version__.split("+")[0],
+        code_hash([*task.train_code, "train/distill", "optimize/prune"]), torch.__version__.split("+")[0],
     )  # fmt: skip
     facts: dict[str, float | int | str] = {
         "prune_requested_speedup": float(p.speedup),
@@ -447,7 +453,8 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         "unpruned_params": parameter_count(art.model),
     }
     if ft is not None:
-        from edgematrix.train.distill import DistillConfig, distill_lane_model
+        from edgematrix.train.distill import DistillConfig
+        from edgematrix.train.lane import load_checkpoint, save_checkpoint
 
         tcfg = cell.model.train
         dcfg = DistillConfig(
@@ -461,7 +468,13 @@ def _prune_stages(ctx: _RecipeContext) -> None:
             f"distillation from the unpruned model: {ft.epochs} epochs, lr {ft.lr:g}, alpha {ft.alpha:g}, "
             f"T {ft.temperature:g} (cache key {tune_key})",
         )
-        tuned = distill_lane_model(student, art.model, art.train, dcfg, ft_ckpt, progress=ctx.options.progress)
+        if ft_ckpt.is_file():
+            load_checkpoint(student, ft_ckpt)
+            student.eval()
+            tuned = TrainOutcome(ft_ckpt, True, 0.0, [])
+        else:
+            tuned = task.finetune(student, art.model, art.data, dcfg, progress=ctx.options.progress, label="finetune")
+            save_checkpoint(student, ft_ckpt, {"history": tuned.history, "seconds": tuned.seconds})
         last = tuned.history[-1] if tuned.history else {}
         stages.done(
             "reused cached checkpoint"
@@ -471,7 +484,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         facts.update({"finetune_epochs": ft.epochs, "distill_alpha": ft.alpha, "distill_temperature": ft.temperature})
     pruned_fp32 = ctx.art_dir / f"pruned-{tune_key}.onnx"
     stages.start("export pruned", f"ONNX → {pruned_fp32.name}")
-    stages.done(_export_cached(student, shape, pruned_fp32))
+    stages.done(_export_cached(student, shape, pruned_fp32, outputs))
     art.cand_model, art.cand_path = student, pruned_fp32
     if recipe.quantize is not None:
         stages.start("quantize", "INT8 PTQ of the pruned model, and of the unpruned one (the speedup's base)")
@@ -489,23 +502,24 @@ def _qat_stages(ctx: _RecipeContext) -> None:
     import numpy as np
     import torch
 
-    from edgematrix.data.lanes import preprocess
-    from edgematrix.models.ufld import OUTPUT_NAMES
-    from edgematrix.optimize.qat import qat_lane_model
+    from edgematrix.bench.tasks import get_task
+    from edgematrix.optimize.qat import qat_model
     from edgematrix.train.cache import code_hash, content_key, file_sha256
     from edgematrix.train.distill import DistillConfig
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     qs, tcfg = cell.recipe.qat, cell.model.train
+    task = get_task(cell.model.task)
     assert qs is not None
     dcfg = DistillConfig(
         epochs=qs.epochs, batch_size=qs.batch_size, lr=qs.lr, weight_decay=qs.weight_decay,
         warmup_fraction=qs.warmup_fraction, alpha=qs.alpha, temperature=qs.temperature, seed=qs.seed, amp=qs.amp,
         flip=tcfg.flip, label_sigma=tcfg.label_sigma, expectation_weight=tcfg.expectation_weight,
+        channels_last=False,  # ModelOpt's CPU fake quantization fails in backward on channels-last tensors
     )  # fmt: skip
     key = content_key(
         file_sha256(ctx.ckpt), qs.model_dump(), ctx.data_key,
-        code_hash(["models", "train/lane", "train/distill", "optimize/qat"]), torch.__version__.split("+")[0],
+        code_hash([*task.train_code, "train/distill", "optimize/qat"]), torch.__version__.split("+")[0],
     )  # fmt: skip
     qat_path = ctx.art_dir / f"qat-{key}.onnx"
     qat_fp32 = ctx.art_dir / f"qat-{key}-fp32.onnx"
@@ -519,11 +533,15 @@ def _qat_stages(ctx: _RecipeContext) -> None:
         info = json.loads(meta.read_text())
         stages.done(f"reused cached QAT model {qat_path.name}")
     else:
-        n = min(qs.calibration_images, len(art.train.samples))
-        calib = [preprocess(art.train.images[i : i + 1]) for i in range(n)]
-        res = qat_lane_model(
-            art.model, art.model, art.train, calib, dcfg, qat_path, qat_fp32, input_shape=cell.model.input_shape,
-            output_names=OUTPUT_NAMES, progress=ctx.options.progress,
+        n = min(qs.calibration_images, len(art.train))
+        calib = [task.preprocess(art.train.images[i : i + 1]) for i in range(n)]
+
+        def finetune(student: Any) -> Any:
+            return task.finetune(student, art.model, art.data, dcfg, progress=ctx.options.progress, label="qat")
+
+        res = qat_model(
+            art.model, calib, finetune, qat_path, qat_fp32, input_shape=cell.model.input_shape,
+            output_names=task.output_names,
         )  # fmt: skip
         info = {
             "qdq_pairs": res.qdq_pairs, "max_rel_diff": res.max_rel_diff, "folded_batchnorms": res.folded_batchnorms,
@@ -562,7 +580,7 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
     import copy
 
     from edgematrix.backends.base import create_runner
-    from edgematrix.bench.tasks import tasks
+    from edgematrix.bench.tasks import get_task
     from edgematrix.data.lanes import LaneSplit
     from edgematrix.optimize.mixed_precision import MixedPrecisionResult, mixed_precision_search
     from edgematrix.train.cache import code_hash, content_key, file_sha256
@@ -576,11 +594,11 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
     stages.done(note)
 
     # held-out scoring subset: the last images of the training split (calibration takes the first)
-    k = min(q.sensitivity_images, len(art.train.samples))
+    k = min(q.sensitivity_images, len(art.train))
     ds = copy.copy(art.train.dataset)
     ds.samples = art.train.samples[-k:]
     subset = LaneSplit(ds, art.train.images[-k:])
-    evaluate_task = tasks.get(cell.model.task)
+    task = get_task(cell.model.task)
     backend = cell.target.backend
 
     key = content_key(
@@ -605,7 +623,7 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
                 tempfile.TemporaryDirectory() as tmp,
                 create_runner(backend, path=path, **_runner_kwargs(backend, cell, "candidate")) as run,
             ):
-                score = evaluate_task(run, subset, Path(tmp), "probe", geometry=art.model.geometry, input_name="input")
+                score = task.evaluate(run, subset, Path(tmp), "probe", model=art.model, input_name="input")
             return float(score.accuracy)
 
         def quantize(exclude: tuple[str, ...], out: Path) -> Path:
@@ -662,7 +680,7 @@ def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
     if backend == "onnxruntime":
         return {"providers": tuple(target.providers), "intra_op_threads": target.threads}  # 0: physical cores
     if backend == "torch":
-        from edgematrix.models.ufld import OUTPUT_NAMES
+        from edgematrix.bench.tasks import get_task
 
         # the trained torch module itself: FP32 eager as the reference; an FP16 candidate runs under
         # autocast, channels-last, replayed as a CUDA graph (the fastest batch-1 form measured)
@@ -673,7 +691,7 @@ def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
             "mode": "fp16" if fast else "fp32",
             "channels_last": fast,
             "cuda_graph": fast,
-            "output_names": OUTPUT_NAMES,
+            "output_names": get_task(cell.model.task).output_names,
         }
     if backend == "openvino":
         # Exact FP32 for every role: OpenVINO would otherwise run the float layers in bf16 on CPUs
@@ -709,8 +727,7 @@ def _measure(
     import numpy as np
 
     from edgematrix.backends.base import create_runner
-    from edgematrix.bench.tasks import tasks
-    from edgematrix.data.lanes import preprocess
+    from edgematrix.bench.tasks import get_task
     from edgematrix.measure.harness import LatencyConfig, measure_interleaved
 
     target, recipe = cell.target, cell.recipe
@@ -739,30 +756,29 @@ def _measure(
         else create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1]))
         for k in keys
     }
-    evaluate = tasks.get(cell.model.task)
+    task = get_task(cell.model.task)
     primary = (target.backend, "reference")
     probe = [
-        {"input": preprocess(art.test.images[i : i + 1])} for i in range(min(AGREEMENT_IMAGES, len(art.test.images)))
+        {"input": task.preprocess(art.test.images[i : i + 1])} for i in range(min(AGREEMENT_IMAGES, len(art.test)))
     ]
     scores, rel = {}, {}
-    stages.start("accuracy", f"{len(art.test.samples)} test images per model on {', '.join(backends)}")
+    stages.start("accuracy", f"{len(art.test)} test images per model on {', '.join(backends)}")
     for r in runners.values():
         r.__enter__()
     try:
         for (backend, role), runner in runners.items():
             tag = role if backend == target.backend else f"{role}-{backend}"
-            scores[backend, role] = evaluate(
-                runner, art.test, out, tag, geometry=art.model.geometry, input_name="input"
-            )
-        ref_out = [np.asarray(runners[primary].infer(f)["loc_row"]) for f in probe]
+            scores[backend, role] = task.evaluate(runner, art.test, out, tag, model=art.model, input_name="input")
+        agree = task.agreement_output
+        ref_out = [np.asarray(runners[primary].infer(f)[agree]) for f in probe]
         for key, runner in runners.items():
             if key != primary:
                 diffs = [
-                    np.abs(np.asarray(runner.infer(f)["loc_row"]) - o).max() / np.abs(o).max()
+                    np.abs(np.asarray(runner.infer(f)[agree]) - o).max() / np.abs(o).max()
                     for f, o in zip(probe, ref_out, strict=True)
                 ]
                 rel[key] = float(max(diffs))
-        stages.done(", ".join(f"{r}@{b} {s.accuracy:.2f}%" for (b, r), s in scores.items()))
+        stages.done(f"{task.metric}: " + ", ".join(f"{r}@{b} {s.accuracy:.2f}" for (b, r), s in scores.items()))
 
         lat = recipe.latency
         lcfg = LatencyConfig(
@@ -807,9 +823,9 @@ def _measure(
             measured[b, "candidate"] = _Measured(
                 b, "candidate", m.path, m.precision, m.score, m.samples, m.facts, m.rel_diff
             )
-            src = out / ("predictions-reference.json" if b == target.backend else f"predictions-reference-{b}.json")
-            dst = out / ("predictions-candidate.json" if b == target.backend else f"predictions-candidate-{b}.json")
-            shutil.copyfile(src, dst)
+            src = m.score.predictions_file
+            if src is not None:
+                shutil.copyfile(src, src.with_name(src.name.replace("predictions-reference", "predictions-candidate")))
     return measured, lcfg
 
 
@@ -824,6 +840,7 @@ def _gate_and_report(
     out: Path,
 ) -> CellResult:
     from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+    from edgematrix.bench.tasks import get_task
     from edgematrix.gates.baseline import Baseline, baseline_key, load_baseline, write_baseline
     from edgematrix.gates.verdicts import RunFigures, Verdict, evaluate_gates
     from edgematrix.measure.environment import capture_environment
@@ -833,6 +850,7 @@ def _gate_and_report(
 
     target = cell.target
     backends = target.all_backends
+    task_metric = get_task(cell.model.task).metric
     env = capture_environment({"edgematrix_runner": choice.runner})
     device = str(env.get("cpu_model") or platform.processor())
     if "torch" in backends:  # GPU facts (name, driver, CUDA, clocks, temperature, locked clocks) via NVML
@@ -947,7 +965,8 @@ def _gate_and_report(
             "target": cell.target_name,
             "model": cell.model_name,
             "runner": choice.runner,
-            "dataset": "synthetic-tusimple" if art.synthetic else "tusimple",
+            "dataset": art.data.tag,
+            "metric": task_metric,
         }
         if role == "candidate":
             extra.update(art.facts)
@@ -958,8 +977,7 @@ def _gate_and_report(
                 name=f"{cell.name}[{suffix}]", group=cell.name, samples_s=m.samples.samples_s, extra_info=extra
             )
         )
-        rows.append({**extra, "fp": m.score.extras.get("fp", 0.0), "fn": m.score.extras.get("fn", 0.0),
-                     "speedup": ref_p50 / m.samples.p50_ms})  # fmt: skip
+        rows.append({**extra, "extras": dict(m.score.extras), "speedup": ref_p50 / m.samples.p50_ms})
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
     manifest = {"reference": str(art.fp32_path.resolve()), "candidate": str(art.cand_path.resolve())}
     (out / "artifacts.json").write_text(json.dumps(manifest, indent=2))
@@ -976,7 +994,8 @@ def _gate_and_report(
     threads = ", ".join(sorted({str(r["threads"]) for r in rows}))
     context = {
         "runner": f"{choice.runner} ({choice.reason})",
-        "data": f"{'synthetic TuSimple' if art.synthetic else 'TuSimple'} at {art.root} ({len(art.test.samples)} test images)",
+        "data": f"{art.data.label} at {art.root} ({len(art.test)} test images)",
+        "metric": f"{task_metric} (points; the `accuracy` column)",
         "training": "cached checkpoint" if art.cache_hit else f"trained in {art.train_seconds:.0f} s",
         "export check": art.export_note,
         "threads": threads,
@@ -1078,6 +1097,9 @@ QAT_EXPORT_TOLERANCE = 1e-2  # relative to the largest logit: one int8 step at a
 
 def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], _Measured]) -> str:
     """Markdown sections appended to report.md for pruning, QAT and mixed precision."""
+    from edgematrix.bench.tasks import get_task
+
+    task_metric = get_task(cell.model.task).metric
     primary = cell.target.backend
     cand = measured[primary, "candidate"]
     lines: list[str] = []
@@ -1119,8 +1141,10 @@ def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], 
             "",
             "## QAT vs PTQ",
             "",
-            "| model | accuracy (%) | drop vs FP32 | FP | FN | p50 (ms) | size |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| model | {task_metric} | drop vs FP32 |"
+            + "".join(f" {k} |" for k in ref.score.extras)
+            + " p50 (ms) | size |",
+            "|---|---:|---:|" + "---:|" * len(ref.score.extras) + "---:|---:|",
         ]
         mo = measured[primary, "qat_modelopt_qdq"]
         rows = (
@@ -1131,9 +1155,9 @@ def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], 
         )
         for label, m in rows:
             lines.append(
-                f"| {label} | {m.score.accuracy:.2f} | {ref.score.accuracy - m.score.accuracy:+.2f} "
-                f"| {m.score.extras.get('fp', 0.0):.4f} | {m.score.extras.get('fn', 0.0):.4f} "
-                f"| {m.samples.p50_ms:.2f} | {m.path.stat().st_size / 1e6:.1f} MB |"
+                f"| {label} | {m.score.accuracy:.2f} | {ref.score.accuracy - m.score.accuracy:+.2f} |"
+                + "".join(f" {m.score.extras.get(k, 0.0):.4f} |" for k in ref.score.extras)
+                + f" {m.samples.p50_ms:.2f} | {m.path.stat().st_size / 1e6:.1f} MB |"
             )
         hist = art.qat_info.get("history") or []
         lines += [
@@ -1207,20 +1231,12 @@ def _selection_text(backends: list[str], passing: list[str], selected: str, meas
 def _print_summary(result: CellResult) -> None:
     from rich.table import Table
 
+    from edgematrix.report.markdown import extras_keys
+
     t = Table(title=f"{result.cell}", show_lines=False)
-    for col in (
-        "backend",
-        "role",
-        "precision",
-        "accuracy %",
-        "FP",
-        "FN",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "speedup",
-        "MB",
-    ):
+    keys = extras_keys(result.rows)
+    metric = str(result.rows[0].get("metric", "accuracy")) if result.rows else "accuracy"
+    for col in ("backend", "role", "precision", metric, *keys, "p50 ms", "p90 ms", "p99 ms", "speedup", "MB"):
         t.add_column(col, justify="right" if col not in ("backend", "role", "precision") else "left")
     for r in result.rows:
         t.add_row(
@@ -1228,8 +1244,7 @@ def _print_summary(result: CellResult) -> None:
             r["role"],
             r["precision"],
             f"{r['accuracy']:.2f}",
-            f"{r['fp']:.3f}",
-            f"{r['fn']:.3f}",
+            *(f"{r['extras'].get(k, float('nan')):.3f}" for k in keys),
             f"{r['p50_ms']:.2f}",
             f"{r['p90_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
@@ -1242,4 +1257,4 @@ def _print_summary(result: CellResult) -> None:
     for v in result.verdicts:
         colour = {"passed": "green", "failed": "red"}.get(v.status, "yellow")
         console.print(f"  [{colour}]{v.status:>14}[/]  {escape(v.gate)}: {escape(v.message)}")
-    console.print(f"artifacts: {result.out_dir}/ (benchmark.json, junit.xml, report.md, predictions-*.json)")
+    console.print(f"artifacts: {result.out_dir}/ (benchmark.json, junit.xml, report.md, predictions-*)")

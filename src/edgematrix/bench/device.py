@@ -31,7 +31,7 @@ import numpy as np
 
 from edgematrix.bench import cell as cellmod
 from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
-from edgematrix.bench.tasks import score_lane_outputs
+from edgematrix.bench.task_lane import score_lane_outputs
 from edgematrix.errors import EdgeMatrixError, GateFailure
 from edgematrix.gates.verdicts import Verdict
 from edgematrix.matrix.loader import Cell

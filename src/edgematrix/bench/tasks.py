@@ -1,88 +1,182 @@
-"""Task adapters for the cell benchmark: run a model over the test split and score it.
+"""Task adapters: everything the cell benchmark needs to know about one kind of model.
 
-Keyed by the matrix model's ``task``; a new task (detection, multi-task) registers its adapter.
+The cell pipeline (data → train → export → recipe → accuracy → latency → gates) is the same for a
+lane detector, a detector and a multi-task network; what differs is behind a :class:`TaskAdapter`,
+keyed by the matrix model's ``task``:
+
+- ``load_data``: the dataset (real folder, or a synthetic one written in the same format into the cache)
+- ``train`` / ``finetune``: the training loop (cached by the caller's content key) and the
+  distillation fine-tune used after pruning and for QAT
+- ``output_names``: the ONNX output names of the exported model; ``agreement_output`` the one compared
+  across backends
+- ``evaluate``: run a :class:`~edgematrix.backends.base.Runner` over the test split and score it with
+  the task metric (``TaskScore.accuracy`` is the primary metric in points, higher is better; other
+  figures in ``extras``), writing the predictions in the dataset's submission format
+- ``drive`` / ``overlay``: a short synthetic drive and a drawing of the model's outputs on a frame,
+  for ``edgematrix demo``
+
+Adapters live in their own modules and are imported when first asked for, so importing this module
+imports no torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.data.lanes import LaneSplit, preprocess
-from edgematrix.data.tusimple import write_label_file, write_predictions
-from edgematrix.metrics.tusimple import score
-from edgematrix.models.lane_task import decode_rows, lanes_for_h_samples
-from edgematrix.models.ufld import LaneGeometry
 from edgematrix.registry import Registry
 
 
 @dataclass
 class TaskScore:
-    accuracy: float  # percent
+    accuracy: float  # the task's primary metric in points (percent); higher is better
     extras: dict[str, float] = field(default_factory=dict)
     predictions_file: Path | None = None
 
 
-TaskEval = Callable[..., TaskScore]
-tasks: Registry[TaskEval] = Registry("task")
+@dataclass
+class TaskData:
+    """A dataset resolved for one model: where it is, whether it is synthetic, and its two splits.
 
-
-@tasks.register("lane")
-def evaluate_lanes(
-    runner: Runner,
-    split: LaneSplit,
-    out_dir: Path,
-    role: str,
-    *,
-    geometry: LaneGeometry,
-    input_name: str,
-    progress: Callable[[int], Any] | None = None,
-) -> TaskScore:
-    """TuSimple accuracy/FP/FN of ``runner`` on ``split``; writes predictions-<role>.json and labels.json."""
-    outputs, times_ms = [], []
-    for i in range(len(split.samples)):
-        x = preprocess(split.images[i : i + 1])
-        t0 = time.perf_counter()
-        outputs.append(runner.infer({input_name: x}))
-        times_ms.append((time.perf_counter() - t0) * 1e3)
-        if progress:
-            progress(1)
-    write_label_file(out_dir / "labels.json", split.samples)
-    return score_lane_outputs(
-        {k: np.stack([np.asarray(o[k]) for o in outputs]) for k in ("loc_row", "exist_row")},
-        split,
-        geometry,
-        out_dir / f"predictions-{role}.json",
-        times_ms,
-    )
-
-
-def score_lane_outputs(
-    outputs: dict[str, np.ndarray],
-    split: LaneSplit,
-    geometry: LaneGeometry,
-    out_file: Path | None = None,
-    times_ms: list[float] | None = None,
-) -> TaskScore:
-    """TuSimple accuracy (percent), FP, FN of per-sample outputs ``loc_row`` / ``exist_row`` (sample i at
-    index i); writes the predictions to ``out_file`` when given, with ``times_ms`` as their run_time.
-
-    ``outputs`` may cover only the first n samples of ``split`` (a partial emulated run): those are scored.
+    A split has ``images`` (uint8 [N, 3, H, W] at the model's input size) and ``len(split)``; the rest
+    (labels, file names) is the task's own.
     """
-    n = len(outputs["loc_row"])
-    preds = []
-    for i, sample in enumerate(split.samples[:n]):
-        xs = decode_rows(np.asarray(outputs["loc_row"][i])[0], np.asarray(outputs["exist_row"][i])[0], geometry)
-        preds.append(
-            (sample.raw_file, lanes_for_h_samples(xs, geometry, sample.h_samples), times_ms[i] if times_ms else 0.0)
-        )
-    if out_file is not None:
-        write_predictions(out_file, preds)
-    result = score([{"raw_file": r, "lanes": lanes, "run_time": rt} for r, lanes, rt in preds], split.labels_json()[:n])
-    return TaskScore(result.accuracy * 100, {"fp": result.fp, "fn": result.fn}, out_file)
+
+    root: Path
+    synthetic: bool
+    key: str  # content fingerprint of the dataset (keys the training cache)
+    label: str  # for people: "synthetic TuSimple", "COCO-format detection (synthetic)"
+    tag: str  # for benchmark extra_info ``dataset``: "synthetic-tusimple", "tusimple", "synthetic-coco"
+    train: Any
+    test: Any
+
+
+@dataclass
+class TrainOutcome:
+    checkpoint: Path | None
+    cache_hit: bool
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def imagenet_preprocess(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] or [N, 3, H, W] RGB -> float32 NCHW normalised with ImageNet mean/std."""
+    x = images if images.shape[1] == 3 else images.transpose(0, 3, 1, 2)
+    return ((x.astype(np.float32) - MEAN[None, :, None, None]) / STD[None, :, None, None]).astype(np.float32)
+
+
+class TaskAdapter(ABC):
+    """One task's data, training, metric and drawing; see the module docstring."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]  # the primary metric's name in reports: "TuSimple accuracy", "mAP@[.5:.95]", "mIoU"
+    output_names: ClassVar[tuple[str, ...]]
+    agreement_output: ClassVar[str]  # output compared across backends / against the FP32 reference
+    train_code: ClassVar[tuple[str, ...]]  # edgematrix subpackages/modules whose code keys the training cache
+
+    @abstractmethod
+    def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
+        """Resolve ``data_root`` (``None``: the model's own ``data_root``; ``EDGEMATRIX_DATA_ROOT`` wins;
+        empty: synthetic data generated into ``cache_dir / "data"``) and load both splits at the model's
+        input size (``model_cfg.eval_images`` caps the test split). A missing/corrupt dataset raises
+        :class:`~edgematrix.errors.DataError` naming the path and the expected layout."""
+
+    @abstractmethod
+    def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
+        """Train ``model`` in place with ``config`` (matrix TrainConfig); reuse ``checkpoint`` when it exists."""
+
+    @abstractmethod
+    def finetune(
+        self, student: Any, teacher: Any, data: TaskData, config: Any, *, progress: bool, label: str
+    ) -> TrainOutcome:
+        """Fine-tune ``student`` in place (task loss + distillation from ``teacher`` weighted by
+        ``config.alpha``; ``config`` is :class:`edgematrix.train.distill.DistillConfig`). Used for QAT
+        (``student`` holds ModelOpt fake quantizers: keep it in contiguous memory format)."""
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (NHWC or NCHW) -> the model's float32 NCHW input."""
+        return imagenet_preprocess(images)
+
+    @abstractmethod
+    def evaluate(
+        self,
+        runner: Runner,
+        split: Any,
+        out_dir: Path,
+        role: str,
+        *,
+        model: Any,
+        input_name: str = "input",
+        progress: Callable[[int], Any] | None = None,
+    ) -> TaskScore:
+        """Run ``runner`` on every test image (batch 1) and score; write ``out_dir/predictions-<role>.*``
+        (and the labels, once) in the dataset's own submission format."""
+
+    @abstractmethod
+    def drive(self, model_cfg: Any, frames: int, seed: int) -> np.ndarray:
+        """A short synthetic drive at the model's input size: uint8 [T, H, W, 3], smooth from frame to frame."""
+
+    @abstractmethod
+    def overlay(self, frame: np.ndarray, outputs: dict[str, np.ndarray], model: Any) -> np.ndarray:
+        """``frame`` (uint8 [H, W, 3]) with the decoded ``outputs`` of one batch-1 inference drawn on it."""
+
+    def infer_all(
+        self, runner: Runner, split: Any, input_name: str, progress: Callable[[int], Any] | None = None
+    ) -> tuple[list[dict[str, np.ndarray]], list[float]]:
+        """Batch-1 outputs of every image of ``split`` and the wall time of each (ms)."""
+        outputs, times_ms = [], []
+        for i in range(len(split)):
+            x = self.preprocess(split.images[i : i + 1])
+            t0 = time.perf_counter()
+            outputs.append(runner.infer({input_name: x}))
+            times_ms.append((time.perf_counter() - t0) * 1e3)
+            if progress:
+                progress(1)
+        return outputs, times_ms
+
+
+tasks: Registry[Callable[[], TaskAdapter]] = Registry("task")
+
+# name -> module defining the adapter class ``<Name>Task``; imported on first use
+_ADAPTER_MODULES = {
+    "lane": ("edgematrix.bench.task_lane", "LaneTask"),
+    "detection": ("edgematrix.bench.task_detection", "DetectionTask"),
+    "multitask": ("edgematrix.bench.task_multitask", "MultiTaskTask"),
+}
+
+
+def _lazy(module: str, cls: str) -> Callable[[], TaskAdapter]:
+    def factory() -> TaskAdapter:
+        return getattr(importlib.import_module(module), cls)()  # type: ignore[no-any-return]
+
+    return factory
+
+
+for _name, (_module, _cls) in _ADAPTER_MODULES.items():
+    tasks.register(_name)(_lazy(_module, _cls))
+
+_instances: dict[str, TaskAdapter] = {}
+
+
+def get_task(name: str) -> TaskAdapter:
+    """The adapter of task ``name`` (an unknown name lists the known ones)."""
+    if name not in _instances:
+        _instances[name] = tasks.get(name)()
+    return _instances[name]
+
+
+def stack_outputs(outputs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-sample output dicts -> one array per name, sample i at index i."""
+    return {k: np.stack([np.asarray(o[k]) for o in outputs]) for k in names}

@@ -33,6 +33,9 @@ class LaneSplit:
     def samples(self) -> list[LaneSample]:
         return self.dataset.samples
 
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
     def labels_json(self) -> list[dict]:
         return [s.to_json() for s in self.samples]
 

@@ -177,6 +177,24 @@ def render_sample(seed: int, index: int) -> tuple[Image.Image, list[list[int]]]:
     return _render(scene, rng), _labels(scene)
 
 
+def render_scene_frame(seed: int, t: float) -> Image.Image:
+    """Frame ``t`` in [0, 1] of a short drive: one road (fixed by ``seed``) whose curvature and heading
+    change smoothly while the ego car drifts across its lane; same colours and lighting throughout."""
+    base = _sample_scene(np.random.default_rng([seed, 7919]))
+    phase = 2 * np.pi * t
+    lane_w = float(np.diff(base.offsets).mean()) if len(base.offsets) > 1 else 3.6
+    drift = 0.3 * lane_w * np.sin(phase)
+    scene = _Scene(
+        horizon=base.horizon,
+        cx=base.cx,
+        yaw=base.yaw + 0.012 * np.sin(phase + 1.0),
+        curvature=0.0012 * np.sin(0.5 * phase + 0.3),
+        offsets=[x - drift for x in base.offsets],
+        start_rows=base.start_rows,
+    )
+    return _render(scene, np.random.default_rng([seed, 104729]))
+
+
 def _write_one(root: Path, seed: int, split: str, index: int) -> tuple[str, list[list[int]]]:
     raw = f"clips/synthetic-{split}/{index:05d}/20.jpg"
     image, lanes = render_sample(seed, index)

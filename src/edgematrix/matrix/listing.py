@@ -47,7 +47,8 @@ def list_sessions(root: str | Path = "matrix") -> list[SessionInfo]:
                 desc = cell.get("description") or (
                     f"{r['description']} — {m['description'].split(',')[0]} on {target['description']}"
                 )
-                name = f"{cell['target']}_{recipe}"
+                pattern = cell.get("name", "{target}_{recipe}")
+                name = pattern.format(target=cell["target"], model=cell["model"], recipe=recipe)
                 schedule = cell.get("schedule", "pull_request")
                 out.append(SessionInfo(name, cell["target"], cell["model"], recipe, desc, target, schedule))
         except (KeyError, TypeError) as e:

@@ -124,6 +124,9 @@ def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], origin: dict[st
         origin[name] = path
 
 
+_CELL_TASKS = ("lane", "detection", "multitask")  # tasks with an adapter in edgematrix.bench.tasks
+
+
 def _unknown(path: Path, where: str, kind: str, name: str, known: dict[str, Any]) -> MatrixError:
     return MatrixError(
         f"{path}: {where}: unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known)) or '(none)'}"
@@ -182,10 +185,31 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                     f"{path}: {where}: recipe {recipe_name!r} needs precision {recipe.precision!r}, which target "
                     f"{spec.target!r} does not offer (its precisions: {', '.join(target.precisions)})"
                 )
-            name = f"{spec.target}_{recipe_name}"
+            name = spec.name.format(target=spec.target, model=spec.model, recipe=recipe_name)
             if name in cells:
                 raise MatrixError(
-                    f"{path}: {where}: cell {name!r} is declared twice (session names are <target>_<recipe>)"
+                    f"{path}: {where}: cell {name!r} is declared twice (session names are {spec.name}); give the "
+                    'cells of a second model on this target name = "{target}_{model}_{recipe}"'
+                )
+            if models[spec.model].task not in _CELL_TASKS:
+                raise MatrixError(
+                    f"{path}: {where}: model {spec.model!r} has task {models[spec.model].task!r}, which has no cell "
+                    f"pipeline; cells run tasks {', '.join(_CELL_TASKS)}"
+                )
+            if (
+                recipe.quantize is not None
+                and recipe.quantize.accuracy_budget is not None
+                and models[spec.model].task != "lane"
+            ):
+                raise MatrixError(
+                    f"{path}: {where}: recipe {recipe_name!r} (mixed precision by sensitivity) scores held-out lane "
+                    f"images; model {spec.model!r} is a {models[spec.model].task!r} model"
+                )
+            split = recipe.split
+            if split is not None and models[spec.model].task != "multitask":
+                raise MatrixError(
+                    f"{path}: {where}: recipe {recipe_name!r} splits a multi-head model; model {spec.model!r} is a "
+                    f"{models[spec.model].task!r} model"
                 )
             desc = (
                 spec.description or f"{recipe.description} — {model_desc(models[spec.model])} on {target.description}"

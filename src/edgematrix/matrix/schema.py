@@ -89,8 +89,8 @@ class TrainConfig(_Strict):
 class Model(_Strict):
     description: str
     family: str
-    task: Literal["lane", "steering"]
-    dataset: Literal["tusimple", "driving_log"]
+    task: Literal["lane", "steering", "detection", "multitask"]
+    dataset: Literal["tusimple", "driving_log", "coco", "scenes"]
     input_shape: Annotated[list[int], Field(min_length=4, max_length=4)]
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     data_root: str = Field("", description="path to the real dataset; empty = synthetic data in the cache")
@@ -187,6 +187,37 @@ class QatSection(FinetuneSection):
     amp: Literal["auto", "bf16", "off"] = "off"
 
 
+class SubgraphPlacement(_Strict):
+    """Precision and placement of one subgraph of a split model."""
+
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|gpu|dla[0-9])$", description="where it runs: cpu, gpu, dla0/dla1 (TensorRT DLA core)"
+    )
+    threads: int = Field(0, ge=0, description="intra-op threads of this stage on a CPU; 0 = the target's setting")
+
+
+class SplitSection(_Strict):
+    """Split a multi-head model into encoder + head subgraphs, each with its own precision and placement."""
+
+    encoder: SubgraphPlacement = SubgraphPlacement()
+    heads: dict[str, SubgraphPlacement] = Field(
+        default_factory=dict, description="per head, keyed by the model's output name; others get default_head"
+    )
+    default_head: SubgraphPlacement = SubgraphPlacement()
+    calibration_images: int = Field(
+        64, ge=1, description="INT8 heads are calibrated on the encoder's features of this many images (cached)"
+    )
+    pipeline: bool = Field(True, description="also run encoder(t+1) overlapped with heads(t) and report throughput")
+    frames: int = Field(96, ge=8, description="frames streamed for the pipelined vs sequential throughput")
+
+    def placements(self, heads: list[str]) -> dict[str, SubgraphPlacement]:
+        return {"encoder": self.encoder, **{h: self.heads.get(h, self.default_head) for h in heads}}
+
+    def precisions(self) -> set[str]:
+        return {self.encoder.precision, self.default_head.precision, *(p.precision for p in self.heads.values())}
+
+
 class Recipe(_Strict):
     description: str
     precision: Precision
@@ -194,6 +225,7 @@ class Recipe(_Strict):
     prune: PruneSection | None = None
     finetune: FinetuneSection | None = None
     qat: QatSection | None = None
+    split: SplitSection | None = None
     latency: LatencySection = LatencySection()
 
     @model_validator(mode="after")
@@ -209,6 +241,15 @@ class Recipe(_Strict):
                 raise ValueError(f"qat: QAT produces an INT8 model; precision must be 'int8', not {self.precision!r}")
             if self.prune is not None:
                 raise ValueError("qat: QAT of a pruned model is not supported; use prune + [quantize] (PTQ)")
+        if self.split is not None:
+            if self.prune is not None or self.qat is not None:
+                raise ValueError("split: a split recipe places subgraphs of the FP32 model; drop [prune] / [qat]")
+            lowest = next(p for p in ("int8", "fp16", "fp32") if p in self.split.precisions())
+            if self.precision != lowest:
+                raise ValueError(
+                    f"split: the lowest subgraph precision is {lowest!r}, so the recipe's precision must be "
+                    f"{lowest!r}, not {self.precision!r}"
+                )
         if self.quantize is not None and self.quantize.accuracy_budget is not None:
             if self.qat is not None:
                 raise ValueError("quantize.accuracy_budget: mixed precision applies to PTQ, not to a [qat] recipe")
@@ -240,6 +281,11 @@ class CellSpec(_Strict):
     recipes: list[Name] = Field(min_length=1)
     gates: Gates | None = None
     description: str = ""
+    name: str = Field(
+        "{target}_{recipe}",
+        pattern=r"^[a-z0-9_]*(\{(target|model|recipe)\}[a-z0-9_]*)+$",
+        description="session name pattern; cells of a second model on a target name it: {target}_{model}_{recipe}",
+    )
     schedule: Literal["pull_request", "nightly"] = Field(
         "pull_request",
         description="when CI runs these cells: on every pull request, or only in the nightly full-matrix run",

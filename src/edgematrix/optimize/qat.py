@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,21 +230,45 @@ def qat_lane_model(
     output_names: Sequence[str],
     progress: bool = True,
 ) -> QatResult:
-    """QAT of a trained lane model: fold BN, fake-quantize, distil from ``teacher``, export.
+    """:func:`qat_model` of a lane model, fine-tuned by distillation from ``teacher`` on ``train``."""
+    from edgematrix.train.distill import distill_lane_model
+
+    config.validate()
+    no_cl = dataclasses.replace(config, channels_last=False)  # see DistillConfig.channels_last
+
+    def finetune(student: nn.Module) -> Any:
+        return distill_lane_model(student, teacher, train, no_cl, None, progress=progress, label="qat")
+
+    return qat_model(
+        model, calibration, finetune, out_path, fp32_path, input_shape=input_shape, output_names=output_names
+    )
+
+
+def qat_model(
+    model: nn.Module,
+    calibration: Iterable[np.ndarray],
+    finetune: Callable[[nn.Module], Any],
+    out_path: Path,
+    fp32_path: Path,
+    *,
+    input_shape: Sequence[int],
+    output_names: Sequence[str],
+) -> QatResult:
+    """QAT of a trained model: fold BN, fake-quantize, ``finetune(student)`` (the task's loop, which
+    returns an object with ``history`` and ``seconds``), export.
 
     Writes two files: ``out_path``, ModelOpt's QDQ export (int8 symmetric, quantizers at the layer
     inputs: TensorRT's explicit-quantization form), and ``fp32_path``, the QAT-trained weights without
     the quantizers as FP32 ONNX, for runtimes whose int8 kernels need the PTQ form (ONNX Runtime CPU
     fuses a Conv into int8 only with a Q on its output: ModelOpt's QDQ runs slower than FP32 there).
     ``model`` is not modified (a copy is trained). ``calibration`` yields preprocessed float32 arrays
-    of ``input_shape``.
+    of ``input_shape``. The student holds fake quantizers: ``finetune`` must keep it in contiguous
+    memory format (ModelOpt's CPU fake quantization fails in backward on channels-last tensors).
     """
     import torch
 
     from edgematrix.export.onnx_export import export_onnx
-    from edgematrix.train.distill import distill_lane_model
 
-    config.validate()
     arrays = [np.asarray(a, dtype=np.float32).reshape(*input_shape) for a in calibration]
     if not arrays:
         raise EdgeMatrixError("QAT needs calibration images; none were given")
@@ -257,8 +281,8 @@ def qat_lane_model(
     folded = fold_batchnorm(student)
     plain = copy.deepcopy(student)
     quantize_for_qat(student, [torch.from_numpy(a) for a in arrays])
-    no_cl = dataclasses.replace(config, channels_last=False)  # see DistillConfig.channels_last
-    trained = distill_lane_model(student, teacher, train, no_cl, None, progress=progress, label="qat")
+    trained = finetune(student)
+    student.eval()
     pairs, diff = export_qdq_onnx(student, input_shape, out_path, output_names, arrays[0])
     weights = plain.state_dict()
     plain.load_state_dict({k: v for k, v in student.state_dict().items() if k in weights}, strict=True)

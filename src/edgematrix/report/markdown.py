@@ -13,6 +13,16 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def extras_keys(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    """The task's extra figures (FP/FN, mAP@.5, AbsRel...) over ``rows``, in first-seen order."""
+    keys: list[str] = []
+    for r in rows:
+        extras = r.get("extras") or {}
+        assert isinstance(extras, Mapping)
+        keys += [k for k in extras if k not in keys]
+    return keys
+
+
 def render_report(
     cell: str,
     description: str,
@@ -23,18 +33,25 @@ def render_report(
     selection: str = "",
 ) -> str:
     failed = [v for v in verdicts if v.failed]
+    metric = str(rows[0].get("metric", "accuracy")) if rows else "accuracy"
+    keys = extras_keys(rows)
     lines = [
         f"# {cell}: {'FAILED' if failed else 'passed'}",
         "",
         description,
         "",
-        "| backend | role | precision | inference | accuracy (%) | FP | FN | p50 (ms) | p90 (ms) | p99 (ms) | speedup vs reference | size |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| backend | role | precision | inference | {metric} |"
+        + "".join(f" {k} |" for k in keys)
+        + " p50 (ms) | p90 (ms) | p99 (ms) | speedup vs reference | size |",
+        "|---|---|---|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        extras = r.get("extras") or {}
+        assert isinstance(extras, Mapping)
         lines.append(
-            f"| {r['backend']} | {r['role']} | {r['precision']} | {r.get('inference_precision', '')} | {r['accuracy']:.2f} | {r['fp']:.4f} | {r['fn']:.4f} "
-            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}× | {_mb(int(str(r['model_bytes'])))} |"
+            f"| {r['backend']} | {r['role']} | {r['precision']} | {r.get('inference_precision', '')} | {r['accuracy']:.2f} |"
+            + "".join(f" {float(extras.get(k, float('nan'))):.4f} |" for k in keys)
+            + f" {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup']:.2f}× | {_mb(int(str(r['model_bytes'])))} |"
         )
     if selection:
         lines += ["", f"**Selected backend**: {selection}"]

@@ -1,0 +1,141 @@
+"""The lane task: TuSimple data, UFLD-v2 training and distillation, TuSimple accuracy/FP/FN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgematrix.backends.base import Runner
+from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore, TrainOutcome, stack_outputs
+from edgematrix.data.lanes import LaneSplit
+from edgematrix.models.ufld import OUTPUT_NAMES, LaneGeometry
+
+# one colour per lane slot (left-left, left, right, right-right)
+LANE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 40))
+
+
+class LaneTask(TaskAdapter):
+    name = "lane"
+    metric = "TuSimple accuracy"
+    output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
+    agreement_output = "loc_row"
+    train_code: ClassVar[tuple[str, ...]] = (
+        "models/__init__", "models/ufld", "models/resnet", "models/lane_task", "train/lane", "train/cache",
+        "data/lanes", "data/tusimple", "data/synthetic_lanes",
+    )  # fmt: skip
+
+    def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
+        from edgematrix.data.lanes import fingerprint, load_split, resolve_data_root
+        from edgematrix.data.synthetic_lanes import SyntheticConfig
+
+        configured = data_root if data_root is not None else model_cfg.data_root
+        syn = SyntheticConfig(**model_cfg.synthetic.model_dump())
+        h, w = model_cfg.input_shape[2], model_cfg.input_shape[3]
+        root, synthetic = resolve_data_root(configured, syn, cache_dir)
+        train = load_split(root, "train", (h, w))
+        test = load_split(root, "test", (h, w), limit=model_cfg.eval_images)
+        label = "synthetic TuSimple" if synthetic else "TuSimple"
+        tag = "synthetic-tusimple" if synthetic else "tusimple"
+        return TaskData(root, synthetic, fingerprint(root), label, tag, train, test)
+
+    def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
+        from edgematrix.train.lane import train_lane_model
+
+        r = train_lane_model(model, data.train, config, checkpoint, progress=progress)
+        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
+
+    def finetune(
+        self, student: Any, teacher: Any, data: TaskData, config: Any, *, progress: bool, label: str
+    ) -> TrainOutcome:
+        from edgematrix.train.distill import distill_lane_model
+
+        r = distill_lane_model(student, teacher, data.train, config, None, progress=progress, label=label)
+        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
+
+    def evaluate(
+        self,
+        runner: Runner,
+        split: Any,
+        out_dir: Path,
+        role: str,
+        *,
+        model: Any,
+        input_name: str = "input",
+        progress: Callable[[int], Any] | None = None,
+    ) -> TaskScore:
+        """TuSimple accuracy/FP/FN; writes predictions-<role>.json and labels.json."""
+        from edgematrix.data.tusimple import write_label_file
+
+        outputs, times_ms = self.infer_all(runner, split, input_name, progress)
+        write_label_file(out_dir / "labels.json", split.samples)
+        return score_lane_outputs(
+            stack_outputs(outputs, ("loc_row", "exist_row")),
+            split,
+            model.geometry,
+            out_dir / f"predictions-{role}.json",
+            times_ms,
+        )
+
+    def drive(self, model_cfg: Any, frames: int, seed: int) -> np.ndarray:
+        """The synthetic TuSimple road, the ego car drifting across its lane on a slowly bending road."""
+        from PIL import Image
+
+        from edgematrix.data.synthetic_lanes import render_scene_frame
+
+        h, w = model_cfg.input_shape[2], model_cfg.input_shape[3]
+        out = np.empty((frames, h, w, 3), np.uint8)
+        for t in range(frames):
+            image = render_scene_frame(seed, t / max(frames - 1, 1))
+            out[t] = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR))
+        return out
+
+    def overlay(self, frame: np.ndarray, outputs: dict[str, np.ndarray], model: Any) -> np.ndarray:
+        from PIL import Image, ImageDraw
+
+        from edgematrix.models.lane_task import decode_rows
+
+        g: LaneGeometry = model.geometry
+        xs = decode_rows(np.asarray(outputs["loc_row"])[0], np.asarray(outputs["exist_row"])[0], g)
+        h, w = frame.shape[:2]
+        sx, sy = w / g.image_width, h / g.image_height
+        pil = Image.fromarray(np.ascontiguousarray(frame))
+        draw = ImageDraw.Draw(pil)
+        r = max(1.5, w / 300)
+        for slot, lane in enumerate(xs):
+            for x, y in zip(lane, g.row_anchors, strict=True):
+                if x >= 0:
+                    cx, cy = x * sx, y * sy
+                    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=LANE_COLOURS[slot % len(LANE_COLOURS)])
+        return np.asarray(pil)
+
+
+def score_lane_outputs(
+    outputs: dict[str, np.ndarray],
+    split: LaneSplit,
+    geometry: LaneGeometry,
+    out_file: Path | None = None,
+    times_ms: list[float] | None = None,
+) -> TaskScore:
+    """TuSimple accuracy (percent), FP, FN of per-sample outputs ``loc_row`` / ``exist_row`` (sample i at
+    index i); writes the predictions to ``out_file`` when given, with ``times_ms`` as their run_time.
+
+    ``outputs`` may cover only the first n samples of ``split`` (a partial emulated run): those are scored.
+    """
+    from edgematrix.data.tusimple import write_predictions
+    from edgematrix.metrics.tusimple import score
+    from edgematrix.models.lane_task import decode_rows, lanes_for_h_samples
+
+    n = len(outputs["loc_row"])
+    preds = []
+    for i, sample in enumerate(split.samples[:n]):
+        xs = decode_rows(np.asarray(outputs["loc_row"][i])[0], np.asarray(outputs["exist_row"][i])[0], geometry)
+        preds.append(
+            (sample.raw_file, lanes_for_h_samples(xs, geometry, sample.h_samples), times_ms[i] if times_ms else 0.0)
+        )
+    if out_file is not None:
+        write_predictions(out_file, preds)
+    result = score([{"raw_file": r, "lanes": lanes, "run_time": rt} for r, lanes, rt in preds], split.labels_json()[:n])
+    return TaskScore(result.accuracy * 100, {"fp": result.fp, "fn": result.fn}, out_file)
