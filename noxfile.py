@@ -92,7 +92,7 @@ def tests(session: nox.Session) -> None:
     or, as root, one they start from the installed `dockerd` and stop again (docker/base/host-tools.sh
     installs it, debootstrap and qemu-user-static on Debian).
     """
-    session.install("-e", ".[cpu,openvino,docker,optimize]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", ".[cpu,openvino,docker,optimize,demo]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs)
 
 

@@ -44,6 +44,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     m = load_matrix(args.matrix)
     cell = m.cell(args.cell)
+    batches: list[int] = []
+    if args.batch_sweep:
+        from edgematrix.bench.sweep import parse_batches
+
+        batches = parse_batches(args.batch_sweep)  # bad input fails before hours of work
     if args.runner == "auto" and args.remote:
         args.runner = "remote"  # a device URL given: measure there
     if args.runner == "docker":
@@ -61,8 +66,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ab_base=Path(args.ab_base) if args.ab_base else None,
         remote=args.remote,
     )
-    run_cell(cell, opts)
+    try:
+        run_cell(cell, opts)
+    except GateFailure:  # a failed gate still wrote the artifacts: sweep them too, then report the failure
+        _batch_sweep(opts.results_dir, cell.name, batches, opts.cache_dir)
+        raise
+    _batch_sweep(opts.results_dir, cell.name, batches, opts.cache_dir)
     return EXIT_OK
+
+
+def _batch_sweep(results: Path, cell: str, batches: list[int], cache: Path) -> None:
+    if not batches:
+        return
+    from edgematrix.bench.sweep import run_sweep
+
+    res = run_sweep(results, cell, batches, cache_dir=cache)
+    print(f"batch sweep: {res.png_path}, {res.json_path} (section in {res.report_path})", file=sys.stderr)
 
 
 def _run_in_docker(args: argparse.Namespace, cell: Cell) -> int:
@@ -85,7 +104,8 @@ def _run_in_docker(args: argparse.Namespace, cell: Cell) -> int:
         offline_base=args.offline_base,
         rebuild=args.rebuild_image,
         extra_env=args.env,
-        cell_args=["--update-baseline"] if args.update_baseline else [],
+        cell_args=(["--update-baseline"] if args.update_baseline else [])
+        + (["--batch-sweep", args.batch_sweep] if args.batch_sweep else []),
     )
     return run_cell_in_container(cell.name, cell.target_name, cell.target.model_dump(), options)
 
@@ -297,6 +317,57 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from edgematrix.bench.sweep import latency_from_config, load_cell_results, parse_batches, run_sweep
+
+    batches = parse_batches(args.batches)
+    latency = None
+    if args.min_rounds is not None or args.min_time_s is not None:
+        _, config, _ = load_cell_results(Path(args.results), args.cell)
+        base = latency_from_config(config)
+        try:
+            latency = dataclasses.replace(
+                base,
+                min_rounds=args.min_rounds if args.min_rounds is not None else base.min_rounds,
+                max_rounds=max(base.max_rounds, args.min_rounds or 0),
+                min_time_s=args.min_time_s if args.min_time_s is not None else base.min_time_s,
+                max_time_s=max(base.max_time_s, args.min_time_s or 0.0),
+            )
+        except ValueError as e:
+            raise EdgeMatrixError(f"--min-rounds / --min-time-s: {e}") from None
+    roles = ("reference",) if args.role == "reference" else ("reference", "candidate")
+    result = run_sweep(
+        Path(args.results),
+        args.cell,
+        batches,
+        roles=roles,
+        latency=latency,
+        cache_dir=Path(args.cache),
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(f"json: {result.json_path}\nplot: {result.png_path}\nreport: {result.report_path}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgematrix.report.demo import run_demo
+
+    result = run_demo(
+        Path(args.results),
+        args.cell,
+        frames=args.frames,
+        fps=args.fps,
+        out=Path(args.out) if args.out else None,
+        seed=args.seed,
+        cache_dir=Path(args.cache),
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(result.path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgematrix", description=__doc__.splitlines()[0])
     p.add_argument("--matrix", default="matrix", help="matrix folder (default: matrix)")
@@ -313,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=None, help="dataset folder; overrides the model's data_root")
     run.add_argument("--update-baseline", action="store_true", help="write matrix/baselines/<cell>.json from this run")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--batch-sweep",
+        default="",
+        metavar="1,2,4,8",
+        help="after the run, sweep these batch sizes (FPS per sample, acceleration vs FP32; batch_sweep.png)",
+    )
     run.add_argument(
         "--ab-base",
         default=None,
@@ -429,6 +506,38 @@ def build_parser() -> argparse.ArgumentParser:
     strat.add_argument("--target", default="x86_cpu", help="target name recorded in the results (default: x86_cpu)")
     strat.add_argument("--no-progress", action="store_true", help="no progress bars")
     strat.set_defaults(func=_cmd_strategies)
+
+    swp = sub.add_parser(
+        "sweep",
+        help="batch-size sweep of a cell that has run: samples/s and acceleration of its models at batch 1..N",
+        description="Writes results/<cell>/batch_sweep.json, batch_sweep.png and a section of report.md; the "
+        "batch-N models are verified per sample against batch 1 and cached next to the cell's models.",
+    )
+    swp.add_argument("cell")
+    swp.add_argument("--batches", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")
+    swp.add_argument("--results", default="results", help="folder holding results/<cell>/ (default: results)")
+    swp.add_argument(
+        "--role", default="both", choices=["both", "reference"], help="sweep both models, or the FP32 reference only"
+    )
+    swp.add_argument("--min-rounds", type=int, default=None, help="rounds per batch (default: the recipe's)")
+    swp.add_argument("--min-time-s", type=float, default=None, help="seconds per batch (default: the recipe's)")
+    swp.add_argument("--cache", default=".cache/edgematrix", help="the cache (maps a docker run's /cache paths)")
+    swp.set_defaults(func=_cmd_sweep)
+
+    dem = sub.add_parser(
+        "demo",
+        help="a synthetic drive with the FP32 reference and the candidate side by side (GIF, or MP4)",
+        description="Runs both ONNX models of a cell that has run on every frame and draws their outputs; "
+        ".mp4 needs the `demo` extra (imageio-ffmpeg).",
+    )
+    dem.add_argument("cell")
+    dem.add_argument("--frames", type=int, default=48, help="frames of the drive (default 48)")
+    dem.add_argument("--fps", type=float, default=12.0, help="frames per second of the video (default 12)")
+    dem.add_argument("--out", default=None, help="output .gif or .mp4 (default: results/<cell>/demo.gif)")
+    dem.add_argument("--seed", type=int, default=0, help="seed of the synthetic road (default 0)")
+    dem.add_argument("--results", default="results", help="folder holding results/<cell>/ (default: results)")
+    dem.add_argument("--cache", default=".cache/edgematrix", help="the cache (maps a docker run's /cache paths)")
+    dem.set_defaults(func=_cmd_demo)
     return p
 
 

@@ -126,12 +126,17 @@ def test_fp32_cell_and_failing_gate_exit_code(workspace: Path, capsys: pytest.Ca
     # an impossible floor makes the min_accuracy gate fail: exit 1, artifacts still written
     tiny = workspace / "matrix" / "tiny.toml"
     tiny.write_text(tiny.read_text().replace("min_accuracy = 0.0", "min_accuracy = 100.0"))
-    try:
-        assert _run(workspace, "x86_cpu_int8q") == 1
+    try:  # the batch sweep still runs over the artifacts of the failed run, and the exit code stays 1
+        assert _run(workspace, "x86_cpu_int8q", "--batch-sweep", "1,2") == 1
     finally:
         tiny.write_text(TINY)
     err = capsys.readouterr().err
-    assert "gate failed" in err and "min_accuracy" in err
+    assert "gate failed" in err and "min_accuracy" in err and "batch sweep:" in err
+    sweep = json.loads((workspace / "results" / "x86_cpu_int8q" / "batch_sweep.json").read_text())
+    assert sorted({p["batch"] for p in sweep["points"]}) == [1, 2]
+    assert "Batch-size sweep" in (workspace / "results" / "x86_cpu_int8q" / "report.md").read_text()
+    assert _run(workspace, "x86_cpu_int8q", "--batch-sweep", "1,x") == 2  # refused before any work
+    assert "--batches must be comma-separated positive integers" in capsys.readouterr().err
     suite = ET.parse(workspace / "results" / "x86_cpu_int8q" / "junit.xml").getroot().find("testsuite")
     failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
     assert failed == ["min_accuracy", "min_accuracy[openvino]"]
