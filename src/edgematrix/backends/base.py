@@ -192,6 +192,7 @@ _BUILTIN_BACKEND_MODULES = (
     "edgematrix.backends.torch.runner",
     "edgematrix.backends.tensorrt.runner",
     "edgematrix.backends.tidl.runner",
+    "edgematrix.backends.split.runner",
 )
 
 

@@ -1,0 +1,1 @@
+"""Split models (encoder + heads) as one runner; the manifest that describes them."""
