@@ -279,18 +279,41 @@ def test_sweep_point_arithmetic() -> None:
     assert p.reference_vs_fp32_b1 == pytest.approx(2.0)
 
 
-def test_reference_only_and_split_manifest(models: dict[str, Path], tmp_path: Path) -> None:
-    manifest = tmp_path / "split.json"
-    manifest.write_text(json.dumps({"subgraphs": [{"name": "encoder", "path": str(models["fp32"])}]}))
-    out = fake_results(tmp_path, "split_cell", models["fp32"], manifest)
-    with pytest.raises(EdgeMatrixError, match=r"split-model manifest.*--role reference"):
-        run_sweep(tmp_path, "split_cell", [1, 2], latency=FAST)
-    result = run_sweep(tmp_path, "split_cell", [1, 2], roles=("reference",), latency=FAST)
+def test_reference_only(models: dict[str, Path], tmp_path: Path) -> None:
+    out = fake_results(tmp_path, "ref_cell", models["fp32"], models["int8"])
+    result = run_sweep(tmp_path, "ref_cell", [1, 2], roles=("reference",), latency=FAST)
     assert result.candidate_precision == "" and all(p.candidate_p50_ms is None for p in result.points)
     doc = json.loads((out / "batch_sweep.json").read_text())
     assert doc["points"][1]["candidate_samples_per_s"] is None and "candidate" not in doc["models"]
     assert "| batch | FP32 p50 (ms) | FP32 samples/s | FP32 vs FP32 batch 1 |" in (out / "report.md").read_text()
     assert (out / "batch_sweep.png").stat().st_size > 10_000
+
+
+def test_a_split_candidate_is_swept_subgraph_by_subgraph(tmp_path: Path) -> None:
+    from edgematrix.backends.base import create_runner
+    from edgematrix.backends.split.manifest import load_manifest
+    from edgematrix.bench.sweep import rebatch_split
+    from edgematrix.export.split import split_model
+    from split_models import exported, whole_outputs
+
+    whole = exported("two_features").path
+    split = split_model(whole, tmp_path / "split", heads=["seg", "depth"])
+    out = fake_results(tmp_path, "split_cell", whole, split.manifest)
+    result = run_sweep(tmp_path, "split_cell", [1, 2], latency=FAST)
+    assert [p.batch for p in result.points] == [1, 2] and all(p.candidate_p50_ms for p in result.points)
+    batched = Path(result.models["candidate"][2])
+    m = load_manifest(batched)  # verifies every subgraph file's hash
+    assert all(f.shape[0] == 2 for f in m.features) and all(".b2-" in e.file for e in m.subgraphs)
+    # the batch-2 split model gives each sample what the whole batch-1 model gives it
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    with create_runner("split", path=batched) as run:
+        got = run.infer({"input": x})
+    for i in range(2):
+        want = whole_outputs(whole, {"input": x[i : i + 1]})
+        for name in ("seg", "depth"):
+            np.testing.assert_allclose(got[name][i : i + 1], want[name], atol=1e-4)
+    assert rebatch_split(split.manifest, 1) == (str(split.manifest), 0.0)
+    assert "| 2 |" in (out / "report.md").read_text()
 
 
 def test_an_fp32_cell_sweeps_its_reference_once(models: dict[str, Path], tmp_path: Path) -> None:

@@ -165,6 +165,8 @@ def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResu
     stages = _Stages(_stage_count(cell.recipe))
     art = _build_artifacts(cell, options, stages)
     measured, lcfg = _measure(cell, art, out, stages, _resolve_ab_base(options.ab_base))
+    if cell.recipe.split is not None and cell.recipe.split.pipeline:
+        _pipeline_stage(cell, art, stages)
     return _gate_and_report(cell, options, choice, art, measured, lcfg, stages, out)
 
 
@@ -235,7 +237,9 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
         export_note, recipe.precision, data=data,
     )  # fmt: skip
     ctx = _RecipeContext(cell, options, stages, art_dir, data_key, ckpt, built)
-    if recipe.prune is not None:
+    if recipe.split is not None:
+        _split_stages(ctx)
+    elif recipe.prune is not None:
         _prune_stages(ctx)
     elif recipe.qat is not None:
         _qat_stages(ctx)
@@ -264,6 +268,8 @@ class _RecipeContext:
 def _stage_count(recipe: Any) -> int:
     """data, train, export, accuracy, latency + the recipe's own stages."""
     n = 5
+    if recipe.split is not None:
+        return n + 1 + int(recipe.split.pipeline)
     if recipe.prune is not None:
         n += 2 + (1 if recipe.finetune is not None else 0) + (1 if recipe.quantize is not None else 0)
     elif recipe.qat is not None:
@@ -575,6 +581,103 @@ def _qat_stages(ctx: _RecipeContext) -> None:
     )
 
 
+SPLIT_JOIN_ATOL = 1e-4  # encoder → heads vs the whole FP32 model (max abs difference)
+
+
+def _split_stages(ctx: _RecipeContext) -> None:
+    """Split the FP32 model into encoder / head subgraphs (joins checked), then deploy each in its
+    placement's precision; INT8 heads are calibrated on the encoder's cached features."""
+    from edgematrix.bench.tasks import get_task
+    from edgematrix.export.split import split_model
+    from edgematrix.optimize.quantize import QuantizeConfig
+    from edgematrix.optimize.subgraph import deploy_split
+    from edgematrix.train.cache import code_hash, content_key, file_sha256
+
+    cell, stages, art = ctx.cell, ctx.stages, ctx.art
+    s, q, backend = cell.recipe.split, cell.recipe.quantize, cell.target.backend
+    assert s is not None
+    task = get_task(cell.model.task)
+    heads = list(task.output_names)
+    placements = s.placements(heads)
+    plan = ", ".join(
+        f"{n} {p.precision}@{p.device}" + (f"/{p.threads}t" if p.threads else "") for n, p in placements.items()
+    )
+    stages.start("split", f"encoder + {len(heads)} heads ({plan}); joins checked to {SPLIT_JOIN_ATOL:g}")
+    key = content_key(
+        file_sha256(art.fp32_path), s.model_dump(), q.model_dump() if q else None, ctx.data_key,
+        q.symmetric_for(backend) if q else None, code_hash(["export/split", "optimize/subgraph", "optimize/quantize"]),
+    )  # fmt: skip
+    folder = ctx.art_dir / f"split-{key}"
+    split = split_model(art.fp32_path, folder / "fp32", heads=heads, atol=SPLIT_JOIN_ATOL)
+    qcfg = QuantizeConfig(
+        method=q.method if q else "minmax",
+        calibration_images=s.calibration_images,
+        per_channel=q.per_channel if q else True,
+        percentile=q.percentile if q else 99.999,
+        symmetric_activations=q.symmetric_for(backend) if q else False,
+    )
+    n = min(s.calibration_images, len(art.train))
+    calibration = (task.preprocess(art.train.images[i : i + 1]) for i in range(n))
+    deployed = deploy_split(
+        split, folder / "deployed", placements, calibration=calibration, calibration_images=n,
+        quantize_config=qcfg, cache_dir=ctx.options.cache_dir / "split-features",
+    )  # fmt: skip
+    art.cand_path = deployed.manifest
+    cut = ",".join(f.name for f in split.features)
+    art.split_info = {
+        "max_abs_diff": split.max_abs_diff,
+        "atol": SPLIT_JOIN_ATOL,
+        "features": [(f.name, list(f.shape)) for f in split.features],
+        "auto_cut": split.auto_cut,
+        "placements": {k: v.model_dump() for k, v in placements.items()},
+        "files": {k: str(v) for k, v in deployed.files.items()},
+        "notes": {k: list(v) for k, v in deployed.notes.items() if v},
+    }
+    art.facts.update(
+        {
+            "split_max_abs_diff": float(split.max_abs_diff),
+            "split_features": cut,
+            "split_placements": plan,
+        }
+    )
+    stages.done(
+        f"cut at {cut} ({'found' if split.auto_cut else 'given'}), encoder → heads vs whole model max |diff| "
+        f"{split.max_abs_diff:.2e}; deployed {deployed.manifest}"
+    )
+
+
+def _pipeline_stage(cell: Cell, art: _Artifacts, stages: _Stages) -> None:
+    """Stream test frames through the deployed split: sequential vs 2-stage pipelined (vs the whole FP32 model)."""
+    from edgematrix.backends.base import create_runner
+    from edgematrix.bench.tasks import get_task
+    from edgematrix.measure.pipeline import measure_pipeline
+
+    s = cell.recipe.split
+    assert s is not None and art.split_info is not None
+    task = get_task(cell.model.task)
+    n = min(s.frames, len(art.test))
+    frames = [{"input": task.preprocess(art.test.images[i : i + 1])} for i in range(n)]
+    threads = cell.target.threads
+    stages.start(
+        "pipeline",
+        f"{n} frames: sequential (encoder, heads; {threads or 'all'} threads each) vs pipelined (encoder of frame "
+        "t+1 beside the heads of frame t, each stage with its placement's threads), alternating 3 rounds",
+    )
+    with (
+        create_runner("split", path=art.cand_path, intra_op_threads=threads, threads=threads) as seq,
+        create_runner("split", path=art.cand_path, intra_op_threads=threads) as pipe,
+        create_runner("onnxruntime", path=art.fp32_path, intra_op_threads=threads) as whole,
+    ):
+        report = measure_pipeline(seq, frames, pipelined=pipe, whole=whole, rounds=3)
+    summary = report.summary()
+    art.split_info["pipeline"] = {**summary, "reason": report.reason()}
+    art.facts.update({f"pipeline_{k}" if not k.startswith("pipeline") else k: v for k, v in summary.items()})
+    stages.done(
+        f"sequential {report.sequential_fps:.1f} FPS, pipelined {report.pipelined_fps:.1f} FPS "
+        f"({report.speedup:.2f}×); {report.reason()}"
+    )
+
+
 def _mixed_precision_stages(ctx: _RecipeContext) -> None:
     """Full INT8 PTQ, then per-layer sensitivity and the greedy float set that meets the budget."""
     import copy
@@ -702,6 +805,27 @@ def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
     return {}
 
 
+def _create_runner(cell: Cell, backend: str, role: str, path: Path, module: Any) -> Any:
+    """The runner of one (backend, role): a torch module, an ONNX file, or a split model's manifest."""
+    from edgematrix.backends.base import create_runner
+
+    if backend == "torch":
+        return create_runner("torch", module=module, **_runner_kwargs("torch", cell, role))
+    if path.suffix == ".json":  # a split model: encoder + heads, each on the backend, batch-1 sequential
+        threads = cell.target.threads
+        return create_runner("split", path=path, inner_backend=backend, intra_op_threads=threads, threads=threads)
+    return create_runner(backend, path=path, **_runner_kwargs(backend, cell, role))
+
+
+def model_bytes(path: Path) -> int:
+    """Size of a model: the ONNX file, or the sum of a split manifest's subgraph files."""
+    if path.suffix == ".json":
+        from edgematrix.backends.split.manifest import load_manifest
+
+        return load_manifest(path, verify=False).model_bytes()
+    return path.stat().st_size
+
+
 def _resolve_ab_base(path: Path | None) -> Path | None:
     """The base branch's candidate model: an .onnx file, or a results folder's artifacts.json."""
     if path is None:
@@ -726,7 +850,6 @@ def _measure(
     """
     import numpy as np
 
-    from edgematrix.backends.base import create_runner
     from edgematrix.bench.tasks import get_task
     from edgematrix.measure.harness import LatencyConfig, measure_interleaved
 
@@ -750,12 +873,7 @@ def _measure(
         roles[role] = path
         keys.append((target.backend, role))
     modules = {"reference": art.model, "candidate": art.cand_model if art.cand_model is not None else art.model}
-    runners = {
-        k: create_runner("torch", module=modules.get(k[1], art.model), **_runner_kwargs("torch", cell, k[1]))
-        if k[0] == "torch"
-        else create_runner(k[0], path=roles[k[1]], **_runner_kwargs(k[0], cell, k[1]))
-        for k in keys
-    }
+    runners = {k: _create_runner(cell, k[0], k[1], roles[k[1]], modules.get(k[1], art.model)) for k in keys}
     task = get_task(cell.model.task)
     primary = (target.backend, "reference")
     probe = [
@@ -850,7 +968,8 @@ def _gate_and_report(
 
     target = cell.target
     backends = target.all_backends
-    task_metric = get_task(cell.model.task).metric
+    task = get_task(cell.model.task)
+    task_metric = task.metric
     env = capture_environment({"edgematrix_runner": choice.runner})
     device = str(env.get("cpu_model") or platform.processor())
     if "torch" in backends:  # GPU facts (name, driver, CUDA, clocks, temperature, locked clocks) via NVML
@@ -951,7 +1070,7 @@ def _gate_and_report(
             "inference_precision": str(m.facts.get("inference_precision", m.precision)),
             "accuracy": round(m.score.accuracy, 6),
             **{k: round(v, 6) for k, v in m.score.extras.items()},
-            "model_bytes": m.path.stat().st_size,
+            "model_bytes": model_bytes(m.path),
             "input_shape": "x".join(map(str, cell.model.input_shape)),
             "artifact_sha256": sha[m.path],
             "threads": int(m.facts.get("intra_op_threads", m.facts.get("threads", 0)) or 0),
@@ -977,7 +1096,9 @@ def _gate_and_report(
                 name=f"{cell.name}[{suffix}]", group=cell.name, samples_s=m.samples.samples_s, extra_info=extra
             )
         )
-        rows.append({**extra, "extras": dict(m.score.extras), "speedup": ref_p50 / m.samples.p50_ms})
+        shown = task.summary_extras if task.summary_extras is not None else tuple(m.score.extras)
+        extras = {k: m.score.extras[k] for k in shown if k in m.score.extras}
+        rows.append({**extra, "extras": extras, "speedup": ref_p50 / m.samples.p50_ms})
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
     manifest = {"reference": str(art.fp32_path.resolve()), "candidate": str(art.cand_path.resolve())}
     (out / "artifacts.json").write_text(json.dumps(manifest, indent=2))
@@ -1032,6 +1153,17 @@ def _recipe_verdicts(
     cand = measured[primary, "candidate"]
     out: list[Verdict] = []
     facts: dict[str, float | int | str] = {}
+    if art.split_info is not None:
+        diff, atol = art.split_info["max_abs_diff"], art.split_info["atol"]
+        cut = ", ".join(f"{n} {shape}" for n, shape in art.split_info["features"])
+        out.append(
+            Verdict(
+                "split_joins_match",
+                "passed" if diff <= atol else "failed",
+                f"FP32 encoder → heads vs the whole model: max |diff| {diff:.2e} (tolerance {atol:g}, seeded inputs); "
+                f"cut at {cut}",
+            )
+        )
     p = cell.recipe.prune
     if p is not None and art.prune_search is not None:
         search = art.prune_search
@@ -1103,6 +1235,8 @@ def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], 
     primary = cell.target.backend
     cand = measured[primary, "candidate"]
     lines: list[str] = []
+    if art.split_info is not None:
+        lines += _split_report(art.split_info)
     search = art.prune_search
     if search is not None:
         p = cell.recipe.prune
@@ -1157,7 +1291,7 @@ def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], 
             lines.append(
                 f"| {label} | {m.score.accuracy:.2f} | {ref.score.accuracy - m.score.accuracy:+.2f} |"
                 + "".join(f" {m.score.extras.get(k, 0.0):.4f} |" for k in ref.score.extras)
-                + f" {m.samples.p50_ms:.2f} | {m.path.stat().st_size / 1e6:.1f} MB |"
+                + f" {m.samples.p50_ms:.2f} | {model_bytes(m.path) / 1e6:.1f} MB |"
             )
         hist = art.qat_info.get("history") or []
         lines += [
@@ -1190,6 +1324,40 @@ def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], 
                 f"| {sens['node']} | {sens['op_type']} | {sens['score_kept_float']:.2f} | {sens['gain']:+.2f} |"
             )
     return "\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def _split_report(info: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Split model",
+        "",
+        f"Encoder → heads equals the whole FP32 model within {info['atol']:g} (max |diff| {info['max_abs_diff']:.2e}); "
+        f"cut at {', '.join(f'`{n}` {shape}' for n, shape in info['features'])} "
+        f"({'found automatically' if info['auto_cut'] else 'as configured'}).",
+        "",
+        "| subgraph | precision | device | threads | size |",
+        "|---|---|---|---:|---:|",
+    ]
+    for name, p in info["placements"].items():
+        size = Path(info["files"][name]).stat().st_size / 1e6 if name in info["files"] else float("nan")
+        lines.append(f"| {name} | {p['precision']} | {p['device']} | {p['threads'] or 'target'} | {size:.2f} MB |")
+    notes = [f"- {name}: {n}" for name, ns in info["notes"].items() for n in ns]
+    lines += ["", *notes] if notes else []
+    pipe = info.get("pipeline")
+    if pipe:
+        lines += [
+            "",
+            "### Pipelined vs sequential",
+            "",
+            f"{pipe['frames']} frames, {pipe['rounds']} alternating rounds: sequential {pipe['sequential_fps']:.1f} FPS "
+            f"(encoder {pipe['sequential_encoder_ms']:.2f} ms + heads {pipe['sequential_heads_ms']:.2f} ms per frame), "
+            f"pipelined {pipe['pipelined_fps']:.1f} FPS: **{pipe['pipeline_speedup']:.2f}×** (paired per round)"
+            + (f"; whole FP32 model {pipe['whole_fps']:.1f} FPS" if "whole_fps" in pipe else "")
+            + ".",
+            "",
+            f"Why: {pipe['reason']}.",
+        ]
+    return lines
 
 
 def _ab_verdicts(cell: Cell, base: _Measured, cand: _Measured) -> list[Any]:

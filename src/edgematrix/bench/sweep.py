@@ -201,12 +201,6 @@ def run_sweep(
     sweep_candidate = "candidate" in roles
     if sweep_candidate:
         cand = resolve_model_path(artifacts["candidate"], cache_dir)
-        if cand.suffix == ".json":
-            raise EdgeMatrixError(
-                f"{cell}: the candidate {cand} is a split-model manifest (subgraphs on several devices), which is "
-                f"not swept per subgraph; sweep its whole-model reference with `edgematrix sweep {cell} --role "
-                "reference`"
-            )
         if cand.resolve() != paths["reference"].resolve():  # an FP32 cell's candidate is the reference itself
             paths["candidate"] = cand
     for role, path in paths.items():
@@ -217,6 +211,30 @@ def run_sweep(
             )
     lcfg = latency or latency_from_config(config)
     return _run_sweep_impl(out, cell, config, paths, values, lcfg, seed, log or (lambda _msg: None))
+
+
+def rebatch_split(manifest: Path, batch: int, *, seed: int = 0) -> tuple[str, float]:
+    """A split model's manifest at batch ``batch`` (each subgraph re-batched and checked per sample, as
+    :func:`~edgematrix.export.rebatch.rebatch_onnx` does), written beside it; and the worst per-sample
+    difference of the subgraphs."""
+    from dataclasses import replace
+
+    from edgematrix.backends.split.manifest import load_manifest
+    from edgematrix.export.rebatch import rebatch_onnx
+    from edgematrix.train.cache import file_sha256
+
+    if batch == 1:
+        return str(manifest), 0.0
+    m = load_manifest(manifest)
+    subgraphs, worst = [], 0.0
+    for entry in m.subgraphs:
+        rb = rebatch_onnx(m.path_of(entry.name), batch, seed=seed)
+        rel = rb.path.relative_to(m.folder).as_posix()
+        subgraphs.append(replace(entry, file=rel, sha256=file_sha256(rb.path)))
+        worst = max(worst, rb.max_rel_diff)
+    features = tuple(replace(f, shape=(batch, *f.shape[1:])) for f in m.features)
+    batched = replace(m.with_subgraphs(tuple(subgraphs), m.folder), features=features)
+    return str(batched.save(manifest.with_name(f"{manifest.stem}.b{batch}.json"))), worst
 
 
 def latency_from_config(config: dict[str, Any]) -> LatencyConfig:
@@ -253,25 +271,31 @@ def _run_sweep_impl(
     diffs: dict[str, dict[int, float]] = {role: {} for role in paths}
     for role, path in paths.items():
         for b in batches:
+            if path.suffix == ".json":  # a split model: every subgraph re-batched, and a manifest of them
+                files[role][b], diffs[role][b] = rebatch_split(path, b, seed=seed)
+                log(f"{role} batch {b}: {Path(files[role][b]).name} (split model, each subgraph re-batched)")
+                continue
             rb = rebatch_onnx(path, b, seed=seed)
             files[role][b], diffs[role][b] = str(rb.path), rb.max_rel_diff
             if b > 1:
                 how = "cached" if rb.cached else f"written, per-sample max rel diff vs batch 1 {rb.max_rel_diff:.1e}"
                 log(f"{role} batch {b}: {rb.path.name} ({how})")
 
+    def open_runner(role: str, batch: int, name: str) -> Any:
+        path = files[role][batch]
+        if path.endswith(".json"):
+            threads = runner_kwargs["intra_op_threads"]
+            return create_runner("split", path=path, name=name, intra_op_threads=threads, threads=threads)
+        return create_runner("onnxruntime", path=path, name=name, **runner_kwargs)
+
     rng = np.random.default_rng(seed)
     points: list[SweepPoint] = []
     facts: dict[str, Any] = {}
     fact_keys = ("backend", "version", "provider", "intra_op_threads", "intra_op_allow_spinning")
     for b in batches:
-        runners = {
-            role: create_runner("onnxruntime", path=files[role][b], name=f"{role}@b{b}", **runner_kwargs)
-            for role in paths
-        }
+        runners = {role: open_runner(role, b, f"{role}@b{b}") for role in paths}
         if b > 1:  # the anchor: FP32 at batch 1, in the same rounds
-            runners["fp32@b1"] = create_runner(
-                "onnxruntime", path=files["reference"][1], name="fp32@b1", **runner_kwargs
-            )
+            runners["fp32@b1"] = open_runner("reference", 1, "fp32@b1")
         with contextlib.ExitStack() as stack:
             for runner in runners.values():
                 stack.enter_context(runner)

@@ -85,6 +85,8 @@ class TaskAdapter(ABC):
     output_names: ClassVar[tuple[str, ...]]
     agreement_output: ClassVar[str]  # output compared across backends / against the FP32 reference
     train_code: ClassVar[tuple[str, ...]]  # edgematrix subpackages/modules whose code keys the training cache
+    # extras shown in the summary tables (all of them stay in benchmark.json); None = every extra
+    summary_extras: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
