@@ -89,14 +89,15 @@ def test_invalid_literal_lists_choices(matrix_dir: Path) -> None:
 def test_cell_with_unknown_model_lists_known_models(matrix_dir: Path) -> None:
     _edit(matrix_dir / "cells.toml", 'model = "ufld_r18"', 'model = "ufld_r50"')
     with pytest.raises(
-        MatrixError, match=r"cells\.toml: cells\[0\]\.model: unknown model 'ufld_r50'; known models: pilotnet, ufld_r18"
+        MatrixError,
+        match=r"cells\.toml: cells\[0\]\.model: unknown model 'ufld_r50'; known models: multitask, pilotnet, ssdlite, ufld_r18",
     ):
         load_matrix(matrix_dir)
 
 
 def test_cell_with_unknown_recipe_and_target(matrix_dir: Path) -> None:
     _edit(matrix_dir / "cells.toml", 'recipes = ["fp32", "int8"]', 'recipes = ["fp32", "int4"]')
-    with pytest.raises(MatrixError, match=r"unknown recipe 'int4'; known recipes: fp16, fp32, fx8, int8"):
+    with pytest.raises(MatrixError, match=r"unknown recipe 'int4'; known recipes: det_int8_qat, fp16, fp32, fx8, int8"):
         load_matrix(matrix_dir)
 
 
@@ -119,7 +120,9 @@ def test_duplicate_cell_and_duplicate_definition(matrix_dir: Path, tmp_path: Pat
 
 def test_unknown_family_lists_registered_families(matrix_dir: Path) -> None:
     _edit(matrix_dir / "models.toml", 'family = "ufld_v2"', 'family = "yolo_v9"')
-    with pytest.raises(MatrixError, match=r"unknown model family 'yolo_v9'; known: pilotnet, ufld_v2"):
+    with pytest.raises(
+        MatrixError, match=r"unknown model family 'yolo_v9'; known: multitask_seg_depth, pilotnet, ssdlite, ufld_v2"
+    ):
         load_matrix(matrix_dir)
 
 

@@ -649,6 +649,7 @@ def _split_stages(ctx: _RecipeContext) -> None:
 def _pipeline_stage(cell: Cell, art: _Artifacts, stages: _Stages) -> None:
     """Stream test frames through the deployed split: sequential vs 2-stage pipelined (vs the whole FP32 model)."""
     from edgematrix.backends.base import create_runner
+    from edgematrix.backends.split.runner import SplitRunner
     from edgematrix.bench.tasks import get_task
     from edgematrix.measure.pipeline import measure_pipeline
 
@@ -663,11 +664,9 @@ def _pipeline_stage(cell: Cell, art: _Artifacts, stages: _Stages) -> None:
         f"{n} frames: sequential (encoder, heads; {threads or 'all'} threads each) vs pipelined (encoder of frame "
         "t+1 beside the heads of frame t, each stage with its placement's threads), alternating 3 rounds",
     )
-    with (
-        create_runner("split", path=art.cand_path, intra_op_threads=threads, threads=threads) as seq,
-        create_runner("split", path=art.cand_path, intra_op_threads=threads) as pipe,
-        create_runner("onnxruntime", path=art.fp32_path, intra_op_threads=threads) as whole,
-    ):
+    seq = SplitRunner(art.cand_path, intra_op_threads=threads, threads=threads)
+    pipe = SplitRunner(art.cand_path, intra_op_threads=threads)
+    with seq, pipe, create_runner("onnxruntime", path=art.fp32_path, intra_op_threads=threads) as whole:
         report = measure_pipeline(seq, frames, pipelined=pipe, whole=whole, rounds=3)
     summary = report.summary()
     art.split_info["pipeline"] = {**summary, "reason": report.reason()}

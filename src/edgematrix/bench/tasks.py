@@ -161,7 +161,8 @@ _ADAPTER_MODULES = {
 
 def _lazy(module: str, cls: str) -> Callable[[], TaskAdapter]:
     def factory() -> TaskAdapter:
-        return getattr(importlib.import_module(module), cls)()  # type: ignore[no-any-return]
+        adapter: TaskAdapter = getattr(importlib.import_module(module), cls)()
+        return adapter
 
     return factory
 

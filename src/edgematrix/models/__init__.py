@@ -27,6 +27,20 @@ def _pilotnet(input_shape: list[int], **params: Any) -> Any:
     return PilotNet(input_size=(input_shape[2], input_shape[3]), **params)
 
 
+@families.register("multitask_seg_depth")
+def _multitask_seg_depth(input_shape: list[int], **params: Any) -> Any:
+    from edgematrix.models.multitask import MultiTaskNet
+
+    return MultiTaskNet(input_size=(input_shape[2], input_shape[3]), **params)
+
+
+@families.register("ssdlite")
+def _ssdlite(input_shape: list[int], **params: Any) -> Any:
+    from edgematrix.models.detector import Detector
+
+    return Detector(input_size=(input_shape[2], input_shape[3]), **params)
+
+
 def create_model(family: str, input_shape: list[int], **params: Any) -> Any:
     """Build an untrained ``torch.nn.Module`` of ``family``; bad params name the family and the valid ones."""
     factory = families.get(family)
