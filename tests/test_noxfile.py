@@ -37,7 +37,14 @@ def test_tags_select_cells() -> None:
     proc = _nox("-l", "-t", "int8")
     assert proc.returncode == 0, proc.stderr
     selected = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("* ")]
-    assert sorted(selected) == ["driveos_int8", "jetson_int8", "x86_cpu_int8", "x86_gpu_int8"]
+    assert sorted(selected) == [
+        "driveos_int8",
+        "jetson_int8",
+        "x86_cpu_int8",
+        "x86_cpu_multitask_int8",
+        "x86_cpu_ssdlite_int8",
+        "x86_gpu_int8",
+    ]
 
 
 @pytest.mark.parametrize("ci", ["", "true"])

@@ -139,6 +139,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_score_coco(args: argparse.Namespace) -> int:
+    from edgematrix.metrics.coco import score_files
+
+    print(json.dumps(score_files(args.pred, args.gt)))
+    return EXIT_OK
+
+
 def _fraction(text: str, what: str) -> float:
     """``"5%"`` or ``"0.05"`` -> 0.05; a bare number of 1 or more is refused as ambiguous."""
     raw = text.strip()
@@ -437,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     tus.add_argument("pred", help="predictions, one JSON object per line (raw_file, lanes, run_time)")
     tus.add_argument("gt", help="ground truth, one JSON object per line (raw_file, lanes, h_samples)")
     tus.set_defaults(func=_cmd_score)
+    coco = score_sub.add_parser("coco", help="COCO bbox mAP (pycocotools COCOeval summary, fractions)")
+    coco.add_argument("pred", help="detections in COCO results format: [{image_id, category_id, bbox, score}]")
+    coco.add_argument("gt", help="ground truth: a COCO instances JSON (images, annotations, categories)")
+    coco.set_defaults(func=_cmd_score_coco)
 
     rep = sub.add_parser("report", help="merge results/*: JUnit, markdown summary + PR comment, plots, history")
     rep.add_argument("--results", default="results", help="folder of results/<cell>/ (default: results)")
