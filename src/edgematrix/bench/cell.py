@@ -1192,14 +1192,16 @@ def _recipe_verdicts(
             )
         )
     if art.qat_info is not None:
+        qs = cell.recipe.qat
+        assert qs is not None
         ptq = measured[primary, "ptq"]
         diff = float(art.qat_info["max_rel_diff"])
         out.append(
             Verdict(
                 "qat_export_matches_torch",
-                "passed" if diff <= QAT_EXPORT_TOLERANCE else "failed",
+                "passed" if diff <= qs.export_tolerance else "failed",
                 f"ModelOpt QDQ ONNX on ONNX Runtime vs the fake-quantized torch model: max |diff| / max |torch| "
-                f"{diff:.2e} (tolerance {QAT_EXPORT_TOLERANCE:g})",
+                f"{diff:.2e} (tolerance {qs.export_tolerance:g})",
             )
         )
         facts["ptq_accuracy"] = round(ptq.score.accuracy, 6)
@@ -1223,7 +1225,6 @@ def _recipe_verdicts(
     return out, facts
 
 
-QAT_EXPORT_TOLERANCE = 1e-2  # relative to the largest logit: one int8 step at a few layers, not a broken export
 
 
 def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], _Measured]) -> str:

@@ -185,6 +185,12 @@ class QatSection(FinetuneSection):
 
     calibration_images: int = Field(32, ge=1, description="images calibrating the fake quantizers before training")
     amp: Literal["auto", "bf16", "off"] = "off"
+    export_tolerance: float = Field(
+        1e-2,
+        gt=0,
+        description="gate qat_export_matches_torch: max |ONNX Runtime QDQ - torch fake-quant| / max |torch| "
+        "(a few int8 rounding steps, not a broken export)",
+    )
 
 
 class SubgraphPlacement(_Strict):
