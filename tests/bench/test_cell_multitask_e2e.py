@@ -109,3 +109,13 @@ def test_split_cell_measures_the_deployed_subgraphs(workspace: Path, capsys: pyt
     assert "## Batch-size sweep" in report
     sweep = json.loads((out / "batch_sweep.json").read_text())
     assert [p["batch"] for p in sweep["points"]] == [1, 2] and all(p["candidate_p50_ms"] for p in sweep["points"])
+    # the demo runs the split candidate through the split backend: masks + depth of both models per frame
+    from PIL import Image
+
+    from edgematrix.cli import main
+
+    gif = workspace / "demo.gif"
+    assert main(["demo", cell, "--results", str(workspace / "results"), "--cache", str(workspace / "cache"),
+                 "--frames", "3", "--out", str(gif)]) == 0  # fmt: skip
+    with Image.open(gif) as im:
+        assert im.n_frames == 3 and im.width >= 960

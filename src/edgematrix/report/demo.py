@@ -96,11 +96,6 @@ def run_demo(
         _require_ffmpeg()
     ref = resolve_model_path(artifacts["reference"], cache_dir)
     cand = resolve_model_path(artifacts["candidate"], cache_dir)
-    if cand.suffix == ".json":
-        raise EdgeMatrixError(
-            f"{cell}: the candidate {cand} is a split-model manifest (subgraphs on several devices); the demo runs "
-            "whole ONNX models only"
-        )
     for role, path in (("reference", ref), ("candidate", cand)):
         if not path.is_file():
             raise EdgeMatrixError(
@@ -174,9 +169,11 @@ def _run_demo_impl(
         )
     log(f"{cell}: {frames} frames of a synthetic {model_cfg.task} drive at {w}x{h}")
     threads = int((config.get("target") or {}).get("threads", 0))
-    runners = {
-        "reference": create_runner("onnxruntime", path=ref_path, name="reference", intra_op_threads=threads),
-        "candidate": create_runner("onnxruntime", path=cand_path, name="candidate", intra_op_threads=threads),
+    runners = {  # a split candidate (manifest.json) runs encoder → heads through the split backend
+        role: create_runner(
+            "split" if path.suffix == ".json" else "onnxruntime", path=path, name=role, intra_op_threads=threads
+        )
+        for role, path in (("reference", ref_path), ("candidate", cand_path))
     }
     scale = max(1, math.ceil(MIN_PANEL_WIDTH / w))
     canvas = _Canvas(w * scale, h * scale, title=f"{cell}: {model_name}", labels=labels)
