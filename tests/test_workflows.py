@@ -657,7 +657,10 @@ def _expected_from_toml(root: Path, event: str = "pull_request") -> dict:
     for cell in data["cells"]:
         if event == "pull_request" and cell.get("schedule", "pull_request") != "pull_request":
             continue
-        order.setdefault(cell["target"], []).extend(f"{cell['target']}_{r}" for r in cell["recipes"])
+        pattern = cell.get("name", "{target}_{recipe}")  # cells of a second model on a target name it
+        order.setdefault(cell["target"], []).extend(
+            pattern.format(target=cell["target"], model=cell["model"], recipe=r) for r in cell["recipes"]
+        )
     for target, cells in order.items():
         labels = data["targets"][target]["runner_labels"]
         if "self-hosted" in labels:
