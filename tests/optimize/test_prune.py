@@ -153,7 +153,9 @@ def test_search_lands_within_tolerance_and_records_every_probe(tmp_path: Path, s
     meter = FakeMeter()
     res = _search(tmp_path, meter, speedup, tolerance=0.1, max_probes=8)
     assert res.landed and res.chosen is not None
-    assert within(res.chosen.speedup, speedup, 0.1)
+    # bound "at_least" (the default): N× is a floor, the landing range is [N, N × 1.1]
+    assert speedup <= res.chosen.speedup <= speedup * 1.1
+    assert res.target_ms == pytest.approx(res.baseline_ms / (speedup * 1.05))
     # the chosen probe's speedup is what the meter says for that architecture
     assert res.chosen.speedup == pytest.approx(res.baseline_ms / res.chosen.latency_ms)
     assert res.baseline_ms == pytest.approx(meter.latency(channel_counts(tiny(width=32, aux=False))))
@@ -168,6 +170,17 @@ def test_search_lands_within_tolerance_and_records_every_probe(tmp_path: Path, s
     assert all(a.speedup <= b.speedup for a, b in itertools.pairwise(ordered))
     saved = res.as_dict()
     assert saved["landed"] and len(saved["probes"]) == len(res.probes) and saved["target_ms"] == res.target_ms
+
+
+def test_nearest_bound_lands_on_either_side(tmp_path: Path) -> None:
+    settings = PruneSettings(speedup=2.0, tolerance=0.1, bound="nearest")
+    assert settings.landing == (2.0, 0.1)
+    centre, half = PruneSettings(speedup=2.0, tolerance=0.1).landing
+    assert centre * (1 - half) == pytest.approx(2.0) and centre * (1 + half) == pytest.approx(2.2)
+    res = _search(tmp_path, FakeMeter(), 2.0, tolerance=0.1, bound="nearest")
+    assert res.landed and res.chosen is not None and within(res.chosen.speedup, 2.0, 0.1)
+    with pytest.raises(EdgeMatrixError, match="bound must be 'at_least' or 'nearest'"):
+        _search(tmp_path, FakeMeter(), 2.0, bound="floor")
 
 
 def test_cache_hits_do_not_remeasure(tmp_path: Path) -> None:

@@ -391,6 +391,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         tolerance=p.tolerance, max_probes=p.max_probes, max_ratio=p.max_ratio, remeasure=p.remeasure,
         aim=p.aim,
         pairs=p.pairs,
+        bound=p.bound,
     )  # fmt: skip
     int8 = recipe.quantize is not None
     task = get_task(cell.model.task)
@@ -429,7 +430,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     assert chosen is not None
     stages.done(
         f"ratio {chosen.ratio:.3f}: {chosen.speedup:.2f}× (requested {p.speedup:g}×, "
-        f"{'within' if search.landed else 'NOT within'} ±{p.tolerance:.0%}), {chosen.latency_ms:.2f} vs unpruned "
+        f"{'landed' if search.landed else 'NOT landed'} {p.bound.replace('_', ' ')}, tolerance {p.tolerance:.0%}), {chosen.latency_ms:.2f} vs unpruned "
         f"{chosen.baseline_ms:.2f} ms in the same pairs, "
         f"{len(search.probes)} probes, {search.measurements} measured"
     )
@@ -1167,12 +1168,13 @@ def _recipe_verdicts(
     if p is not None and art.prune_search is not None:
         search = art.prune_search
         chosen = search.chosen
+        landing_lo = p.speedup * (1 - p.tolerance) if p.bound == "nearest" else p.speedup
         out.append(
             Verdict(
                 "prune_search_landed",
                 "passed" if search.landed else "failed",
                 f"search probe at ratio {chosen.ratio:.3f}: {chosen.speedup:.2f}× vs requested {p.speedup:g}× "
-                f"(±{p.tolerance:.0%}: {p.speedup * (1 - p.tolerance):.2f}..{p.speedup * (1 + p.tolerance):.2f}×), "
+                f"({p.bound.replace('_', ' ')}: {landing_lo:.2f}..{p.speedup * (1 + p.tolerance):.2f}×), "
                 f"{len(search.probes)} probes",
             )
         )
@@ -1223,8 +1225,6 @@ def _recipe_verdicts(
         facts["int8_full_accuracy"] = round(full.score.accuracy, 6)
         facts["latency_cost_vs_int8_full"] = round(cand.samples.p50_ms / full.samples.p50_ms, 4)
     return out, facts
-
-
 
 
 def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], _Measured]) -> str:

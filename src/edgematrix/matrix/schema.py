@@ -150,7 +150,12 @@ class PruneSection(_Strict):
         default_factory=lambda: ["pool", "cls"], description="modules (dotted names) whose output channels stay"
     )
     importance: Literal["magnitude", "fpgm", "lamp"] = "magnitude"
-    tolerance: float = Field(0.10, gt=0, lt=1, description="the search stops within speedup × (1 ± tolerance)")
+    tolerance: float = Field(0.10, gt=0, lt=1, description="width of the landing range (see bound)")
+    bound: Literal["at_least", "nearest"] = Field(
+        "at_least",
+        description="at_least: land in [speedup, speedup × (1 + tolerance)] (N× is a floor); "
+        "nearest: land in speedup × (1 ± tolerance)",
+    )
     max_probes: int = Field(8, ge=1, le=50)
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest uniform pruning ratio tried")
     remeasure: int = Field(

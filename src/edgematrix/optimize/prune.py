@@ -57,8 +57,11 @@ class PruneSettings:
       cell's interleaved rounds. A remote meter pays 2 × ``pairs`` requests per probe.
     - ``remeasure``: a probe whose speedup is not monotone with the others (below a less-pruned
       model's, above a more-pruned one's, or <= 1) is paired again up to this many times.
-    - ``aim``: the search keeps refining until a probe is within ``aim * tolerance`` (or the probes
-      run out); a probe just inside the tolerance may fall outside it in the next run's noise.
+    - ``aim``: the search keeps refining until a probe is within ``aim`` × the landing range's half
+      width of its centre (or the probes run out); a probe just inside the range may fall outside it
+      in the next run's noise.
+    - ``bound``: ``at_least`` (default) lands in ``[speedup, speedup * (1 + tolerance)]``: "2× faster"
+      is a floor, as a user asking for it means it; ``nearest`` lands in ``speedup * (1 ± tolerance)``.
     """
 
     speedup: float
@@ -71,6 +74,15 @@ class PruneSettings:
     remeasure: int = 2
     aim: float = 0.5
     pairs: int = 2
+    bound: Literal["at_least", "nearest"] = "at_least"
+
+    @property
+    def landing(self) -> tuple[float, float]:
+        """(centre, relative half width) of the speedups the search accepts."""
+        if self.bound == "nearest":
+            return self.speedup, self.tolerance
+        centre = self.speedup * (1 + self.tolerance / 2)
+        return centre, (self.tolerance / 2) / (1 + self.tolerance / 2)
 
     def validate(self) -> None:
         if not self.speedup > 1:
@@ -91,6 +103,8 @@ class PruneSettings:
             raise EdgeMatrixError(f"prune remeasure must be >= 0; got {self.remeasure}")
         if not 0 < self.max_ratio < 1:
             raise EdgeMatrixError(f"prune max_ratio must be in (0, 1); got {self.max_ratio}")
+        if self.bound not in ("at_least", "nearest"):
+            raise EdgeMatrixError(f"prune bound must be 'at_least' or 'nearest'; got {self.bound!r}")
 
 
 # ----------------------------------------------------------------------------------- pruning
@@ -298,12 +312,13 @@ class SearchResult:
 
     @property
     def target_ms(self) -> float:
-        return self.baseline_ms / self.settings.speedup
+        return self.baseline_ms / self.settings.landing[0]
 
     @property
     def landed(self) -> bool:
-        """The chosen probe's measured speedup is within tolerance of the request."""
-        return self.chosen is not None and within(self.chosen.speedup, self.settings.speedup, self.settings.tolerance)
+        """The chosen probe's measured speedup is in the landing range (see ``PruneSettings.bound``)."""
+        centre, half = self.settings.landing
+        return self.chosen is not None and within(self.chosen.speedup, centre, half)
 
     @property
     def measurements(self) -> int:
@@ -428,7 +443,6 @@ def _search_impl(
     if not base_ms > 0:
         raise EdgeMatrixError(f"the meter reported p50 {base_ms} ms for the unpruned model; cannot search")
     result = SearchResult(settings, base_ms, base_cached)
-    target = settings.speedup
     lo, hi = (0.0, 1.0), None  # (ratio, speedup) bracket: lo below the target, hi above
     seen: dict[str, Probe] = {}
     bracket_keys = ["", ""]  # architectures of lo and hi
@@ -494,11 +508,12 @@ def _search_impl(
             on_probe(p)
         return p
 
+    target, half = settings.landing
     # first guess: latency ~ FLOPs ~ (1 - ratio)^2
     ratio = min(settings.max_ratio, 1 - 1 / math.sqrt(target))
     for _ in range(settings.max_probes):
         p = probe(ratio)
-        if within(p.speedup, target, settings.tolerance * settings.aim):
+        if within(p.speedup, target, half * settings.aim):
             break
         if p.arch_key in bracket_keys:
             break  # rounds to an architecture that already bounds the bracket: nothing finer to find
