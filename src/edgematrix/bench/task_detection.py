@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore, TrainOutcome
+from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore
 from edgematrix.errors import DataError
 from edgematrix.models.detector import OUTPUT_NAMES
 
@@ -52,6 +52,8 @@ class DetectionTask(TaskAdapter):
         "data/coco",
         "data/synthetic_detection",
     )
+    train_function = "edgematrix.train.detection:train_detector"
+    distill_function = "edgematrix.train.detection:distill_detector"
 
     def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
         from edgematrix.data.coco import fingerprint, load_split
@@ -75,20 +77,6 @@ class DetectionTask(TaskAdapter):
         return TaskData(
             root, synthetic, fingerprint(root), label, "synthetic-coco" if synthetic else "coco", train, test
         )
-
-    def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
-        from edgematrix.train.detection import train_detector
-
-        r = train_detector(model, data.train, config, checkpoint, progress=progress)
-        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
-
-    def finetune(
-        self, student: Any, teacher: Any, data: TaskData, config: Any, *, progress: bool, label: str
-    ) -> TrainOutcome:
-        from edgematrix.train.detection import distill_detector
-
-        r = distill_detector(student, teacher, data.train, config, None, progress=progress, label=label)
-        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
 
     def evaluate(
         self,

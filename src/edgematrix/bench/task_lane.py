@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore, TrainOutcome, stack_outputs
+from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore, stack_outputs
 from edgematrix.data.lanes import LaneSplit
 from edgematrix.models.ufld import OUTPUT_NAMES, LaneGeometry
 
@@ -26,6 +26,8 @@ class LaneTask(TaskAdapter):
         "models/__init__", "models/ufld", "models/resnet", "models/lane_task", "train/lane", "train/cache",
         "data/lanes", "data/tusimple", "data/synthetic_lanes",
     )  # fmt: skip
+    train_function = "edgematrix.train.lane:train_lane_model"
+    distill_function = "edgematrix.train.distill:distill_lane_model"
 
     def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
         from edgematrix.data.lanes import fingerprint, load_split, resolve_data_root
@@ -40,20 +42,6 @@ class LaneTask(TaskAdapter):
         label = "synthetic TuSimple" if synthetic else "TuSimple"
         tag = "synthetic-tusimple" if synthetic else "tusimple"
         return TaskData(root, synthetic, fingerprint(root), label, tag, train, test)
-
-    def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
-        from edgematrix.train.lane import train_lane_model
-
-        r = train_lane_model(model, data.train, config, checkpoint, progress=progress)
-        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
-
-    def finetune(
-        self, student: Any, teacher: Any, data: TaskData, config: Any, *, progress: bool, label: str
-    ) -> TrainOutcome:
-        from edgematrix.train.distill import distill_lane_model
-
-        r = distill_lane_model(student, teacher, data.train, config, None, progress=progress, label=label)
-        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
 
     def evaluate(
         self,

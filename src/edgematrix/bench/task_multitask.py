@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore, TrainOutcome
+from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore
 from edgematrix.data.scenes import ScenesSplit, colorize
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.metrics.segmentation import DepthAccumulator, confusion_matrix, segmentation_scores
@@ -33,7 +33,11 @@ class MultiTaskTask(TaskAdapter):
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     agreement_output = "seg"
     encoder_outputs: ClassVar[tuple[str, ...]] = ENCODER_OUTPUTS
-    train_code: ClassVar[tuple[str, ...]] = ("models", "train/multitask", "train/lane", "train/cache", "data")
+    train_code: ClassVar[tuple[str, ...]] = (
+        "models/multitask", "train/multitask", "train/lane", "train/cache", "data/scenes", "data/synthetic_scenes",
+    )  # fmt: skip
+    train_function = "edgematrix.train.multitask:train_multitask_model"
+    distill_function = "edgematrix.train.multitask:distill_multitask_model"
 
     def head_outputs(self) -> dict[str, str]:
         """Head (``model.heads`` key) → the ONNX output it produces; each head is one split subgraph."""
@@ -52,20 +56,6 @@ class MultiTaskTask(TaskAdapter):
         label = "synthetic scenes (segmentation + depth)" if synthetic else "scenes (segmentation + depth)"
         tag = "synthetic-scenes" if synthetic else "scenes"
         return TaskData(root, synthetic, fingerprint(root), label, tag, train, test)
-
-    def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
-        from edgematrix.train.multitask import train_multitask_model
-
-        r = train_multitask_model(model, data.train, config, checkpoint, progress=progress)
-        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
-
-    def finetune(
-        self, student: Any, teacher: Any, data: TaskData, config: Any, *, progress: bool, label: str
-    ) -> TrainOutcome:
-        from edgematrix.train.multitask import distill_multitask_model
-
-        r = distill_multitask_model(student, teacher, data.train, config, None, progress=progress, label=label)
-        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
 
     def evaluate(
         self,

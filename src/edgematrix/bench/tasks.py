@@ -95,17 +95,27 @@ class TaskAdapter(ABC):
         input size (``model_cfg.eval_images`` caps the test split). A missing/corrupt dataset raises
         :class:`~edgematrix.errors.DataError` naming the path and the expected layout."""
 
-    @abstractmethod
+    # "module:function" of the task's training loop, called as
+    # (model, data.train, config, checkpoint, *, progress) -> an object with checkpoint, cache_hit, seconds, history
+    train_function: ClassVar[str]
+    # "module:function" of its distillation fine-tune, called as
+    # (student, teacher, data.train, config, None, *, progress, label) -> the same kind of object
+    distill_function: ClassVar[str]
+
     def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
         """Train ``model`` in place with ``config`` (matrix TrainConfig); reuse ``checkpoint`` when it exists."""
+        r = _function(self.train_function)(model, data.train, config, checkpoint, progress=progress)
+        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
 
-    @abstractmethod
     def finetune(
         self, student: Any, teacher: Any, data: TaskData, config: Any, *, progress: bool, label: str
     ) -> TrainOutcome:
         """Fine-tune ``student`` in place (task loss + distillation from ``teacher`` weighted by
-        ``config.alpha``; ``config`` is :class:`edgematrix.train.distill.DistillConfig`). Used for QAT
-        (``student`` holds ModelOpt fake quantizers: keep it in contiguous memory format)."""
+        ``config.alpha``; ``config`` is :class:`edgematrix.train.distill.DistillConfig`). Used after
+        pruning and for QAT (``student`` holds ModelOpt fake quantizers: keep it contiguous)."""
+        fn = _function(self.distill_function)
+        r = fn(student, teacher, data.train, config, None, progress=progress, label=label)
+        return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (NHWC or NCHW) -> the model's float32 NCHW input."""
@@ -147,6 +157,12 @@ class TaskAdapter(ABC):
             if progress:
                 progress(1)
         return outputs, times_ms
+
+
+def _function(spec: str) -> Callable[..., Any]:
+    module, name = spec.split(":")
+    fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return fn
 
 
 tasks: Registry[Callable[[], TaskAdapter]] = Registry("task")
