@@ -195,6 +195,7 @@ def train_steering(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgematrix.train.lane import warmup_cosine
+    from edgematrix.train.loop import optimizer_step
 
     if len(x) != len(y) or len(x) == 0:
         raise EdgeMatrixError(f"training needs as many labels as frames (>0); got {len(x)} frames, {len(y)} labels")
@@ -222,12 +223,7 @@ def train_steering(
                     xb[mirror] = xb[mirror].flip(-1)
                     yb[mirror] = -yb[mirror]
                 loss = torch.nn.functional.mse_loss(model(xb).reshape(-1), yb)
-                if not torch.isfinite(loss):
-                    raise ModelError(f"{label} diverged at epoch {epoch + 1} (loss {loss.item()}); lower the lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(loss, opt, sched, diverged=f"{label} diverged at epoch {epoch + 1}; lower the lr")
                 running += loss.item() * len(idx)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} mse {loss.item():.4f}")
             history.append({"epoch": epoch + 1, "mse": running / n})

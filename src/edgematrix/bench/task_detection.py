@@ -48,6 +48,7 @@ class DetectionTask(TaskAdapter):
         "models/detection_task",
         "train/detection",
         "train/lane",
+        "train/loop",
         "train/cache",
         "data/coco",
         "data/synthetic_detection",

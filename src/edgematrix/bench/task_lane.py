@@ -23,7 +23,7 @@ class LaneTask(TaskAdapter):
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     agreement_output = "loc_row"
     train_code: ClassVar[tuple[str, ...]] = (
-        "models/__init__", "models/ufld", "models/resnet", "models/lane_task", "train/lane", "train/cache",
+        "models/__init__", "models/ufld", "models/resnet", "models/lane_task", "train/lane", "train/loop", "train/cache",
         "data/lanes", "data/tusimple", "data/synthetic_lanes",
     )  # fmt: skip
     train_function = "edgematrix.train.lane:train_lane_model"

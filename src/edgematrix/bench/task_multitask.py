@@ -34,7 +34,7 @@ class MultiTaskTask(TaskAdapter):
     agreement_output = "seg"
     encoder_outputs: ClassVar[tuple[str, ...]] = ENCODER_OUTPUTS
     train_code: ClassVar[tuple[str, ...]] = (
-        "models/multitask", "train/multitask", "train/lane", "train/cache", "data/scenes", "data/synthetic_scenes",
+        "models/multitask", "train/multitask", "train/lane", "train/loop", "train/cache", "data/scenes", "data/synthetic_scenes",
     )  # fmt: skip
     train_function = "edgematrix.train.multitask:train_multitask_model"
     distill_function = "edgematrix.train.multitask:distill_multitask_model"

@@ -34,6 +34,7 @@ from edgematrix.errors import EdgeMatrixError, ModelError
 from edgematrix.models.detection_task import AssignConfig, assign_targets, detection_loss
 from edgematrix.models.detector import DetectorGeometry
 from edgematrix.train.lane import TrainResult, cpu_has_bf16, load_checkpoint, save_checkpoint, warmup_cosine
+from edgematrix.train.loop import optimizer_step
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -161,12 +162,7 @@ def _loop(
                     out = model(xn)
                 losses = step_loss(xn, tuple(o.float() for o in out), cls_t, box_t)
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise ModelError(f"{label} diverged at epoch {epoch} (loss {loss.item()}); lower its lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(loss, opt, sched, diverged=f"{label} diverged at epoch {epoch}; lower its lr")
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.item()) * len(idx)
                 info = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())

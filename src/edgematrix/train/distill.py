@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from edgematrix.data.lanes import LaneSplit
-from edgematrix.errors import EdgeMatrixError, ModelError
+from edgematrix.errors import EdgeMatrixError
 from edgematrix.models.lane_task import lane_loss
 from edgematrix.train.lane import (
     TrainResult,
@@ -35,6 +35,7 @@ from edgematrix.train.lane import (
     save_checkpoint,
     warmup_cosine,
 )
+from edgematrix.train.loop import optimizer_step
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,7 @@ def _distill_impl(
                 )
                 kd = kd_loss(s_out, [o.float() for o in t_out], config.temperature)
                 loss = config.alpha * kd + (1 - config.alpha) * task_l
-                if not torch.isfinite(loss):
-                    raise ModelError(f"{label} diverged at epoch {epoch} (loss {loss.item()}); lower its lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(loss, opt, sched, diverged=f"{label} diverged at epoch {epoch}; lower its lr")
                 for k, v in (("loss", loss), ("kd", kd), ("task", task_l)):
                     sums[k] += float(v.item()) * len(idx)
                 bar.update(

@@ -18,6 +18,7 @@ from edgematrix.errors import ModelError
 from edgematrix.matrix.schema import TrainConfig
 from edgematrix.models.lane_task import encode_segmentation, encode_targets, lane_loss
 from edgematrix.models.ufld import LaneGeometry, UFLDv2
+from edgematrix.train.loop import optimizer_step
 
 
 @dataclass
@@ -128,12 +129,7 @@ def train_lane_model(
                     expectation_weight=config.expectation_weight,
                     label_sigma=config.label_sigma,
                 )
-                if not torch.isfinite(loss):
-                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower train.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(loss, opt, sched, diverged=f"training diverged at epoch {epoch}; lower train.lr")
                 running += loss.item() * len(idx)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.3f}")
             history.append({"epoch": epoch + 1, "loss": running / n})

@@ -30,6 +30,7 @@ from edgematrix.data.scenes import IGNORE_INDEX, ScenesSplit
 from edgematrix.errors import DataError, ModelError
 from edgematrix.train.distill import DistillConfig, kd_loss
 from edgematrix.train.lane import TrainResult, cpu_has_bf16, load_checkpoint, save_checkpoint, warmup_cosine
+from edgematrix.train.loop import optimizer_step
 
 _MIN_DEPTH = 1e-3
 
@@ -190,12 +191,7 @@ def _train_impl(
                 loss, ce, dl = task_loss(
                     seg, depth, m.to(device), d.to(device), depth_weight, None if weight is None else weight.to(device)
                 )
-                if not torch.isfinite(loss):
-                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower train.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(loss, opt, sched, diverged=f"training diverged at epoch {epoch}; lower train.lr")
                 for k, v in (("loss", loss), ("seg", ce), ("depth", dl)):
                     sums[k] += float(v.item()) * len(idx)
                 bar.update(
@@ -285,12 +281,7 @@ def _distill_impl(
                 task_l, _, _ = task_loss(s_seg, s_depth, m, d, depth_weight, weight)
                 kd = distill_terms(s_seg, s_depth, t_seg, t_depth, config.temperature)
                 loss = config.alpha * kd + (1 - config.alpha) * task_l
-                if not torch.isfinite(loss):
-                    raise ModelError(f"{label} diverged at epoch {epoch} (loss {loss.item()}); lower its lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimizer_step(loss, opt, sched, diverged=f"{label} diverged at epoch {epoch}; lower its lr")
                 for k, v in (("loss", loss), ("kd", kd), ("task", task_l)):
                     sums[k] += float(v.item()) * len(idx)
                 bar.update(
