@@ -13,8 +13,33 @@ from edgematrix.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def quick_latency(recipe: str) -> str:
+    """A [latency] section of a few rounds for ``recipe``: tiny models, sub-millisecond runs."""
+    return f"""
+[recipes.{recipe}.latency]
+warmup = 2
+min_rounds = 6
+max_rounds = 20
+min_time_s = 0.1
+max_time_s = 10
+"""
+
+
+#: [cells.gates] of tiny cells: accuracy of a one-epoch model is not the point, and sub-millisecond
+#: models over a handful of rounds make the latency ratio noise, so the latency gate is exercised
+#: (evaluated and reported) with a limit it cannot reach
+TINY_GATES = """
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+latency_regression = 10.0
+latency_min_effect = 0.99
+"""
+
 #: a 64x160 UFLD-v2 (width 8) on 12 synthetic training images, INT8 and FP32 cells on x86_cpu
-TINY = """
+TINY = (
+    """
 [models.ufld_tiny]
 description = "UFLD-v2 tiny, for tests"
 family = "ufld_v2"
@@ -43,13 +68,9 @@ precision = "int8"
 method = "minmax"
 calibration_images = 4
 
-[recipes.int8q.latency]
-warmup = 2
-min_rounds = 6
-max_rounds = 20
-min_time_s = 0.1
-max_time_s = 10
-
+"""
+    + quick_latency("int8q")
+    + """
 [recipes.fp32q]
 description = "FP32 quick"
 precision = "fp32"
@@ -64,14 +85,9 @@ target = "x86_cpu"
 model = "ufld_tiny"
 recipes = ["int8q", "fp32q"]
 
-[cells.gates]
-accuracy_drop_vs_reference = 100.0
-min_accuracy = 0.0
-# sub-millisecond tiny models over a handful of rounds: the ratio is noise, so the latency gate is
-# exercised (it is evaluated and reported) with a limit it cannot reach
-latency_regression = 10.0
-latency_min_effect = 0.99
 """
+    + TINY_GATES
+)
 #: TINY's models and recipes without its cells, for matrices that add cells of their own
 TINY_MODELS_AND_RECIPES = TINY.split("[[cells]]")[0]
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from edgematrix.cli import main
-from tiny_cells import make_workspace, run_cell
+from tiny_cells import TINY_GATES, make_workspace, quick_latency, run_cell
 
-DETECTION_TINY = """
+DETECTION_TINY = (
+    """
 [models.det_tiny]
 description = "SSD-lite tiny, for tests"
 family = "ssdlite"
@@ -43,13 +44,9 @@ precision = "int8"
 method = "minmax"
 calibration_images = 4
 
-[recipes.int8q.latency]
-warmup = 2
-min_rounds = 6
-max_rounds = 20
-min_time_s = 0.1
-max_time_s = 10
-
+"""
+    + quick_latency("int8q")
+    + """
 [recipes.qatq]
 description = "INT8 QAT quick"
 precision = "int8"
@@ -63,25 +60,18 @@ batch_size = 8
 method = "minmax"
 calibration_images = 4
 
-[recipes.qatq.latency]
-warmup = 2
-min_rounds = 6
-max_rounds = 20
-min_time_s = 0.1
-max_time_s = 10
-
+"""
+    + quick_latency("qatq")
+    + """
 [[cells]]
 target = "x86_cpu"
 model = "det_tiny"
 recipes = ["int8q", "qatq"]
 name = "{target}_{model}_{recipe}"
 
-[cells.gates]
-accuracy_drop_vs_reference = 100.0
-min_accuracy = 0.0
-latency_regression = 10.0
-latency_min_effect = 0.99
 """
+    + TINY_GATES
+)
 
 
 @pytest.fixture(scope="module")

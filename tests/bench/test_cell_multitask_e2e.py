@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiny_cells import make_workspace, run_cell
+from tiny_cells import TINY_GATES, make_workspace, quick_latency, run_cell
 
-MULTITASK_TINY = """
+MULTITASK_TINY = (
+    """
 [models.mt_tiny]
 description = "multi-task tiny, for tests"
 family = "multitask_seg_depth"
@@ -49,25 +50,18 @@ default_head = { precision = "int8", threads = 1 }
 calibration_images = 4
 frames = 12
 
-[recipes.splitq.latency]
-warmup = 2
-min_rounds = 6
-max_rounds = 20
-min_time_s = 0.1
-max_time_s = 10
-
+"""
+    + quick_latency("splitq")
+    + """
 [[cells]]
 target = "x86_cpu"
 model = "mt_tiny"
 recipes = ["splitq"]
 name = "{target}_{model}_{recipe}"
 
-[cells.gates]
-accuracy_drop_vs_reference = 100.0
-min_accuracy = 0.0
-latency_regression = 10.0
-latency_min_effect = 0.99
 """
+    + TINY_GATES
+)
 
 
 @pytest.fixture(scope="module")
