@@ -29,6 +29,7 @@ import torch
 
 from edgematrix.backends.base import create_runner
 from edgematrix.bench.task_detection import DetectionTask
+from edgematrix.core.cache import code_hash, content_key
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.matrix.loader import load_matrix
 from edgematrix.measure.harness import LatencyConfig, measure_interleaved
@@ -36,7 +37,6 @@ from edgematrix.models import create_model
 from edgematrix.models.detector import OUTPUT_NAMES
 from edgematrix.optimize.graph import pad_input_channels
 from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
-from edgematrix.train.cache import code_hash, content_key
 
 
 def _runner(path: Path, name: str):

@@ -28,13 +28,13 @@ import numpy as np
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
 from edgematrix.bench.task_multitask import MultiTaskTask
 from edgematrix.bench.tasks import imagenet_preprocess
+from edgematrix.core.cache import code_hash, content_key
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.matrix.loader import load_matrix
 from edgematrix.measure.harness import LatencyConfig, measure_interleaved
 from edgematrix.models import create_model
 from edgematrix.optimize.graph import pad_input_channels
 from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
-from edgematrix.train.cache import code_hash, content_key
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,32 +152,42 @@ FP32_AGREEMENT_TOLERANCE = 1e-3  # relative; an FP32 reference on another backen
 
 
 def _run_lane_cell(cell: Cell, options: CellOptions, choice: Choice) -> CellResult:
-    out = options.results_dir / cell.name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    config = {
-        **cell.resolved(),
-        "runner": {"name": choice.runner, "reason": choice.reason, "host": platform.node()},
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    stages = _Stages(_stage_count(cell.recipe))
-    art = _build_artifacts(cell, options, stages)
-    measured, lcfg = _measure(cell, art, out, stages, _resolve_ab_base(options.ab_base))
-    if cell.recipe.split is not None and cell.recipe.split.pipeline:
-        _pipeline_stage(cell, art, stages)
-    return _gate_and_report(cell, options, choice, art, measured, lcfg, stages, out)
+    from edgematrix.fileio import atomic_write_text, staged_folder
+
+    ab_base = _resolve_ab_base(options.ab_base)  # inputs are checked before anything is built or replaced
+    final = options.results_dir / cell.name
+    # the previous results stay in place until this run's are complete (or a gate failed: published too)
+    with staged_folder(final, publish_on=(GateFailure,)) as out:
+        config = {
+            **cell.resolved(),
+            "runner": {"name": choice.runner, "reason": choice.reason, "host": platform.node()},
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        stages = _Stages(_stage_count(cell.recipe))
+        art = _build_artifacts(cell, options, stages, out)
+        measured, lcfg = _measure(cell, art, out, stages, ab_base)
+        if cell.recipe.split is not None and cell.recipe.split.pipeline:
+            _pipeline_stage(cell, art, stages)
+        return _gate_and_report(cell, options, choice, art, measured, lcfg, stages, out, final)
 
 
-def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Artifacts:
+def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages, out: Path) -> _Artifacts:
     """Steps 1-4: data, training, export, recipe; each cached by content hash."""
     import torch
 
     from edgematrix.bench.tasks import get_task
+    from edgematrix.core.cache import (
+        code_hash,
+        content_key,
+        file_sha256,
+        load_json_entry,
+        reuse,
+        seal,
+        write_json_entry,
+    )
     from edgematrix.export.onnx_export import export_onnx
     from edgematrix.models import create_model
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
 
     model_cfg, recipe, target = cell.model, cell.recipe, cell.target
     cache = options.cache_dir
@@ -215,20 +225,20 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
     )
     fp32_path = art_dir / "fp32.onnx"
     stages.start("export", f"ONNX opset 17 → {fp32_path}")
-    export_note = "reused cached export"
-    if not fp32_path.is_file():
+    check = load_json_entry(art_dir / "export.json", "export check") if reuse(fp32_path, "FP32 ONNX export") else None
+    if isinstance(check, dict):
+        export_note = f"reused cached export; max |onnx - torch| = {check['max_abs_diff']:.2e} (atol {check['atol']:g})"
+    else:
         res = export_onnx(
             model, tuple(model_cfg.input_shape), fp32_path, output_names=task.output_names, input_name="input"
         )
+        seal(fp32_path)
         check = {"max_abs_diff": res.max_abs_diff, "atol": res.atol, "rtol": res.rtol, "simplified": res.simplified}
-        (art_dir / "export.json").write_text(json.dumps(check))
+        write_json_entry(art_dir / "export.json", check)
         export_note = (
             f"max |onnx - torch| = {res.max_abs_diff:.2e} (atol {res.atol:g}, rtol {res.rtol:g}), "
             f"simplified={res.simplified}"
         )
-    elif (art_dir / "export.json").is_file():
-        e = json.loads((art_dir / "export.json").read_text())
-        export_note = f"reused cached export; max |onnx - torch| = {e['max_abs_diff']:.2e} (atol {e['atol']:g})"
     stages.done(export_note)
 
     # 4. recipe: prune (+ distillation fine-tune), QAT, PTQ, mixed precision
@@ -236,7 +246,7 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages) -> _Arti
         root, data.synthetic, train_split, test_split, model, trained.cache_hit, trained.seconds, fp32_path, fp32_path,
         export_note, recipe.precision, data=data,
     )  # fmt: skip
-    ctx = _RecipeContext(cell, options, stages, art_dir, data_key, ckpt, built)
+    ctx = _RecipeContext(cell, options, stages, art_dir, data_key, ckpt, built, out)
     if recipe.split is not None:
         _split_stages(ctx)
     elif recipe.prune is not None:
@@ -263,6 +273,7 @@ class _RecipeContext:
     data_key: str
     ckpt: Path
     art: _Artifacts
+    out: Path  # the results folder being written (staged; moved into place at the end)
 
 
 def _stage_count(recipe: Any) -> int:
@@ -297,9 +308,9 @@ def _ptq(
     hence the latency, does not depend on the calibration).
     """
     from edgematrix.bench.tasks import get_task
+    from edgematrix.core.cache import code_hash, content_key, file_sha256, reuse, seal
     from edgematrix.optimize.graph import pad_input_channels
     from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
 
     q, backend, split = ctx.cell.recipe.quantize, ctx.cell.target.backend, ctx.art.train
     assert q is not None
@@ -317,7 +328,7 @@ def _ptq(
             code_hash(["optimize/quantize", "optimize/graph"]), ctx.data_key, file_sha256(source_fp32),
         )  # fmt: skip
         out = ctx.art_dir / f"{tag}-{qkey}.onnx"
-    if out.is_file():
+    if reuse(out, "INT8 model"):
         return out, f"reused cached INT8 model {out.name}"
     n = min(qcfg.calibration_images, len(split))
     preprocess = get_task(ctx.cell.model.task).preprocess
@@ -327,16 +338,19 @@ def _ptq(
         source = source_fp32.with_name(f"{source_fp32.stem}-pad{q.pad_input_channels}.onnx")
         padded = pad_input_channels(source_fp32, source, "input", q.pad_input_channels)
     qres = quantize_static_qdq(source, out, calib, input_name="input", config=qcfg)
+    seal(out)
     pad_note = f", input conv padded to {q.pad_input_channels} channels" if padded else ""
     return out, f"{qres.quantized_nodes} nodes quantized{pad_note} → {out.name}"
 
 
 def _export_cached(model: Any, input_shape: list[int], path: Path, output_names: tuple[str, ...]) -> str:
+    from edgematrix.core.cache import reuse, seal
     from edgematrix.export.onnx_export import export_onnx
 
-    if path.is_file():
+    if reuse(path, "ONNX export"):
         return f"reused cached export {path.name}"
     res = export_onnx(model, tuple(input_shape), path, output_names=output_names, input_name="input")
+    seal(path)
     return f"max |onnx - torch| = {res.max_abs_diff:.2e} → {path.name}"
 
 
@@ -371,6 +385,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     import torch
 
     from edgematrix.bench.tasks import TrainOutcome, get_task
+    from edgematrix.core.cache import code_hash, content_key, file_sha256
     from edgematrix.optimize.prune import (
         LatencyCache,
         PruneSettings,
@@ -380,7 +395,6 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         save_search,
         search_pruning_ratio,
     )
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     recipe, shape = cell.recipe, cell.model.input_shape
@@ -461,7 +475,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     }
     if ft is not None:
         from edgematrix.train.distill import DistillConfig
-        from edgematrix.train.lane import load_checkpoint, save_checkpoint
+        from edgematrix.train.lane import reuse_checkpoint, save_checkpoint
 
         tcfg = cell.model.train
         dcfg = DistillConfig(
@@ -475,8 +489,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
             f"distillation from the unpruned model: {ft.epochs} epochs, lr {ft.lr:g}, alpha {ft.alpha:g}, "
             f"T {ft.temperature:g} (cache key {tune_key})",
         )
-        if ft_ckpt.is_file():
-            load_checkpoint(student, ft_ckpt)
+        if reuse_checkpoint(student, ft_ckpt) is not None:
             student.eval()
             tuned = TrainOutcome(ft_ckpt, True, 0.0, [])
         else:
@@ -501,7 +514,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         stages.done(f"pruned: {note}; unpruned: {note2}")
     art.facts.update(facts)
     art.prune_search = search
-    save_search(search, ctx.options.results_dir / cell.name / "prune_search.json")
+    save_search(search, ctx.out / "prune_search.json")
 
 
 def _qat_stages(ctx: _RecipeContext) -> None:
@@ -510,8 +523,16 @@ def _qat_stages(ctx: _RecipeContext) -> None:
     import torch
 
     from edgematrix.bench.tasks import get_task
+    from edgematrix.core.cache import (
+        code_hash,
+        content_key,
+        file_sha256,
+        load_json_entry,
+        reuse,
+        seal,
+        write_json_entry,
+    )
     from edgematrix.optimize.qat import qat_model
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
     from edgematrix.train.distill import DistillConfig
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
@@ -536,8 +557,11 @@ def _qat_stages(ctx: _RecipeContext) -> None:
         f"ModelOpt INT8 fake quantization, {qs.calibration_images} calibration images, {qs.epochs} epochs of "
         f"distillation (alpha {qs.alpha:g}, T {qs.temperature:g}, lr {qs.lr:g})",
     )
-    if qat_path.is_file() and qat_fp32.is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
+    cached = (
+        load_json_entry(meta, "QAT facts") if reuse(qat_path, "QAT model") and reuse(qat_fp32, "QAT model") else None
+    )
+    if isinstance(cached, dict):
+        info = cached
         stages.done(f"reused cached QAT model {qat_path.name}")
     else:
         n = min(qs.calibration_images, len(art.train))
@@ -554,7 +578,9 @@ def _qat_stages(ctx: _RecipeContext) -> None:
             "qdq_pairs": res.qdq_pairs, "max_rel_diff": res.max_rel_diff, "folded_batchnorms": res.folded_batchnorms,
             "seconds": res.seconds, "history": res.history, "calibration_images": res.calibration_images,
         }  # fmt: skip
-        meta.write_text(json.dumps(info, indent=2))
+        seal(qat_path)
+        seal(qat_fp32)
+        write_json_entry(meta, info)
         stages.done(
             f"{res.qdq_pairs} DequantizeLinear, {res.folded_batchnorms} BatchNorms folded, trained in {res.seconds:.0f} s, "
             f"ModelOpt QDQ vs torch: max relative difference {res.max_rel_diff:.2e}"
@@ -589,10 +615,10 @@ def _split_stages(ctx: _RecipeContext) -> None:
     """Split the FP32 model into encoder / head subgraphs (joins checked), then deploy each in its
     placement's precision; INT8 heads are calibrated on the encoder's cached features."""
     from edgematrix.bench.tasks import get_task
+    from edgematrix.core.cache import code_hash, content_key, file_sha256
     from edgematrix.export.split import split_model
     from edgematrix.optimize.quantize import QuantizeConfig
     from edgematrix.optimize.subgraph import deploy_split
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     s, q, backend = cell.recipe.split, cell.recipe.quantize, cell.target.backend
@@ -684,9 +710,17 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
 
     from edgematrix.backends.base import create_runner
     from edgematrix.bench.tasks import get_task
+    from edgematrix.core.cache import (
+        code_hash,
+        content_key,
+        file_sha256,
+        load_json_entry,
+        reuse,
+        seal,
+        write_json_entry,
+    )
     from edgematrix.data.lanes import LaneSplit
     from edgematrix.optimize.mixed_precision import MixedPrecisionResult, mixed_precision_search
-    from edgematrix.train.cache import code_hash, content_key, file_sha256
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     q = cell.recipe.quantize
@@ -715,8 +749,9 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
         f"per-layer sensitivity on {k} held-out training images, keep float until within {q.accuracy_budget:g} "
         f"points of FP32 (at most {q.max_float_layers} layers)",
     )
-    if meta.is_file() and Path(json.loads(meta.read_text())["path"]).is_file():
-        info = json.loads(meta.read_text())
+    cached = load_json_entry(meta, "mixed-precision search")
+    if isinstance(cached, dict) and reuse(Path(cached["path"]), "mixed-precision model"):
+        info = cached
         stages.done(f"reused cached search: float {', '.join(info['float_nodes']) or '(none)'}")
     else:
         import tempfile
@@ -737,7 +772,8 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
             max_float_layers=q.max_float_layers, progress=lambda msg: console.print(f"      {msg}"),
         )  # fmt: skip
         info = res.as_dict()
-        meta.write_text(json.dumps(info, indent=2))
+        seal(Path(info["path"]))
+        write_json_entry(meta, info)
         stages.done(
             f"float: {', '.join(res.float_nodes) or '(none)'}; subset accuracy FP32 {res.fp32_score:.2f}, "
             f"full INT8 {res.int8_score:.2f}, mixed {res.final_score:.2f} ({res.evaluations} evaluations)"
@@ -924,6 +960,8 @@ def _measure(
             samples = measure_interleaved({f"{b}:{r}": run for (b, r), run in runners.items()}, probe[0], lcfg)
         stages.done(", ".join(f"{k} p50 {v.p50_ms:.2f} ms" for k, v in samples.items()))
         facts = {k: r.facts() for k, r in runners.items()}
+        for b, r in keys:  # the submission's timing field: the latency stage's p50, never the scoring pass's wall time
+            task.record_latency(scores[b, r], samples[f"{b}:{r}"].p50_ms)
     finally:
         for r in runners.values():
             r.__exit__(None, None, None)
@@ -956,15 +994,25 @@ def _gate_and_report(
     lcfg: Any,
     stages: _Stages,
     out: Path,
+    final: Path,
 ) -> CellResult:
+    """Gates, benchmark.json, junit.xml, report.md into ``out`` (the staged folder that becomes ``final``)."""
     from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
     from edgematrix.bench.tasks import get_task
-    from edgematrix.gates.baseline import Baseline, baseline_key, load_baseline, write_baseline
+    from edgematrix.core.cache import file_sha256
+    from edgematrix.fileio import atomic_write_text
+    from edgematrix.gates.baseline import (
+        Baseline,
+        baseline_key,
+        current_environment,
+        libc,
+        load_baseline,
+        write_baseline,
+    )
     from edgematrix.gates.verdicts import RunFigures, Verdict, evaluate_gates
     from edgematrix.measure.environment import capture_environment
     from edgematrix.report.junit import write_junit
     from edgematrix.report.markdown import render_report
-    from edgematrix.train.cache import file_sha256
 
     target = cell.target
     backends = target.all_backends
@@ -977,7 +1025,8 @@ def _gate_and_report(
 
         env.update(gpu_facts())
         device = str(env.get("gpu") or device)
-    image = os.environ.get("EDGEMATRIX_IMAGE_DIGEST", "local")  # the container image's digest when in one
+    environment = current_environment()  # the baseline key: python, arch, numeric package versions
+    image = os.environ.get("EDGEMATRIX_IMAGE", "local")  # where it ran (not keyed): the image tag in a container
     power_mode = os.environ.get("EDGEMATRIX_POWER_MODE", "")  # device runners export nvpmodel / TI OPP
     ref_of_record = measured[target.backend, "reference"]
     ref_p50 = ref_of_record.samples.p50_ms
@@ -1003,7 +1052,7 @@ def _gate_and_report(
         ratios = tuple(c / r for c, r in zip(cand.samples.samples_s, ref.samples.samples_s, strict=True))
         figs_ref = RunFigures(ref_of_record.score.accuracy, ref.samples.p50_ms, b, version, device)
         figs_cand = RunFigures(
-            cand.score.accuracy, cand.samples.p50_ms, b, version, device, cand.precision, image, power_mode,
+            cand.score.accuracy, cand.samples.p50_ms, b, version, device, cand.precision, environment, power_mode,
             ratios,
         )  # fmt: skip
         vs = evaluate_gates(cell.gates, figs_ref, figs_cand, baseline, same_artifact=art.same, baseline_hint=hint)
@@ -1036,6 +1085,8 @@ def _gate_and_report(
                 cpu=device,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 image=image,
+                environment=environment,
+                libc=libc(),
                 power_mode=power_mode,
                 ratio_samples=[round(x, 6) for x in ratios] if not art.same else [],
             )
@@ -1101,7 +1152,7 @@ def _gate_and_report(
         rows.append({**extra, "extras": extras, "speedup": ref_p50 / m.samples.p50_ms})
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
     manifest = {"reference": str(art.fp32_path.resolve()), "candidate": str(art.cand_path.resolve())}
-    (out / "artifacts.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(out / "artifacts.json", json.dumps(manifest, indent=2))
 
     cand = measured[target.backend, "candidate"]
     junit_props = {
@@ -1129,16 +1180,20 @@ def _gate_and_report(
         ),
         "stage seconds": ", ".join(f"{k} {v:.1f}" for k, v in stages.seconds.items()),
     }
+    slowest = max(measured.values(), key=lambda m: m.samples.p50_ms)
+    rule = task.latency_rule(slowest.samples.p50_ms)
+    if rule:
+        context["official timing rule"] = f"slowest model ({slowest.role} on {slowest.backend}): {rule}"
     report = render_report(cell.name, cell.description, rows, verdicts, context, notes, selection=selection)
     report += _recipe_report(cell, art, measured)
-    (out / "report.md").write_text(report)
-    result = CellResult(cell.name, out, verdicts, rows, stages.seconds, selection)
+    atomic_write_text(out / "report.md", report)
+    result = CellResult(cell.name, final, verdicts, rows, stages.seconds, selection)
     _print_summary(result)
     if result.failed:
         raise GateFailure(
             f"{cell.name}: {len(result.failed)} gate(s) failed:\n"
             + "\n".join(f"  {v.gate}: {v.message}" for v in result.failed)
-            + f"\nartifacts: {out}"
+            + f"\nartifacts: {final}"
         )
     return result
 

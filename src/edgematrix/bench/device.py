@@ -32,6 +32,8 @@ import numpy as np
 from edgematrix.bench import cell as cellmod
 from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
 from edgematrix.bench.task_lane import score_lane_outputs
+from edgematrix.core.cache import file_sha256
+from edgematrix.data.tusimple import restamp_run_time
 from edgematrix.errors import EdgeMatrixError, GateFailure
 from edgematrix.gates.verdicts import Verdict
 from edgematrix.matrix.loader import Cell
@@ -39,7 +41,6 @@ from edgematrix.measure.environment import capture_environment
 from edgematrix.measure.harness import LatencyConfig
 from edgematrix.report.junit import write_junit
 from edgematrix.runners.select import Choice
-from edgematrix.train.cache import file_sha256
 
 #: an emulated or remote device's task accuracy may differ from the host's by this much (points)
 DEVICE_ACCURACY_TOLERANCE = 0.1
@@ -187,11 +188,15 @@ def _remote(cell: Cell, options: Any, roles: dict[str, tuple[Path, str]], bundle
 
 
 def run_device_cell(cell: Cell, options: Any, choice: Choice) -> Any:
-    """Run a device cell with the emulated or remote runner; writes results/<cell>/ like a local cell."""
-    out = options.results_dir / cell.name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    """Run a device cell with the emulated or remote runner; writes results/<cell>/ like a local cell
+    (staged: the previous results stay until this run's are complete)."""
+    from edgematrix.fileio import staged_folder
+
+    with staged_folder(options.results_dir / cell.name, publish_on=(GateFailure,)) as out:
+        return _run_device_cell_impl(cell, options, choice, out, options.results_dir / cell.name)
+
+
+def _run_device_cell_impl(cell: Cell, options: Any, choice: Choice, out: Path, final: Path) -> Any:
     config = {
         **cell.resolved(),
         "runner": {"name": choice.runner, "reason": choice.reason, "host": platform.node(), "remote": options.remote},
@@ -200,7 +205,7 @@ def run_device_cell(cell: Cell, options: Any, choice: Choice) -> Any:
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     # the local cell's stages, with "host" and "device" in place of "accuracy" and "latency", plus "fx8"
     stages = cellmod._Stages(cellmod._stage_count(cell.recipe) + (1 if cell.recipe.precision == "fx8" else 0))
-    art = cellmod._build_artifacts(cell, options, stages)
+    art = cellmod._build_artifacts(cell, options, stages, out)
     precision = cell.recipe.precision
     roles: dict[str, tuple[Path, str]] = {"reference": (art.fp32_path, "fp32")}
     fx8_facts: dict[str, Any] = {}
@@ -249,6 +254,7 @@ def run_device_cell(cell: Cell, options: Any, choice: Choice) -> Any:
         partial = n < bundle.samples
         host_score = score_lane_outputs(_prefix(host[run.role], n), art.test, geometry)
         dev_score = score_lane_outputs(run.outputs, art.test, geometry, out / f"predictions-{run.role}.json")
+        restamp_run_time(out / f"predictions-{run.role}.json", float(np.median(run.samples_ms)))
         # a partial device run (float model under qemu): accuracy of record is the host's, on every image
         scores[run.role] = score_lane_outputs(host[run.role], art.test, geometry) if partial else dev_score
         rel = _relative_diff(_prefix(host[run.role], n), run.outputs)
@@ -323,7 +329,7 @@ def run_device_cell(cell: Cell, options: Any, choice: Choice) -> Any:
     (out / "report.md").write_text(_report(cell, choice, where, rows, verdicts, fx8_facts, bundle.samples))
     _print(cell, rows, verdicts)
     failed = [v for v in verdicts if v.failed]
-    result = cellmod.CellResult(cell.name, out, verdicts, [], stages.seconds)
+    result = cellmod.CellResult(cell.name, final, verdicts, [], stages.seconds)
     if failed:
         raise GateFailure(f"{cell.name}: " + "; ".join(f"{v.gate}: {v.message}" for v in failed))
     return result

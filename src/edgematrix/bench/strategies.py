@@ -505,9 +505,9 @@ def _score_and_time(
     artifacts: list[Artifact], test_x: np.ndarray, test_y: np.ndarray, latency: LatencyConfig
 ) -> list[StrategyRow]:
     from edgematrix.backends.base import create_runner
+    from edgematrix.core.cache import file_sha256
     from edgematrix.measure.harness import measure_interleaved
     from edgematrix.metrics.regression import score
-    from edgematrix.train.cache import file_sha256
 
     rows = []
     for art in artifacts:
@@ -528,16 +528,15 @@ def _score_and_time(
 def _trained_model(
     model_cfg: Any, train_x: np.ndarray, train_y: np.ndarray, data_key: str, cache_dir: Path, progress: bool
 ) -> tuple[Any, bool, float]:
+    from edgematrix.core.cache import code_hash, content_key
     from edgematrix.models import create_model
-    from edgematrix.train.cache import code_hash, content_key
-    from edgematrix.train.lane import load_checkpoint, save_checkpoint
+    from edgematrix.train.lane import reuse_checkpoint, save_checkpoint
 
     model = create_model(model_cfg.family, model_cfg.input_shape, **model_cfg.params)
     code = (code_hash(["models/pilotnet"]), TRAIN_VERSION)
     key = content_key(model_cfg.family, model_cfg.params, model_cfg.train.model_dump(), data_key, code)
     ckpt = cache_dir / "checkpoints" / f"pilotnet-{key}.pt"
-    if ckpt.is_file():
-        load_checkpoint(model, ckpt)
+    if reuse_checkpoint(model, ckpt) is not None:
         return model.eval(), True, 0.0
     cfg = model_cfg.train
     start = time.perf_counter()
@@ -598,8 +597,8 @@ def _run_impl(
 ) -> StrategiesResult:
     import torch
 
+    from edgematrix.core.cache import content_key
     from edgematrix.data.synthetic_driving import DrivingSynthConfig, load_split, resolve_data_root
-    from edgematrix.train.cache import content_key
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)

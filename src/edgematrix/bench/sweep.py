@@ -220,8 +220,8 @@ def rebatch_split(manifest: Path, batch: int, *, seed: int = 0) -> tuple[str, fl
     from dataclasses import replace
 
     from edgematrix.backends.split.manifest import load_manifest
+    from edgematrix.core.cache import file_sha256
     from edgematrix.export.rebatch import rebatch_onnx
-    from edgematrix.train.cache import file_sha256
 
     if batch == 1:
         return str(manifest), 0.0

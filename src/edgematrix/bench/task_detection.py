@@ -49,7 +49,6 @@ class DetectionTask(TaskAdapter):
         "train/detection",
         "train/lane",
         "train/loop",
-        "train/cache",
         "data/coco",
         "data/synthetic_detection",
     )
@@ -94,7 +93,7 @@ class DetectionTask(TaskAdapter):
         (COCO results) and labels.json (the ground-truth instances of the images evaluated)."""
         from edgematrix.data.coco import write_instances
 
-        outputs, _ = self.infer_all(runner, split, input_name, progress)
+        outputs = self.infer_all(runner, split, input_name, progress)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_instances(out_dir / "labels.json", split.instances)
         return score_detection_outputs(outputs, split, model.geometry, out_dir / f"predictions-{role}.json")

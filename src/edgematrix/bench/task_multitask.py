@@ -34,7 +34,7 @@ class MultiTaskTask(TaskAdapter):
     agreement_output = "seg"
     encoder_outputs: ClassVar[tuple[str, ...]] = ENCODER_OUTPUTS
     train_code: ClassVar[tuple[str, ...]] = (
-        "models/multitask", "train/multitask", "train/lane", "train/loop", "train/cache", "data/scenes", "data/synthetic_scenes",
+        "models/multitask", "train/multitask", "train/lane", "train/loop", "data/scenes", "data/synthetic_scenes",
     )  # fmt: skip
     train_function = "edgematrix.train.multitask:train_multitask_model"
     distill_function = "edgematrix.train.multitask:distill_multitask_model"
@@ -69,7 +69,7 @@ class MultiTaskTask(TaskAdapter):
         progress: Callable[[int], Any] | None = None,
     ) -> TaskScore:
         """mIoU (points) + depth/pixel extras; writes predictions-<role>.npz and labels.json."""
-        outputs, _ = self.infer_all(runner, split, input_name, progress)
+        outputs = self.infer_all(runner, split, input_name, progress)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "labels.json").write_text(json.dumps(list(split.files), indent=1))
         return score_multitask_outputs(outputs, split, out_dir / f"predictions-{role}.npz")

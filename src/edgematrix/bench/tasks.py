@@ -22,7 +22,6 @@ imports no torch.
 from __future__ import annotations
 
 import importlib
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -146,17 +145,25 @@ class TaskAdapter(ABC):
 
     def infer_all(
         self, runner: Runner, split: Any, input_name: str, progress: Callable[[int], Any] | None = None
-    ) -> tuple[list[dict[str, np.ndarray]], list[float]]:
-        """Batch-1 outputs of every image of ``split`` and the wall time of each (ms)."""
-        outputs, times_ms = [], []
+    ) -> list[dict[str, np.ndarray]]:
+        """Batch-1 outputs of every image of ``split``. Nothing is timed here: a metric of record
+        depends on the model's outputs alone, never on how busy the machine was while scoring."""
+        outputs = []
         for i in range(len(split)):
-            x = self.preprocess(split.images[i : i + 1])
-            t0 = time.perf_counter()
-            outputs.append(runner.infer({input_name: x}))
-            times_ms.append((time.perf_counter() - t0) * 1e3)
+            outputs.append(runner.infer({input_name: self.preprocess(split.images[i : i + 1])}))
             if progress:
                 progress(1)
-        return outputs, times_ms
+        return outputs
+
+    def record_latency(self, score: TaskScore, p50_ms: float) -> None:
+        """Write the model's measured latency (the latency stage's p50 for this backend and role) into
+        the predictions file where the task's submission format carries one. Default: no such field."""
+        return None
+
+    def latency_rule(self, p50_ms: float) -> str:
+        """What the dataset's official evaluator would do with a model of this latency, when its rules
+        depend on time ("" when they do not). Reported beside the metric of record, never folded into it."""
+        return ""
 
 
 def _function(spec: str) -> Callable[..., Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from edgematrix.core.cache import reuse_generated, seal_generated
 from edgematrix.data.coco import CocoAnnotation, CocoCategory, CocoImage, CocoInstances, write_instances
 
 GENERATOR_VERSION = 1
@@ -335,8 +336,7 @@ def generate(
     from concurrent.futures import ProcessPoolExecutor
 
     root = Path(root)
-    stamp = root / "synthetic.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == config.key():
+    if reuse_generated(root, config.key(), "synthetic COCO dataset"):
         return root
     if workers <= 0:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -357,5 +357,5 @@ def generate(
                 root / "annotations" / f"instances_{split}.json",
                 CocoInstances(images, anns, list(CATEGORIES), info),
             )
-    stamp.write_text(json.dumps({"key": config.key(), **asdict(config), "version": GENERATOR_VERSION}))
+    seal_generated(root, {"key": config.key(), **asdict(config), "version": GENERATOR_VERSION})
     return root

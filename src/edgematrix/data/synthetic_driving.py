@@ -39,6 +39,7 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 from PIL import Image
 
+from edgematrix.core.cache import reuse_generated, seal_generated
 from edgematrix.errors import DataError
 
 GENERATOR_VERSION = 1
@@ -290,8 +291,7 @@ def generate(root: str | os.PathLike[str], config: DrivingSynthConfig = DrivingS
     from concurrent.futures import ProcessPoolExecutor
 
     root = Path(root)
-    stamp = root / "synthetic.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == config.key():
+    if reuse_generated(root, config.key(), "synthetic driving dataset"):
         return root
     if workers <= 0:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -304,7 +304,7 @@ def generate(root: str | os.PathLike[str], config: DrivingSynthConfig = DrivingS
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 rows = list(pool.map(_write_one, *args, chunksize=32))
         write_driving_log(root / split / LOG_NAME, rows)
-    stamp.write_text(json.dumps({"key": config.key(), **asdict(config), "version": GENERATOR_VERSION}))
+    seal_generated(root, {"key": config.key(), **asdict(config), "version": GENERATOR_VERSION})
     return root
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from edgematrix.core.cache import reuse_generated, seal_generated
 from edgematrix.data.tusimple import LaneSample, write_label_file
 
 GENERATOR_VERSION = 2  # 2: x in [1279.5, 1280) is absent (-2), no longer rounded to 1280
@@ -213,8 +214,7 @@ def generate(root: str | os.PathLike, config: SyntheticConfig = SyntheticConfig(
     from concurrent.futures import ProcessPoolExecutor
 
     root = Path(root)
-    stamp = root / "synthetic.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == config.key():
+    if reuse_generated(root, config.key(), "synthetic TuSimple dataset"):
         return root
     root.mkdir(parents=True, exist_ok=True)
     if workers <= 0:
@@ -230,5 +230,5 @@ def generate(root: str | os.PathLike, config: SyntheticConfig = SyntheticConfig(
                 (root / "test.txt").write_text("".join(f"{s.raw_file}\n" for s in samples))
                 tasks = (json.dumps({"raw_file": s.raw_file, "h_samples": s.h_samples, "lanes": []}) for s in samples)
                 (root / "test_tasks.json").write_text("".join(f"{t}\n" for t in tasks))
-    stamp.write_text(json.dumps({"key": config.key(), **asdict(config), "version": GENERATOR_VERSION}))
+    seal_generated(root, {"key": config.key(), **asdict(config), "version": GENERATOR_VERSION})
     return root

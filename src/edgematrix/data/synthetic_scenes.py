@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from edgematrix.core.cache import reuse_generated, seal_generated
 from edgematrix.data.scenes import ClassInfo, write_classes, write_sample
 
 GENERATOR_VERSION = 2  # 2: 1-6 poles per scene (1: 0-4; too rare to learn)
@@ -314,8 +315,7 @@ def generate(root: str | os.PathLike, config: ScenesConfig = ScenesConfig(), wor
     from concurrent.futures import ProcessPoolExecutor
 
     root = Path(root)
-    stamp = root / "synthetic.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == config.key():
+    if reuse_generated(root, config.key(), "synthetic scenes dataset"):
         return root
     root.mkdir(parents=True, exist_ok=True)
     write_classes(root, CLASSES)
@@ -325,5 +325,5 @@ def generate(root: str | os.PathLike, config: ScenesConfig = ScenesConfig(), wor
         for split_id, (split, count) in enumerate((("train", config.train), ("val", config.val))):
             seed = config.seed * 2 + split_id
             list(pool.map(_write_one, [root] * count, [seed] * count, [split] * count, range(count), chunksize=8))
-    stamp.write_text(json.dumps({"key": config.key(), **asdict(config), "version": GENERATOR_VERSION}))
+    seal_generated(root, {"key": config.key(), **asdict(config), "version": GENERATOR_VERSION})
     return root

@@ -96,6 +96,13 @@ def write_predictions(
     _atomic_write_lines(Path(path), lines)
 
 
+def restamp_run_time(path: str | os.PathLike, run_time_ms: float) -> None:
+    """Set every prediction's ``run_time`` in the submission ``path`` to ``run_time_ms`` (atomically)."""
+    path = Path(path)
+    docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    _atomic_write_lines(path, (json.dumps({**d, "run_time": float(run_time_ms)}) for d in docs))
+
+
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 

@@ -22,7 +22,6 @@ never along the batch axis). Files are cached next to the source, keyed by its c
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -79,14 +78,14 @@ def rebatch_onnx(
         raise ModelError(f"ONNX model {src} does not exist; run the cell that builds it first")
     if batch == 1:
         return RebatchResult(src, src, 1, (), 0.0, FLOAT_TOLERANCE, _is_quantized_file(src), cached=True)
-    from edgematrix.train.cache import content_key, file_sha256
+    from edgematrix.core.cache import content_key, file_sha256, load_json_entry, reuse
 
     key = content_key(file_sha256(src), batch, REBATCH_VERSION)[:12]
     folder = Path(out_dir) if out_dir is not None else src.parent
     out = folder / f"{src.stem}.b{batch}-{key}.onnx"
     meta = out.with_suffix(".json")
-    if out.is_file() and meta.is_file():
-        m = json.loads(meta.read_text())
+    m = load_json_entry(meta, "re-batched model facts") if reuse(out, f"batch-{batch} model") else None
+    if isinstance(m, dict):
         return RebatchResult(
             out,
             src,
@@ -113,6 +112,7 @@ def _is_quantized_file(path: Path) -> bool:
 def _rebatch_impl(src: Path, batch: int, out: Path, seed: int) -> RebatchResult:
     import onnx
 
+    from edgematrix.core.cache import seal, write_json_entry
     from edgematrix.export.onnx_export import load_onnx
 
     model = load_onnx(src)
@@ -148,7 +148,8 @@ def _rebatch_impl(src: Path, batch: int, out: Path, seed: int) -> RebatchResult:
         "quantized": quantized,
         "version": REBATCH_VERSION,
     }
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    seal(out)
+    write_json_entry(out.with_suffix(".json"), info)
     return RebatchResult(out, src, batch, patched, max_rel, tolerance, quantized, cached=False)
 
 

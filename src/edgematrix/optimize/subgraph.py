@@ -46,6 +46,7 @@ from edgematrix.backends.split.manifest import (
     file_sha256,
     load_manifest,
 )
+from edgematrix.core.cache import reuse_tree, seal_tree
 from edgematrix.errors import EdgeMatrixError, ModelError
 from edgematrix.optimize.quantize import QuantizeConfig, QuantizeResult, quantize_static_qdq
 
@@ -205,7 +206,7 @@ def encoder_features(
     key = _feature_key(file_sha256(encoder), batch)
     folder = Path(cache_dir) / f"features-{key}"
     meta_path = folder / "meta.json"
-    if meta_path.is_file():
+    if reuse_tree(folder, "calibration features"):
         try:
             meta = json.loads(meta_path.read_text())
             arrays = {name: np.load(folder / f"{i}.npy", allow_pickle=False) for i, name in enumerate(meta["names"])}
@@ -238,6 +239,7 @@ def encoder_features(
             np.save(staging / f"{i}.npy", arrays[name], allow_pickle=False)
         meta = {"encoder_sha256": file_sha256(encoder), "images": len(batch), "names": names}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        seal_tree(staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

@@ -33,7 +33,7 @@ from edgematrix.data.coco import DetectionSplit
 from edgematrix.errors import EdgeMatrixError, ModelError
 from edgematrix.models.detection_task import AssignConfig, assign_targets, detection_loss
 from edgematrix.models.detector import DetectorGeometry
-from edgematrix.train.lane import TrainResult, cpu_has_bf16, load_checkpoint, save_checkpoint, warmup_cosine
+from edgematrix.train.lane import TrainResult, cpu_has_bf16, reuse_checkpoint, save_checkpoint, warmup_cosine
 from edgematrix.train.loop import optimizer_step
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -179,13 +179,9 @@ def train_detector(
 ) -> TrainResult:
     """Train ``model`` in place with ``config`` (matrix TrainConfig: epochs, batch_size, lr, weight_decay,
     warmup_fraction, seed, amp, device, flip); reuse ``checkpoint`` when it exists (the caller keys it)."""
-    if checkpoint.is_file():
-        import json
-
-        load_checkpoint(model, checkpoint)
+    history = reuse_checkpoint(model, checkpoint)
+    if history is not None:
         model.eval()
-        meta = checkpoint.with_suffix(".json")
-        history = json.loads(meta.read_text()).get("history", []) if meta.is_file() else []
         return TrainResult(checkpoint, True, 0.0, history)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -230,8 +226,7 @@ def distill_detector(
     config.validate()
     if getattr(student, "geometry", None) != getattr(teacher, "geometry", None):
         raise EdgeMatrixError("student and teacher must be detectors of the same geometry (input size, classes)")
-    if checkpoint is not None and checkpoint.is_file():
-        load_checkpoint(student, checkpoint)
+    if reuse_checkpoint(student, checkpoint) is not None:
         student.eval()
         return TrainResult(checkpoint, True, 0.0, [])
     torch.manual_seed(config.seed)

@@ -31,7 +31,7 @@ from edgematrix.train.lane import (
     _normalise,
     _targets,
     cpu_has_bf16,
-    load_checkpoint,
+    reuse_checkpoint,
     save_checkpoint,
     warmup_cosine,
 )
@@ -100,8 +100,7 @@ def distill_lane_model(
     Reuses ``checkpoint`` when it exists (the caller keys it by content); ``None`` keeps nothing.
     """
     config.validate()
-    if checkpoint is not None and checkpoint.is_file():
-        load_checkpoint(student, checkpoint)
+    if reuse_checkpoint(student, checkpoint) is not None:
         student.eval()
         return TrainResult(checkpoint, True, 0.0, [])
     return _distill_impl(student, teacher, train, config, checkpoint, progress=progress, label=label)

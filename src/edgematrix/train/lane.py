@@ -66,10 +66,8 @@ def train_lane_model(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place on ``train``; reuse ``checkpoint`` when it exists (the caller keys it)."""
-    if checkpoint.is_file():
-        load_checkpoint(model, checkpoint)
-        meta = checkpoint.with_suffix(".json")
-        history = json.loads(meta.read_text()).get("history", []) if meta.is_file() else []
+    history = reuse_checkpoint(model, checkpoint)
+    if history is not None:
         return TrainResult(checkpoint, True, 0.0, history)
     g: LaneGeometry = model.geometry
     torch.manual_seed(config.seed)
@@ -156,11 +154,31 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    """Write ``model``'s state dict as a sealed cache entry (atomically), with ``meta`` beside it."""
+    from edgematrix.core.cache import seal
+    from edgematrix.fileio import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    seal(path)
+
+
+def reuse_checkpoint(model: torch.nn.Module, path: Path | None) -> list[dict[str, float]] | None:
+    """Load the cached checkpoint ``path`` into ``model`` and return its training history; None when
+    there is none or it fails verification against its seal (it is then deleted: train again)."""
+    from edgematrix.core.cache import reuse
+
+    if path is None or not reuse(path, "checkpoint"):
+        return None
+    load_checkpoint(model, path)
+    try:
+        history: list[dict[str, float]] = json.loads(path.with_suffix(".json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        history = []
+    return history
 
 
 def load_checkpoint(model: torch.nn.Module, path: Path) -> None:

@@ -14,7 +14,6 @@ and depth together. The loop, LR schedule, bf16 autocast and checkpoint format a
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -29,7 +28,7 @@ from edgematrix.data.lanes import MEAN, STD
 from edgematrix.data.scenes import IGNORE_INDEX, ScenesSplit
 from edgematrix.errors import DataError, ModelError
 from edgematrix.train.distill import DistillConfig, kd_loss
-from edgematrix.train.lane import TrainResult, cpu_has_bf16, load_checkpoint, save_checkpoint, warmup_cosine
+from edgematrix.train.lane import TrainResult, cpu_has_bf16, reuse_checkpoint, save_checkpoint, warmup_cosine
 from edgematrix.train.loop import optimizer_step
 
 _MIN_DEPTH = 1e-3
@@ -141,11 +140,9 @@ def train_multitask_model(
     model: torch.nn.Module, train: ScenesSplit, config: Any, checkpoint: Path, *, progress: bool = True
 ) -> TrainResult:
     """Train ``model`` in place (``config``: matrix TrainConfig); reuse ``checkpoint`` when it exists."""
-    if checkpoint.is_file():
-        load_checkpoint(model, checkpoint)
+    history = reuse_checkpoint(model, checkpoint)
+    if history is not None:
         model.eval()
-        meta = checkpoint.with_suffix(".json")
-        history = json.loads(meta.read_text()).get("history", []) if meta.is_file() else []
         return TrainResult(checkpoint, True, 0.0, history)
     _check_split(model, train)
     return _train_impl(model, train, config, checkpoint, progress=progress)
@@ -220,8 +217,7 @@ def distill_multitask_model(
     """Fine-tune ``student`` in place against ``teacher`` (frozen, eval mode) and the labels; reuses
     ``checkpoint`` when it exists (``None`` keeps nothing). ``config.channels_last`` = False for ModelOpt QAT."""
     config.validate()
-    if checkpoint is not None and checkpoint.is_file():
-        load_checkpoint(student, checkpoint)
+    if reuse_checkpoint(student, checkpoint) is not None:
         student.eval()
         return TrainResult(checkpoint, True, 0.0, [])
     _check_split(student, train)
