@@ -1,12 +1,17 @@
-"""Nox sessions: one per matrix cell (``<target>_<recipe>``), plus tests, lint and validate.
+"""Nox sessions: one per matrix cell (``<target>_<recipe>``), plus tests, lint, validate and lock.
 
 The cell sessions are generated from ``matrix/*.toml``; `nox -l` lists them. Each checks that the
 target can run here *before* installing anything, then runs ``edgematrix run <cell>`` with the
 session's arguments (``nox -s x86_cpu_int8 -- --runner local --data-root DIR``).
+
+Every session installs with the lock, ``pip install -c matrix/constraints.txt`` (:func:`_install`), so
+a fresh clone gets the versions the baselines in ``matrix/baselines/`` were measured with;
+``nox -s lock`` rewrites the lock (see its docstring and ``edgematrix.core.toolchain``).
 """
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "src"))
 # stdlib-only modules of the package: usable before the package is installed
+from edgematrix.core.toolchain import LOCK_PATH, render_lock  # noqa: E402
 from edgematrix.matrix.listing import SessionInfo, list_sessions  # noqa: E402
 from edgematrix.runners.select import RunnerChoiceError, choose_runner  # noqa: E402
 
@@ -24,6 +30,21 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["lint", "tests"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+LOCK = ROOT / LOCK_PATH
+# What `nox -s lock` resolves: every extra that installs beside the others on a CPU host (gpu and
+# tensorrt conflict with cpu's onnxruntime / need NVIDIA's stack) and the development groups, with the
+# runtimes held at the versions the baselines are measured with (the x86_cpu image's pins).
+LOCK_EXTRAS = ("cpu", "openvino", "docker", "optimize", "demo")
+LOCK_GROUPS = ("test", "lint")
+LOCK_INPUT = ROOT / "docker" / "x86_cpu" / "requirements.txt"
+
+
+def _install(session: nox.Session, *args: str) -> None:
+    """``pip install -c matrix/constraints.txt *args``: every session installs the locked versions."""
+    if not LOCK.is_file():
+        session.error(f"{LOCK_PATH} (the lock) is missing; restore it from git or write it with `nox -s lock`")
+    session.install("-c", str(LOCK), *args)
 
 
 def _requested_runner(posargs: list[str]) -> str:
@@ -45,15 +66,15 @@ def _cell_impl(session: nox.Session, info: SessionInfo) -> None:
     session.log(f"runner: {choice.runner} ({choice.reason})")
     if choice.runner == "docker":
         # the cell runs in the target's image; this venv only drives Docker (no torch, no runtimes)
-        session.install("-e", ".", "--no-deps")
-        session.install(*_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+        _install(session, "-e", ".", "--no-deps")
+        _install(session, *_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
     elif choice.runner in ("remote", "emulated"):
         # this host builds the artifacts and scores the device's outputs (ONNX Runtime CPU); the
         # emulated Jetson runs in a container
-        session.install("-e", ".[cpu,docker]")
+        _install(session, "-e", ".[cpu,docker]")
     else:
         extras = info.target_table.get("extras", [])
-        session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+        _install(session, "-e", f".[{','.join(extras)}]" if extras else ".")
     session.run("edgematrix", "run", info.name, *session.posargs)
 
 
@@ -92,7 +113,7 @@ def tests(session: nox.Session) -> None:
     or, as root, one they start from the installed `dockerd` and stop again (docker/base/host-tools.sh
     installs it, debootstrap and qemu-user-static on Debian).
     """
-    session.install("-e", ".[cpu,openvino,docker,optimize,demo]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    _install(session, "-e", ".[cpu,openvino,docker,optimize,demo]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs)
 
 
@@ -101,8 +122,8 @@ def images(session: nox.Session) -> None:
     """Build target images. `nox -s images` builds the offline ones (debootstrap base + host wheelhouse:
     x86_cpu, emulated jetson); `nox -s images -- jetson x86_gpu` names targets; add --online to build
     on the recipes' vendor base images (which must already be on the host: edgematrix never pulls)."""
-    session.install("-e", ".", "--no-deps")
-    session.install(*_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+    _install(session, "-e", ".", "--no-deps")
+    _install(session, *_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
     args = [a for a in session.posargs if a != "--online"]
     offline = [] if "--online" in session.posargs else ["--offline-base"]
     session.run("edgematrix", "images", "build", *offline, *args)
@@ -112,7 +133,7 @@ def images(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy."""
-    session.install("-e", ".[cpu]", *nox.project.dependency_groups(PYPROJECT, "lint"))
+    _install(session, "-e", ".[cpu]", *nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
     session.run("mypy")
@@ -140,7 +161,7 @@ def update_baselines(session: nox.Session) -> None:
     if not runnable:
         session.error("no cell of the selection can run on this host")
     extras = sorted({e for i in runnable for e in i.target_table.get("extras", [])})
-    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+    _install(session, "-e", f".[{','.join(extras)}]" if extras else ".")
     for info in runnable:
         session.run("edgematrix", "run", info.name, "--update-baseline", "--no-progress")
     session.log("baselines rewritten under matrix/baselines/: review `git diff matrix/baselines` and commit")
@@ -150,20 +171,61 @@ def update_baselines(session: nox.Session) -> None:
 def pilotnet_strategies(session: nox.Session) -> None:
     """PilotNet (steering): FP32, global / local pruning, dynamic and static INT8, QAT, prune + INT8 — MSE,
     size and same-run latency on ONNX Runtime CPU in one table (results/pilotnet_strategies/)."""
-    session.install("-e", ".[cpu,optimize]")
+    _install(session, "-e", ".[cpu,optimize]")
     session.run("edgematrix", "strategies", "pilotnet", "--results", "results", *session.posargs)
 
 
 @nox.session(default=False)
 def report(session: nox.Session) -> None:
     """Merge results/*/ into report/: JUnit, summary.md, pr-comment.md, plots (args go to `edgematrix report`)."""
-    session.install("-e", ".")
+    _install(session, "-e", ".")
     session.run("edgematrix", "report", *session.posargs)
 
 
 @nox.session(default=False)
 def validate(session: nox.Session) -> None:
     """Validate matrix/*.toml against the schema and print the cells."""
-    session.install("-e", ".")
+    _install(session, "-e", ".")
     session.run("edgematrix", "validate")
     session.run("edgematrix", "list")
+
+
+@nox.session(default=False, reuse_venv="never")
+def lock(session: nox.Session) -> None:
+    """Rewrite matrix/constraints.txt, the lock every session installs with (then re-record the baselines).
+
+    A fresh virtualenv installs every extra that coexists on a CPU host and the test and lint groups,
+    with the runtimes held at docker/x86_cpu/requirements.txt's pins (the versions the baselines are
+    measured with); `pip freeze` of it, with a header naming how it was made and the Python and
+    platform it was resolved on, becomes the lock. Commit it with `nox -s update_baselines`' baselines.
+    """
+    # deliberately not _install: the lock is resolved anew, held only by the runtime pins
+    session.install(
+        "-c",
+        str(LOCK_INPUT),
+        "-e",
+        f".[{','.join(LOCK_EXTRAS)}]",
+        *nox.project.dependency_groups(PYPROJECT, *LOCK_GROUPS),
+    )
+    freeze = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
+    facts = session.run(
+        "python",
+        "-c",
+        "import platform, sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
+        "print(platform.system().lower(), platform.machine()); print(' '.join(platform.libc_ver()))",
+        silent=True,
+    )
+    if not isinstance(freeze, str) or not isinstance(facts, str):
+        session.error("pip freeze printed nothing")
+    python, plat, libc = facts.strip().splitlines()[-3:]
+    made_by = (
+        f"`nox -s lock` on {datetime.date.today().isoformat()}: a fresh virtualenv, "
+        f"`pip install -c {LOCK_INPUT.relative_to(ROOT)} -e '.[{','.join(LOCK_EXTRAS)}]'` with the dependency "
+        f"groups {' and '.join(LOCK_GROUPS)}, then `pip freeze --exclude-editable`"
+    )
+    try:
+        text = render_lock(freeze.splitlines(), python=python, platform=plat, libc=libc, made_by=made_by)
+    except ValueError as e:
+        session.error(str(e))
+    LOCK.write_text(text)
+    session.log(f"wrote {LOCK_PATH}: review `git diff {LOCK_PATH}`, then `nox -s update_baselines` and commit both")

@@ -1,19 +1,68 @@
 """Reviewed baselines, one JSON file per cell and backend under ``matrix/baselines/``.
 
 A baseline is keyed by its toolchain: backend and version, precision, the CPU/device model, the
-container image (digest, or ``local``) and the device's power mode where known. A run on another
-toolchain is not compared with it (the gate says so); pytest-benchmark's ``machine_id`` is not used
-because it does not tell an arm64 board from an x86 host reliably.
+device's power mode where known, and the *environment key* of the run that recorded it
+(:func:`edgematrix.core.toolchain.current_environment`: Python major.minor, architecture and the
+exact version of every installed numeric package, which the lock ``matrix/constraints.txt`` fixes).
+A run on another toolchain is not compared with it (the gate names every difference);
+pytest-benchmark's ``machine_id`` is not used because it does not tell an arm64 board from an x86
+host reliably.
+
+Where a run happened is not part of the key: a local run and a container run (``--runner docker
+[--offline-base]``) with the lock's packages share ``<cell>.json``; ``image`` only records where the
+baseline was measured (``local`` or the image tag), and ``libc`` the C library, for the reader.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from edgematrix.core.toolchain import ENVIRONMENT_FACTS, current_environment, libc
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.fileio import atomic_write_text
+
+__all__ = [
+    "Baseline",
+    "baseline_key",
+    "baseline_path",
+    "compare_toolchains",
+    "current_environment",
+    "environment_toolchain",
+    "libc",
+    "load_baseline",
+    "write_baseline",
+]
+
+ABSENT = "absent"
+
+#: what to do when the environment differs from a baseline's
+LOCK_HINT = (
+    "the lock matrix/constraints.txt installs the baselines' toolchain: run the cell through `nox -s <cell>`; "
+    "a new toolchain needs `nox -s lock` and `nox -s update_baselines` in one reviewed PR (README)"
+)
+
+
+def environment_toolchain(environment: Mapping[str, str]) -> dict[str, str]:
+    """The toolchain entries of an environment key: ``python``, ``arch``, then one per package.
+
+    A package that only one side has installed shows as ``absent`` on the other side when compared
+    (:func:`compare_toolchains`); an empty key (a baseline recorded before keys existed) is
+    ``environment: (not recorded)``.
+    """
+    if not environment:
+        return {"environment": "(not recorded)"}
+    facts = {k: environment[k] for k in ENVIRONMENT_FACTS if k in environment}
+    packages = {f"package {k}": v for k, v in sorted(environment.items()) if k not in ENVIRONMENT_FACTS}
+    return {**facts, **packages}
+
+
+def compare_toolchains(theirs: Mapping[str, str], ours: Mapping[str, str]) -> list[str]:
+    """The keys on which two toolchains differ (a key missing on one side counts as ``absent``)."""
+    keys = list(dict.fromkeys([*theirs, *ours]))
+    return [k for k in keys if theirs.get(k, ABSENT) != ours.get(k, ABSENT)]
 
 
 @dataclass(frozen=True)
@@ -30,9 +79,11 @@ class Baseline:
     artifact_sha256: str
     cpu: str
     created: str
-    image: str = "local"  # container image digest the cell ran in, or "local"
+    image: str = "local"  # where it was measured: "local" or the container image's tag (not keyed)
     power_mode: str = ""  # e.g. nvpmodel MAXN on Jetson; "" where not applicable or unknown
     ratio_samples: list[float] = field(default_factory=list)  # per-round candidate/reference, same run
+    environment: dict[str, str] = field(default_factory=dict)  # the environment key (core/toolchain.py)
+    libc: str = ""  # the C library of the recording run, e.g. "glibc 2.36" (informational, not keyed)
 
     def toolchain(self) -> dict[str, str]:
         """What must match for a comparison."""
@@ -41,8 +92,8 @@ class Baseline:
             "backend version": self.backend_version,
             "precision": self.precision,
             "device": self.cpu,
-            "image": self.image,
             "power mode": self.power_mode,
+            **environment_toolchain(self.environment),
         }
 
 
@@ -65,6 +116,9 @@ def load_baseline(baselines_dir: Path, key: str) -> Baseline | None:
         unknown = sorted(set(data) - known)
         if unknown:
             raise KeyError(f"unknown field(s) {unknown}")
+        env = data.get("environment", {})
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise TypeError(f"environment must map names to version strings, got {env!r}")
         return Baseline(**data)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise EdgeMatrixError(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from edgematrix.gates.baseline import Baseline
+from edgematrix.gates.baseline import ABSENT, LOCK_HINT, Baseline, compare_toolchains, environment_toolchain
 from edgematrix.matrix.schema import Gates
 
 
@@ -18,7 +19,7 @@ class RunFigures:
     backend_version: str
     device: str  # CPU or device model the figures were measured on
     precision: str = ""
-    image: str = "local"
+    environment: Mapping[str, str] = field(default_factory=dict)  # core.toolchain.current_environment()
     power_mode: str = ""
     ratio_samples: tuple[float, ...] = ()  # per-round candidate/reference (candidate figures only)
 
@@ -28,9 +29,13 @@ class RunFigures:
             "backend version": self.backend_version,
             "precision": self.precision,
             "device": self.device,
-            "image": self.image,
             "power mode": self.power_mode,
+            **environment_toolchain(self.environment),
         }
+
+
+# toolchain entries that are facts of the run rather than of the installed environment
+_RUN_FACTS = ("backend", "precision", "device", "power mode")
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,11 @@ def evaluate_gates(
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out
     theirs, ours = baseline.toolchain(), candidate.toolchain()
-    differ = [k for k in theirs if theirs[k] != ours[k]]
+    differ = compare_toolchains(theirs, ours)
     if differ:
-        what = "; ".join(f"{k}: baseline {theirs[k]!r}, this run {ours[k]!r}" for k in differ)
-        msg = f"baseline is of another toolchain ({what}): not comparable, refused; {baseline_hint}"
+        what = "; ".join(f"{k}: baseline {theirs.get(k, ABSENT)!r}, this run {ours.get(k, ABSENT)!r}" for k in differ)
+        lock = f" ({LOCK_HINT})" if any(k not in _RUN_FACTS for k in differ) else ""
+        msg = f"baseline is of another toolchain ({what}): not comparable, refused{lock}; {baseline_hint}"
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out

@@ -258,8 +258,9 @@ def run_cell_in_container(cell: str, target_name: str, target: Mapping[str, Any]
     log(f"image: {tag} ({'built' if built else 'cached'}; docker/{spec.name}/, {spec.arch})")
     env = container_environment(options.extra_env)
     env.setdefault("HOME", "/tmp")  # the host uid may have no home in the image
+    # where the cell ran (recorded, not keyed): baselines are keyed by the environment the container
+    # reports (core/toolchain.py), not by the image's bytes, which differ with every build
     env["EDGEMATRIX_IMAGE"] = tag
-    env["EDGEMATRIX_IMAGE_DIGEST"] = client.images.get(tag).id  # keys baselines to this image
     command = container_command(cell, options)
     log(f"container: {' '.join(command)}")
     code = run_command(
