@@ -48,8 +48,8 @@ def base(tmp_path: Path) -> Path:
 
 
 LINE = re.compile(
-    r"^(?P<name>\S+)\s+ratio (?P<ratio>\d\.\d{3})\s+95% CI (?P<lo>\d\.\d{3})\.\.(?P<hi>\d\.\d{3})\s+"
-    r"p=(?P<p>\S+)\s+accuracy (?P<acc>[+-]\d+\.\d\d) pts\s+(?P<flag>ok|FAIL): (?P<verdict>.+)$"
+    r"^(?P<name>\S+)\s+ratio (?P<ratio>\d\.\d{3})\s+(?P<level>[\d.]+)% CI (?P<lo>\d\.\d{3})\.\.(?P<hi>\d\.\d{3})\s+"
+    r"p=(?P<p>\S+)\s+accuracy (?P<acc>[+-]\d+\.\d\d) pts\s+(?P<flag>ok|FAIL|BUSY): (?P<verdict>.+)$"
 )
 
 
@@ -75,7 +75,12 @@ def test_no_failure_exits_0_and_prints_each_benchmark(
         assert 0.95 < float(row["ratio"]) < 1.05
         assert float(row["p"]) > 0.05
         assert (row["acc"], row["flag"], row["verdict"]) == ("+0.00", "ok", "within noise")
-    assert "2 benchmark(s) compared, none failed (min effect 5.0%, confidence 95%, accuracy budget 0.50 pts)" in out
+        assert row["level"] == "97.5"  # 95% for the two benchmarks together
+    assert out.startswith("base rounds: no contention record\ncandidate rounds: no contention record\n")
+    assert (
+        "2 benchmark(s) compared, none failed (min effect 5.0%, confidence 95% over 2 benchmark(s) "
+        "(each interval 97.5%), accuracy budget 0.50 pts)"
+    ) in out
 
 
 def test_regression_exits_1(tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +92,7 @@ def test_regression_exits_1(tmp_path: Path, base: Path, capsys: pytest.CaptureFi
     assert float(rows[CAND]["lo"]) > 1.0 and float(rows[CAND]["ratio"]) > 1.05
     assert rows[REF]["flag"] == "ok"
     assert "gate failed: 1 of 2 benchmark(s) failed" in captured.err
-    assert "regression beyond the 5% minimum effect" in captured.err
+    assert "regression, the whole interval beyond the 5% minimum effect" in captured.err
 
 
 def test_min_effect_accepts_percent_and_fraction(
@@ -100,7 +105,7 @@ def test_min_effect_accepts_percent_and_fraction(
     assert capsys.readouterr().out == percent
     assert "min effect 20.0%" in percent
     assert main(["gate", "compare", str(base), str(cand), "--confidence", "99%"]) == 1
-    assert "99% CI" in capsys.readouterr().out
+    assert "99.5% CI" in capsys.readouterr().out  # 99% for both benchmarks together
 
 
 def test_faster_but_less_accurate_exits_1(tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,3 +173,39 @@ def test_console_exit_codes(tmp_path: Path, base: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert parse(proc.stdout)[CAND]["verdict"] == "regression"
     assert proc.stderr.startswith("edgematrix: gate failed:")
+
+
+def test_busy_machine_is_inconclusive_exit_0_and_said(
+    tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A candidate run measured beside CPU-bound processes: +31% is not a regression, nor a pass."""
+    from edgematrix.measure.contention import Contention
+
+    busy = Contention(
+        wall_s=5.0,
+        rounds=60,
+        cpu_capacity_s=10.0,
+        own_cpu_s=4.0,
+        other_cpu_s=5.5,
+        steal_s=0.0,
+        own_wait_s=2.0,
+        pressure_s=4.8,
+        runnable_mean=2.3,
+        runnable_max=4,
+        load_1m_start=2.1,
+        load_1m_end=2.9,
+        spread={CAND: 0.21},
+    )
+    cand = write(tmp_path / "cand.json", 1.31, 89.9)
+    doc = json.loads(cand.read_text())
+    doc["machine_info"]["latency_contention"] = busy.as_dict()
+    cand.write_text(json.dumps(doc))
+    assert main(["gate", "compare", str(base), str(cand)]) == 0
+    out = capsys.readouterr().out
+    rows = parse(out)
+    assert {(r["flag"], r["verdict"]) for r in rows.values()} == {("BUSY", "inconclusive")}
+    assert float(rows[CAND]["ratio"]) > 1.2
+    assert "candidate rounds: busy: other processes' CPU 55% (limit 25%); our threads waiting for a CPU 33%" in out
+    assert (
+        "2 benchmark(s) compared, none failed, latency not judged: not comparable: machine busy — re-measure (" in out
+    )

@@ -1,4 +1,5 @@
-"""Comparing two benchmark.json files: matching, latency verdicts, toolchain refusal, accuracy rule."""
+"""Comparing two benchmark.json files: matching, latency verdicts, toolchain refusal, accuracy rule,
+family-wise confidence over the benchmarks, and the machine state recorded with each file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.gates.compare import compare_benchmark_files
+from edgematrix.gates.compare import CONTENTION_KEY, compare_benchmark_files
+from edgematrix.gates.latency import BUSY_PREFIX
+from edgematrix.measure.contention import Contention
 
 REF, CAND = "x86_cpu_int8[reference]", "x86_cpu_int8[candidate]"
 TOOLCHAIN = {"backend": "onnxruntime", "backend_version": "1.31.1"}
@@ -66,7 +69,8 @@ def test_latency_regression_fails_and_uses_the_per_round_data(tmp_path: Path, ba
     (row,) = result.failures
     assert row.name == CAND and row.verdict == "regression"
     assert row.latency.ratio == pytest.approx(float(np.median(slow) / np.median(rounds(2, 0.012))))
-    assert row.latency.message.endswith("regression beyond the 5% minimum effect")
+    assert row.latency.message.endswith("regression, the whole interval beyond the 5% minimum effect")
+    assert row.latency.comparisons == 2 and "97.5% CI" in row.latency.message  # family-wise over 2 benchmarks
     # pytest-benchmark's Stats summarise each side, in milliseconds
     doc = json.loads(cand.read_text())
     stats = next(b["stats"] for b in doc["benchmarks"] if b["name"] == CAND)
@@ -210,3 +214,98 @@ def test_too_few_rounds_names_the_benchmark(tmp_path: Path, base: Path) -> None:
 def test_missing_file_is_an_input_error(tmp_path: Path, base: Path) -> None:
     with pytest.raises(EdgeMatrixError, match=r"does not exist"):
         compare_benchmark_files(base, tmp_path / "nope.json")
+
+
+# -- one comparison, many benchmarks ----------------------------------------------------------
+
+CELL = [f"x86_cpu_int8[{role}]" for role in ("reference", "candidate", "unpruned", "reference@ov", "candidate@ov")]
+
+
+def noisy(seed: int, median_s: float, n: int = 50) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return [float(x) for x in median_s * np.exp(rng.normal(0.0, 0.08, n))]
+
+
+def test_a_small_slowdown_of_every_benchmark_is_within_noise(tmp_path: Path) -> None:
+    """Five benchmarks, the candidate run 4% slower in all (below the 5% minimum effect), noisy rounds:
+    no regression in any of 10 seeded comparisons, although single benchmarks' point estimates pass 5%."""
+    point_estimates_beyond = 0
+    for trial in range(10):
+        base = write(tmp_path / "b.json", [entry(n, noisy(100 * trial + i, 0.01)) for i, n in enumerate(CELL)])
+        cand = write(tmp_path / "c.json", [entry(n, noisy(100 * trial + 50 + i, 0.0104)) for i, n in enumerate(CELL)])
+        result = compare_benchmark_files(base, cand)
+        assert not result.failed, [r.latency.message for r in result.rows]
+        assert all(r.latency.comparisons == 5 and r.latency.level == pytest.approx(0.99) for r in result.rows)
+        point_estimates_beyond += any(r.latency.ratio > 1.05 for r in result.rows)
+    assert point_estimates_beyond >= 3  # what the previous, point-estimate rule would have flagged
+
+
+def test_a_ten_percent_slowdown_of_one_benchmark_of_five_is_caught(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.json", [entry(n, rounds(i, 0.01)) for i, n in enumerate(CELL)])
+    cand = write(tmp_path / "c.json", [entry(n, rounds(10 + i, 0.011 if i == 1 else 0.01)) for i, n in enumerate(CELL)])
+    result = compare_benchmark_files(base, cand)
+    assert [r.name for r in result.failures] == [CELL[1]]
+
+
+# -- the machine state of each file ------------------------------------------------------------
+
+
+def record(other_cpu_share: float) -> dict:
+    """A contention record as the harness writes it: 2 CPUs for 4 s, others using the given share."""
+    return Contention(
+        wall_s=4.0,
+        rounds=60,
+        cpu_capacity_s=8.0,
+        own_cpu_s=3.0,
+        other_cpu_s=8.0 * other_cpu_share,
+        steal_s=0.0,
+        own_wait_s=0.05,
+        pressure_s=0.1,
+        runnable_mean=0.1,
+        runnable_max=1,
+        load_1m_start=0.5,
+        load_1m_end=0.6,
+        spread={CAND: 0.03},
+    ).as_dict()
+
+
+def test_a_busy_candidate_run_is_inconclusive_not_a_regression(tmp_path: Path, base: Path) -> None:
+    cand = write(
+        tmp_path / "cand.json",
+        [entry(REF, rounds(3, 0.037), accuracy=89.77), entry(CAND, rounds(4, 0.012 * 1.31), accuracy=89.85)],
+        **{CONTENTION_KEY: record(0.6)},
+    )
+    result = compare_benchmark_files(base, cand)
+    assert not result.failed and result.inconclusive
+    assert [r.latency.status for r in result.rows] == ["inconclusive", "inconclusive"]
+    assert [r.verdict for r in result.rows] == ["inconclusive", "inconclusive"]
+    row = result.rows[1]
+    assert row.latency.ratio > 1.2  # what it measured is still reported
+    assert row.latency.busy == ("candidate: other processes' CPU 60% (limit 25%)",)
+    assert row.latency.message.startswith(f"{BUSY_PREFIX} — re-measure (candidate: other processes' CPU 60%")
+    assert result.base_machine == "no contention record"
+    assert result.cand_machine.startswith("busy: other processes' CPU 60% (limit 25%)")
+    # accuracy is still judged on a busy machine: it does not depend on timing
+    assert [r.accuracy_status for r in result.rows] == ["passed", "passed"]
+
+
+def test_a_quiet_record_is_judged_and_a_busy_base_is_inconclusive(tmp_path: Path) -> None:
+    entries = [entry(REF, rounds(1, 0.037)), entry(CAND, rounds(2, 0.012))]
+    slow = [entry(REF, rounds(3, 0.037)), entry(CAND, rounds(4, 0.012 * 1.10))]
+    quiet = write(tmp_path / "quiet.json", entries, **{CONTENTION_KEY: record(0.02)})
+    cand = write(tmp_path / "cand.json", slow, **{CONTENTION_KEY: record(0.05)})
+    judged = compare_benchmark_files(quiet, cand)
+    assert judged.failed and not judged.inconclusive
+    assert judged.base_machine.startswith("quiet (other processes' CPU 2%")
+    busy_base = write(tmp_path / "busy.json", entries, **{CONTENTION_KEY: record(0.4)})
+    result = compare_benchmark_files(busy_base, cand)
+    assert not result.failed and result.inconclusive
+    assert result.rows[1].latency.busy == ("base: other processes' CPU 40% (limit 25%)",)
+
+
+def test_a_malformed_contention_record_is_an_input_error(tmp_path: Path, base: Path) -> None:
+    broken = record(0.0)
+    del broken["own_cpu_s"]
+    cand = write(tmp_path / "cand.json", [entry(CAND, rounds(4, 0.012))], **{CONTENTION_KEY: broken})
+    with pytest.raises(EdgeMatrixError, match=r"machine_info 'latency_contention' is malformed: .* lacks 'own_cpu_s'"):
+        compare_benchmark_files(base, cand)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgematrix.errors import EdgeMatrixError
@@ -110,3 +111,55 @@ def test_baseline_round_trip_and_malformed(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"cell": "bad"}')
     with pytest.raises(EdgeMatrixError, match=r"baseline .*bad\.json is malformed .*--update-baseline"):
         load_baseline(tmp_path, "bad")
+
+
+def _ratio_baseline() -> Baseline:
+    rng = np.random.default_rng(7)
+    return _baseline(ratio_samples=[float(x) for x in 0.30 * np.exp(rng.normal(0.0, 0.03, 60))])
+
+
+def _cand_ratios(scale: float, *, busy: tuple[str, ...] = ()) -> RunFigures:
+    rng = np.random.default_rng(8)
+    ratios = tuple(float(x) for x in 0.30 * scale * np.exp(rng.normal(0.0, 0.03, 60)))
+    return RunFigures(94.8, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8", ratio_samples=ratios, busy=busy)
+
+
+def test_latency_gate_on_per_round_ratios_is_family_wise() -> None:
+    slow = _by_gate(
+        evaluate_gates(Gates(), REF, _cand_ratios(1.12), _ratio_baseline(), same_artifact=False, baseline_hint="h")
+    )["latency_vs_baseline"]
+    assert slow.failed and "regression, the whole interval beyond the 5% minimum effect" in slow.message
+    two = _by_gate(
+        evaluate_gates(
+            Gates(), REF, _cand_ratios(1.12), _ratio_baseline(), same_artifact=False, baseline_hint="h", comparisons=2
+        )
+    )["latency_vs_baseline"]
+    assert "97.5% CI" in two.message and "2 comparisons" in two.message
+    ok = _by_gate(
+        evaluate_gates(Gates(), REF, _cand_ratios(1.03), _ratio_baseline(), same_artifact=False, baseline_hint="h")
+    )["latency_vs_baseline"]
+    assert ok.status == "passed" and "within noise" in ok.message
+
+
+def test_busy_run_makes_the_latency_gate_inconclusive() -> None:
+    """+30% measured beside CPU-bound processes is neither a regression nor a pass."""
+    reasons = ("other processes' CPU 58% (limit 25%)",)
+    v = _by_gate(
+        evaluate_gates(
+            Gates(), REF, _cand_ratios(1.30, busy=reasons), _ratio_baseline(), same_artifact=False, baseline_hint="h"
+        )
+    )
+    lat = v["latency_vs_baseline"]
+    assert lat.status == "inconclusive" and not lat.failed
+    assert lat.message.startswith(
+        "candidate/reference ratio vs baseline's: not comparable: machine busy — re-measure "
+        "(other processes' CPU 58% (limit 25%)); measured +"
+    )
+    assert v["accuracy_vs_baseline"].status == "passed"  # accuracy does not depend on the machine's load
+    # without per-round ratios (an old baseline) a busy run is inconclusive too
+    plain = RunFigures(94.8, 27.0, "onnxruntime", "1.31.1", "test cpu", "int8", busy=reasons)
+    lat = _by_gate(evaluate_gates(Gates(), REF, plain, _baseline(), same_artifact=False, baseline_hint="h"))[
+        "latency_vs_baseline"
+    ]
+    assert lat.status == "inconclusive"
+    assert lat.message.startswith("not comparable: machine busy — re-measure (other processes' CPU 58% (limit 25%))")

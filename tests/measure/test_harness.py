@@ -17,7 +17,8 @@ import pytest
 from edgematrix.backends.base import Runner, TensorMeta
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure import harness
-from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_interleaved, measure_one
+from edgematrix.measure.contention import Contention
+from edgematrix.measure.harness import LatencyConfig, LatencySamples, Measurement, measure_interleaved, measure_one
 
 STEP_NS = 10_000_000  # every fake inference takes 10 ms on the fake clock
 
@@ -209,6 +210,21 @@ def test_measure_one(clock: FakeClock) -> None:
     samples = measure_one(FakeRunner("solo", [], clock), FEED, exact(5))
     assert samples.name == "solo"
     assert samples.rounds == 5
+    assert isinstance(samples.contention, Contention) and samples.contention.rounds == 5
+
+
+def test_the_result_carries_the_contention_record_of_its_rounds(clock: FakeClock) -> None:
+    runners = {"fast": FakeRunner("fast", [], clock, cost_ns=1_000_000), "slow": FakeRunner("slow", [], clock)}
+    result = measure_interleaved(runners, FEED, exact(8))
+    assert isinstance(result, Measurement) and isinstance(result, dict)
+    assert list(result) == ["fast", "slow"]  # the mapping callers always had
+    c = result.contention
+    assert all(s.contention is c for s in result.values())
+    assert c.rounds == 8
+    assert c.spread == {"fast": 0.0, "slow": 0.0}  # every fake round takes exactly the same time
+    assert result.busy == c.busy
+    if c.runnable_mean is not None:  # /proc/loadavg was sampled once between every two rounds
+        assert c.runnable_max is not None and c.runnable_max >= c.runnable_mean >= 0
 
 
 # -- statistics -----------------------------------------------------------------------------

@@ -4,7 +4,14 @@ Benchmarks are matched by ``name``; a name present in one file only is reported,
 renamed or removed benchmark is a review matter, not a regression). Per matched benchmark:
 
 * latency: :func:`edgematrix.gates.latency.compare_latency` on the per-round ``stats.data`` (the
-  gate fails on a "regression");
+  gate fails on a "regression"). All matched benchmarks form one comparison: the confidence is
+  family-wise over them (``comparisons`` = the number of matched benchmarks), so a change below the
+  minimum effect is "within noise" however many benchmarks the files hold;
+* machine state: each file's ``machine_info["latency_contention"]`` (the harness's
+  :class:`~edgematrix.measure.contention.Contention` record, re-judged here with the current
+  thresholds) — when either file's rounds ran on a busy machine, every latency verdict is
+  "inconclusive" ("not comparable: machine busy — re-measure"), which fails nothing and passes
+  nothing. A file without the record (older runs) is judged on its samples alone;
 * accuracy: ``extra_info["accuracy"]`` of candidate minus base, in points, when both have it. The
   joint rule: a speedup does not buy accuracy — a candidate may lose at most ``accuracy_budget``
   points vs the base, and a faster candidate that loses more fails with the trade named
@@ -33,6 +40,10 @@ from typing import Any, Literal
 from edgematrix.bench.artifacts import read_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.latency import LatencyVerdict, _check_params, compare_latency
+from edgematrix.measure.contention import Contention
+
+#: machine_info key of the harness's contention record
+CONTENTION_KEY = "latency_contention"
 
 #: extra_info keys that must be equal for two benchmarks to be compared
 TOOLCHAIN_KEYS = ("backend", "backend_version", "precision")
@@ -75,6 +86,11 @@ class BenchmarkComparison:
         return self.latency.failed or self.accuracy_status == "failed"
 
     @property
+    def inconclusive(self) -> bool:
+        """The latency was not judged (machine busy); accuracy still was."""
+        return self.latency.inconclusive
+
+    @property
     def verdict(self) -> str:
         """One phrase: the latency status, or what failed."""
         parts = []
@@ -98,10 +114,17 @@ class ComparisonResult:
     min_effect: float
     confidence: float
     accuracy_budget: float
+    base_machine: str = "no contention record"  # Contention.summary() of each file's rounds
+    cand_machine: str = "no contention record"
 
     @property
     def failed(self) -> bool:
         return any(row.failed for row in self.rows)
+
+    @property
+    def inconclusive(self) -> bool:
+        """Some latency verdict was not judged because a machine was busy."""
+        return any(row.inconclusive for row in self.rows)
 
     @property
     def failures(self) -> tuple[BenchmarkComparison, ...]:
@@ -162,6 +185,25 @@ def _toolchain_mismatches(
                     f"{_show(c_extra.get(key))}"
                 )
     return problems
+
+
+def _contention(doc: dict[str, Any], path: str) -> Contention | None:
+    record = doc["machine_info"].get(CONTENTION_KEY)
+    if record is None:
+        return None
+    try:
+        return Contention.from_dict(record)
+    except EdgeMatrixError as exc:
+        raise EdgeMatrixError(f"{path!r}: machine_info {CONTENTION_KEY!r} is malformed: {exc}") from None
+
+
+def _busy_reasons(base: Contention | None, cand: Contention | None) -> tuple[str, ...]:
+    return tuple(
+        f"{side}: {reason}"
+        for side, record in (("base", base), ("candidate", cand))
+        if record is not None
+        for reason in record.reasons()
+    )
 
 
 def _accuracy(extra: Mapping[str, Any]) -> float | None:
@@ -244,12 +286,21 @@ def _compare_impl(
             + ". Re-measure the base with the candidate's toolchain on the same kind of machine"
         )
 
+    base_state, cand_state = _contention(base_doc, base_path), _contention(cand_doc, cand_path)
+    busy = _busy_reasons(base_state, cand_state)
     rows = []
     for base, cand in matched:
         b_data, c_data = base["stats"]["data"], cand["stats"]["data"]
         try:
             latency = compare_latency(
-                b_data, c_data, min_effect=min_effect, confidence=confidence, n_boot=n_boot, seed=seed
+                b_data,
+                c_data,
+                min_effect=min_effect,
+                confidence=confidence,
+                comparisons=len(matched),
+                busy=busy,
+                n_boot=n_boot,
+                seed=seed,
             )
         except EdgeMatrixError as exc:
             raise EdgeMatrixError(f"benchmark {base['name']!r}: {exc}") from None
@@ -276,4 +327,6 @@ def _compare_impl(
         min_effect=min_effect,
         confidence=confidence,
         accuracy_budget=accuracy_budget,
+        base_machine=base_state.summary() if base_state is not None else "no contention record",
+        cand_machine=cand_state.summary() if cand_state is not None else "no contention record",
     )

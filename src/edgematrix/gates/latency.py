@@ -5,40 +5,71 @@ runner is noisy and skewed (long right tail from preemption), so the gate works 
 ranks, never on means:
 
 * ``ratio`` — median(candidate) / median(base); the effect size.
-* ``ci_low``..``ci_high`` — a percentile bootstrap confidence interval of that ratio. Base and
-  candidate are resampled independently (they may come from different runs), ``n_boot`` times,
-  vectorised and seeded, so the same samples always give the same verdict.
+* ``ci_low``..``ci_high`` — a percentile bootstrap interval of that ratio at ``level`` (below).
+  Base and candidate are resampled independently (they may come from different runs), seeded, so
+  the same samples always give the same verdict.
 * ``p_value`` — two-sided Mann–Whitney U test of candidate vs base (``scipy.stats.mannwhitneyu``).
 
-The decision rule (``m`` = ``min_effect``, ``alpha`` = 1 − ``confidence``)::
+The decision rule — an interval test against the minimum effect, family-wise over a comparison
+(``m`` = ``min_effect``, ``alpha`` = 1 − ``confidence``, ``k`` = ``comparisons``, the number of
+benchmarks whose verdicts are combined, any one failing failing the whole comparison)::
 
-    significant  = the CI excludes 1  and  p_value < alpha
-    regression   = significant and ci_low > 1  and  ratio > 1 + m
-    improvement  = significant and ci_high < 1 and  ratio < 1 − m
+    level        = 1 − alpha / k                         (Bonferroni)
+    significant  = the level-interval excludes 1  and  p_value < alpha / k
+    regression   = significant and ci_low  > 1 + m       (the WHOLE interval beyond the effect)
+    improvement  = significant and ci_high < 1 − m
     within noise = anything else
+    inconclusive = the machine was busy during either side's rounds (``busy`` reasons given):
+                   "not comparable: machine busy — re-measure"; neither a pass nor a failure
 
-A verdict needs *both* a statistically significant change (the whole interval on one side of 1,
-confirmed by the rank test, so one skewed median alone cannot raise an alarm) *and* a point
-estimate beyond the minimum effect. Significance alone is not enough: two ONNX Runtime sessions of
-the *same* 1 ms model measured interleaved differed by a significant 1.5-2% here (p < 1e-3), a
-systematic offset no bootstrap can remove; the minimum effect absorbs it.
+**The promise, per comparison.** If no benchmark's true ratio exceeds ``1 + m``, the chance that
+*any* of the ``k`` benchmarks is flagged is at most ``alpha / 2`` (each one-sided bound errs with
+probability ``alpha / 2k``; Bonferroni holds for any correlation between the benchmarks, and the
+benchmarks of one cell, measured in the same rounds, are positively correlated, which only makes it
+conservative). A change below the minimum effect is therefore "within noise" however many
+benchmarks a cell holds. The previous rule — significant *and* a point estimate beyond ``1 + m`` —
+made no such promise: each benchmark's point estimate crosses ``1 + m`` by noise with a probability
+that depends on its spread, not on ``alpha``, and a cell's five benchmarks gave five chances. On
+the issue's data (two halves of one real cell run's rounds, candidate half slowed by 3%) it
+reported a regression in 2-3 of 5 trials.
 
-The stricter alternative — the whole interval beyond ``1 + m`` — holds the false-alarm rate at
-``alpha/2`` even for a true change of exactly ``m`` (this rule flags such a change about half the
-time), but its power collapses once noise widens the interval: on synthetic lognormal samples
-(sigma 0.1, 60 rounds, interval about +-4.7%, 40 seeds) it flagged a true 10% slowdown 17/40
-times, this rule 38/40, with a true 3% change flagged 3/40 and identical distributions 0/40. A
-gate that misses half of the 10% regressions on a noisy runner does not hold; one that flags
-changes near ``m`` about half the time is what a minimum effect means. Measured with real runs
-(``benchmarks/gate_power.py``: A/A, injected +10% and +3% slowdowns), both rules agreed here
-because the intervals were +-0.5-1%.
+**What it costs.** The interval must lie wholly beyond ``1 + m``, so a true change is caught
+reliably only when it exceeds ``1 + m`` by about ``z * se`` (``z`` ≈ 2.6 for ``k`` = 5 at 95%).
+Separating +3% (must pass) from +10% (must fail) at 90%/90% with five benchmarks needs a ratio
+standard error of about 1.9% or less — on this machine a quiet cell's rounds have an
+interquartile spread of 3-4% of the median, which gives about 0.7% with 50 rounds per side, so the
+margin is ample. Measured with ``benchmarks/gate_power.py`` (stratified random halves of real
+per-round samples of a whole cell, all benchmarks judged as one comparison, 10 trials each):
+
+    ========================================  =========  =========  ===============
+    samples (benchmarks x rounds)             A/A quiet  +3% quiet  +10% one flagged
+    ========================================  =========  =========  ===============
+    docs/results/prune-x2-int8 (5 x 101)      10/10      10/10      10/10
+    ========================================  =========  =========  ===============
+
+When the rounds are too noisy to tell +3% from +10% (the interval spans ``1 + m``) the verdict
+stays "within noise" and its message says that the interval reaches past the minimum effect and
+more rounds would tell; a noisy runner can hide a regression, it cannot invent one. A machine
+that is noisy because it is *busy* is caught before that, by the contention record
+(:mod:`edgematrix.measure.contention`): same-run ratios do not cancel contention, because the two
+sides react to competing processes differently (+30.9% "regression" of OpenVINO's INT8 model beside
+two CPU-bound processes), so a busy measurement is "inconclusive", never judged.
+
+Significance (the interval excludes 1, confirmed by the rank test) is still required, so that one
+skewed median cannot raise an alarm on its own; it is implied by ``ci_low > 1 + m`` in practice.
+
+**Choosing among candidates.** :func:`latency_difference` says whether one of two candidates
+measured in the *same* interleaved rounds is decidably faster (paired per-round ratios, interval
+beyond the minimum effect, never on a busy machine); :func:`select_fastest` picks the backend of
+record with it, keeping the preferred backend unless another is decidably faster, and making no
+choice at all on a busy run — so the selection neither flips on noise nor on contention.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -48,8 +79,11 @@ from edgematrix.errors import EdgeMatrixError
 MIN_SAMPLES = 5
 #: bootstrap resamples are drawn in blocks of at most this many values, to bound memory
 _BLOCK_VALUES = 4_000_000
+#: each tail of a bootstrap interval holds at least this many resamples (more resamples for small tails)
+_TAIL_RESAMPLES = 50
 
-Status = Literal["regression", "improvement", "within noise"]
+Status = Literal["regression", "improvement", "within noise", "inconclusive"]
+BUSY_PREFIX = "not comparable: machine busy"
 
 
 @dataclass(frozen=True)
@@ -58,12 +92,19 @@ class LatencyVerdict:
 
     status: Status
     ratio: float  # median(candidate) / median(base)
-    ci_low: float  # bootstrap confidence interval of the median ratio
+    ci_low: float  # bootstrap interval of the median ratio at `level`
     ci_high: float
     p_value: float  # two-sided Mann-Whitney U
     min_effect: float
-    confidence: float
+    confidence: float  # family-wise, over `comparisons`
     message: str
+    comparisons: int = 1
+    busy: tuple[str, ...] = ()  # why the machine counted as busy (empty: it did not)
+
+    @property
+    def level(self) -> float:
+        """The interval's own confidence level: ``1 - (1 - confidence) / comparisons``."""
+        return _level(self.confidence, self.comparisons)
 
     @property
     def failed(self) -> bool:
@@ -71,12 +112,21 @@ class LatencyVerdict:
         return self.status == "regression"
 
     @property
+    def inconclusive(self) -> bool:
+        """Not judged: the machine was busy during the rounds (neither passed nor failed)."""
+        return self.status == "inconclusive"
+
+    @property
     def significant(self) -> bool:
-        return _significant(self.ci_low, self.ci_high, self.p_value, self.confidence)
+        return _significant(self.ci_low, self.ci_high, self.p_value, self.confidence, self.comparisons)
 
 
-def _significant(ci_low: float, ci_high: float, p_value: float, confidence: float) -> bool:
-    return (ci_low > 1.0 or ci_high < 1.0) and p_value < 1.0 - confidence
+def _level(confidence: float, comparisons: int) -> float:
+    return 1.0 - (1.0 - confidence) / comparisons
+
+
+def _significant(ci_low: float, ci_high: float, p_value: float, confidence: float, comparisons: int = 1) -> bool:
+    return (ci_low > 1.0 or ci_high < 1.0) and p_value < (1.0 - confidence) / comparisons
 
 
 def _samples(values: Sequence[float] | np.ndarray, which: str) -> np.ndarray:
@@ -103,13 +153,29 @@ def _samples(values: Sequence[float] | np.ndarray, which: str) -> np.ndarray:
     return arr
 
 
-def _check_params(min_effect: float, confidence: float, n_boot: int) -> None:
+def _check_params(min_effect: float, confidence: float, n_boot: int, comparisons: int = 1) -> None:
     if not (isinstance(min_effect, int | float) and math.isfinite(min_effect) and 0 <= min_effect < 1):
         raise EdgeMatrixError(f"min_effect must be a fraction in [0, 1) (0.05 = 5%); got {min_effect!r}")
     if not (isinstance(confidence, int | float) and 0.5 <= confidence < 1):
         raise EdgeMatrixError(f"confidence must be in [0.5, 1) (e.g. 0.95); got {confidence!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
         raise EdgeMatrixError(f"n_boot must be an integer >= 100; got {n_boot!r}")
+    if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
+        raise EdgeMatrixError(
+            f"comparisons must be an integer >= 1 (the benchmarks judged together); got {comparisons!r}"
+        )
+
+
+def _busy(busy: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(busy, str) or not all(isinstance(b, str) for b in busy):
+        raise EdgeMatrixError(f"busy must be a list of reasons (strings); got {busy!r}")
+    return tuple(busy)
+
+
+def _resamples(n_boot: int, level: float) -> int:
+    """Enough bootstrap resamples that each tail of a ``level`` interval holds ``_TAIL_RESAMPLES``."""
+    tail = (1.0 - level) / 2.0
+    return max(n_boot, math.ceil(_TAIL_RESAMPLES / tail))
 
 
 def _bootstrap_medians(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,19 +189,36 @@ def _bootstrap_medians(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> 
     return out
 
 
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0
+    lo, hi = (float(v) for v in np.quantile(boot, [tail, 1.0 - tail]))
+    return lo, hi
+
+
 def _pct(ratio: float) -> str:
     return f"{(ratio - 1.0) * 100:+.1f}%"
 
 
-def _message(status: Status, ratio: float, lo: float, hi: float, p: float, m: float, confidence: float) -> str:
+def _level_text(level: float) -> str:
+    return f"{level * 100:.4g}%"
+
+
+def _message(
+    status: Status, ratio: float, lo: float, hi: float, p: float, m: float, level: float, k: int, busy: tuple[str, ...]
+) -> str:
     direction = "slower" if ratio >= 1 else "faster"
-    head = f"{_pct(ratio)} {direction} ({confidence:.0%} CI {_pct(lo)}..{_pct(hi)}, p={p:.2g})"
+    family = f", {k} comparisons" if k > 1 else ""
+    head = f"{_pct(ratio)} {direction} ({_level_text(level)} CI {_pct(lo)}..{_pct(hi)}, p={p:.2g}{family})"
     effect = f"{m * 100:g}% minimum effect"
+    if status == "inconclusive":
+        return f"{BUSY_PREFIX} — re-measure ({'; '.join(busy)}); measured {head}"
     if status != "within noise":
-        return f"{head}: {status} beyond the {effect}"
-    if _significant(lo, hi, p, confidence):
-        return f"{head}: within noise, significant but not beyond the {effect}"
-    return f"{head}: within noise, not significant at {confidence:.0%}"
+        return f"{head}: {status}, the whole interval beyond the {effect}"
+    if hi > 1.0 + m or lo < 1.0 - m:
+        return f"{head}: within noise, not shown beyond the {effect} (the interval spans it; more rounds would tell)"
+    if lo > 1.0 or hi < 1.0:
+        return f"{head}: within noise, significant but inside the {effect}"
+    return f"{head}: within noise, not significant at {_level_text(level)}"
 
 
 def compare_latency(
@@ -144,44 +227,61 @@ def compare_latency(
     *,
     min_effect: float = 0.05,
     confidence: float = 0.95,
+    comparisons: int = 1,
+    busy: Sequence[str] = (),
     n_boot: int = 2000,
     seed: int = 0,
 ) -> LatencyVerdict:
     """Compare per-round latency samples (seconds) of a candidate with its base.
 
-    Returns a :class:`LatencyVerdict` (rule in the module docstring). Raises
+    ``comparisons`` is the number of benchmarks judged together (a cell's benchmarks in one
+    ``gate compare``, a cell's backends): the confidence holds for all of them at once. ``busy``
+    lists why either side's machine was busy during its rounds
+    (:meth:`edgematrix.measure.contention.Contention.reasons`); any reason makes the verdict
+    "inconclusive". Returns a :class:`LatencyVerdict` (rule in the module docstring). Raises
     :class:`EdgeMatrixError` for fewer than 5 samples, non-finite or non-positive samples, or
     parameters out of range.
     """
     base = _samples(base_s, "base")
     cand = _samples(cand_s, "candidate")
-    _check_params(min_effect, confidence, n_boot)
-    return _compare_latency_impl(base, cand, float(min_effect), float(confidence), n_boot, seed)
+    _check_params(min_effect, confidence, n_boot, comparisons)
+    return _compare_latency_impl(
+        base, cand, float(min_effect), float(confidence), comparisons, _busy(busy), n_boot, seed
+    )
 
 
 def _compare_latency_impl(
-    base: np.ndarray, cand: np.ndarray, min_effect: float, confidence: float, n_boot: int, seed: int
+    base: np.ndarray,
+    cand: np.ndarray,
+    min_effect: float,
+    confidence: float,
+    comparisons: int,
+    busy: tuple[str, ...],
+    n_boot: int,
+    seed: int,
 ) -> LatencyVerdict:
     try:
         from scipy.stats import mannwhitneyu
     except ImportError:
         raise EdgeMatrixError("the latency gate needs scipy (Mann-Whitney U test): pip install scipy") from None
 
+    level = _level(confidence, comparisons)
     ratio = float(np.median(cand) / np.median(base))
     rng = np.random.default_rng(seed)
-    boot = _bootstrap_medians(cand, n_boot, rng) / _bootstrap_medians(base, n_boot, rng)
-    tail = (1.0 - confidence) / 2.0
-    lo, hi = (float(v) for v in np.quantile(boot, [tail, 1.0 - tail]))
+    n = _resamples(n_boot, level)
+    lo, hi = _interval(_bootstrap_medians(cand, n, rng) / _bootstrap_medians(base, n, rng), level)
     if np.ptp(np.concatenate([base, cand])) == 0.0:
         p_value = 1.0  # all samples equal: no evidence of any difference (the U test is undefined)
     else:
         p_value = float(mannwhitneyu(cand, base, alternative="two-sided").pvalue)
 
-    significant = _significant(lo, hi, p_value, confidence)
+    significant = _significant(lo, hi, p_value, confidence, comparisons)
     status: Status = "within noise"
-    if significant and lo > 1.0 and ratio > 1.0 + min_effect:
+    if busy:
+        status = "inconclusive"
+    elif significant and lo > 1.0 + min_effect:
         status = "regression"
-    elif significant and hi < 1.0 and ratio < 1.0 - min_effect:
+    elif significant and hi < 1.0 - min_effect:
         status = "improvement"
     return LatencyVerdict(
         status=status,
@@ -191,5 +291,143 @@ def _compare_latency_impl(
         p_value=p_value,
         min_effect=min_effect,
         confidence=confidence,
-        message=_message(status, ratio, lo, hi, p_value, min_effect, confidence),
+        message=_message(status, ratio, lo, hi, p_value, min_effect, level, comparisons, busy),
+        comparisons=comparisons,
+        busy=busy,
     )
+
+
+# -- choosing among candidates measured in the same rounds -------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyDecision:
+    """Whether one of two candidates, measured in the same rounds, is decidably faster than the other."""
+
+    a: str
+    b: str
+    faster: str | None  # the decidably faster one; None when not decidable
+    ratio: float  # median over rounds of a's time / b's time
+    ci_low: float
+    ci_high: float
+    level: float
+    busy: tuple[str, ...]
+    message: str
+
+    @property
+    def decidable(self) -> bool:
+        return self.faster is not None
+
+
+def latency_difference(
+    a: str,
+    a_s: Sequence[float] | np.ndarray,
+    b: str,
+    b_s: Sequence[float] | np.ndarray,
+    *,
+    busy: Sequence[str] = (),
+    min_effect: float = 0.05,
+    confidence: float = 0.95,
+    comparisons: int = 1,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> LatencyDecision:
+    """Is ``a`` or ``b`` decidably faster? Both measured in the same interleaved rounds (paired by index).
+
+    Decidable when the machine was not busy (``busy`` empty) and the bootstrap interval of the
+    median per-round ratio a/b lies wholly beyond the minimum effect: below ``1 - min_effect``
+    (``a`` faster) or above ``1 / (1 - min_effect)`` (``b`` faster by the same margin).
+    """
+    x, y = _samples(a_s, a), _samples(b_s, b)
+    if x.size != y.size:
+        raise EdgeMatrixError(
+            f"{a} has {x.size} rounds and {b} {y.size}: a paired comparison needs samples of the same rounds"
+        )
+    _check_params(min_effect, confidence, n_boot, comparisons)
+    reasons = _busy(busy)
+    level = _level(confidence, comparisons)
+    per_round = x / y
+    ratio = float(np.median(per_round))
+    lo, hi = _interval(_bootstrap_medians(per_round, _resamples(n_boot, level), np.random.default_rng(seed)), level)
+    faster = None
+    if not reasons and hi < 1.0 - min_effect:
+        faster = a
+    elif not reasons and lo > 1.0 / (1.0 - min_effect):
+        faster = b
+    head = f"{a}/{b} per-round ratio {ratio:.3f} ({_level_text(level)} CI {lo:.3f}..{hi:.3f})"
+    if reasons:
+        message = f"{head}: not decided, {BUSY_PREFIX} — re-measure ({'; '.join(reasons)})"
+    elif faster is not None:
+        message = f"{head}: {faster} faster beyond the {min_effect * 100:g}% minimum effect"
+    else:
+        message = f"{head}: not decidably different beyond the {min_effect * 100:g}% minimum effect"
+    return LatencyDecision(a, b, faster, ratio, lo, hi, level, reasons, message)
+
+
+SelectionStatus = Literal["decided", "kept preferred", "machine busy", "only one"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The backend of record among candidates measured in the same rounds."""
+
+    selected: str  # "" when no choice was made (machine busy)
+    status: SelectionStatus
+    message: str
+    decisions: tuple[LatencyDecision, ...] = field(default=())
+
+
+def select_fastest(
+    candidates: Mapping[str, Sequence[float] | np.ndarray],
+    *,
+    preferred: Sequence[str] = (),
+    busy: Sequence[str] = (),
+    min_effect: float = 0.05,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Selection:
+    """The fastest candidate, chosen so that noise and contention cannot flip it.
+
+    ``candidates`` maps names (backends) to per-round samples from the same interleaved rounds;
+    ``preferred`` orders the names to keep when no difference is decidable (the primary backend
+    first). The default is the first preferred name among the candidates. Another candidate
+    replaces it only when :func:`latency_difference` finds it decidably faster (family-wise over
+    the comparisons with the default); among several such, the one with the lowest median wins.
+    On a busy machine no choice is made: ``selected`` is "" with status "machine busy".
+    """
+    if not candidates:
+        raise EdgeMatrixError("select_fastest needs at least one candidate")
+    reasons = _busy(busy)
+    names = list(candidates)
+    order = [n for n in preferred if n in candidates] + [n for n in names if n not in preferred]
+    default = order[0]
+    if reasons:
+        return Selection("", "machine busy", f"no backend selected: {BUSY_PREFIX} — re-measure ({'; '.join(reasons)})")
+    if len(names) == 1:
+        return Selection(default, "only one", f"{default}: the only candidate")
+    others = [n for n in order if n != default]
+    decisions = tuple(
+        latency_difference(
+            n,
+            candidates[n],
+            default,
+            candidates[default],
+            min_effect=min_effect,
+            confidence=confidence,
+            comparisons=len(others),
+            n_boot=n_boot,
+            seed=seed,
+        )
+        for n in others
+    )
+    winners = [d.a for d in decisions if d.faster == d.a]
+    if not winners:
+        detail = "; ".join(d.message for d in decisions)
+        return Selection(
+            default, "kept preferred", f"{default} kept: no other backend decidably faster ({detail})", decisions
+        )
+    medians = {n: float(np.median(np.asarray(candidates[n], dtype=np.float64))) for n in winners}
+    best = min(winners, key=lambda n: (medians[n], order.index(n)))
+    detail = "; ".join(d.message for d in decisions if d.a == best)
+    return Selection(best, "decided", f"{best} selected over {default}: {detail}", decisions)

@@ -22,6 +22,8 @@ class RunFigures:
     environment: Mapping[str, str] = field(default_factory=dict)  # core.toolchain.current_environment()
     power_mode: str = ""
     ratio_samples: tuple[float, ...] = ()  # per-round candidate/reference (candidate figures only)
+    # why the machine was busy during this run's latency rounds (Measurement.contention.reasons()); empty: quiet
+    busy: tuple[str, ...] = ()
 
     def toolchain(self) -> dict[str, str]:
         return {
@@ -41,7 +43,7 @@ _RUN_FACTS = ("backend", "precision", "device", "power mode")
 @dataclass(frozen=True)
 class Verdict:
     gate: str
-    status: str  # "passed" | "failed" | "not applicable"
+    status: str  # "passed" | "failed" | "not applicable" | "inconclusive" (not judged: machine busy)
     message: str
 
     @property
@@ -61,7 +63,15 @@ def evaluate_gates(
     *,
     same_artifact: bool,
     baseline_hint: str,
+    comparisons: int = 1,
 ) -> list[Verdict]:
+    """The gates of one backend of a cell run.
+
+    ``comparisons`` is the number of latency comparisons of the cell judged together (its
+    backends' ``latency_vs_baseline`` gates): the latency gate's confidence is family-wise over
+    them. A candidate measured on a busy machine (``candidate.busy``) gets an "inconclusive"
+    latency verdict — "not comparable: machine busy — re-measure" — never a pass or a failure.
+    """
     out = []
     if same_artifact:
         out.append(Verdict("accuracy_vs_reference", "not applicable", "the candidate is the FP32 reference itself"))
@@ -115,7 +125,8 @@ def evaluate_gates(
         )
     elif len(baseline.ratio_samples) >= 5 and len(candidate.ratio_samples) >= 5:
         # statistical gate on the per-round same-run ratios: drift of the machine cancels within a
-        # round, and a regression needs both the minimum effect and significance
+        # round (contention does not: a busy run is inconclusive), and a regression needs the whole
+        # interval beyond the minimum effect (edgematrix.gates.latency)
         from edgematrix.gates.latency import compare_latency
 
         lv = compare_latency(
@@ -123,12 +134,21 @@ def evaluate_gates(
             list(candidate.ratio_samples),
             min_effect=gates.latency_min_effect,
             confidence=gates.latency_confidence,
+            comparisons=comparisons,
+            busy=candidate.busy,
         )
+        status = {"regression": "failed", "inconclusive": "inconclusive"}.get(lv.status, "passed")
+        out.append(Verdict("latency_vs_baseline", status, f"candidate/reference ratio vs baseline's: {lv.message}"))
+    elif candidate.busy:
+        from edgematrix.gates.latency import BUSY_PREFIX
+
+        ratio = candidate.p50_ms / reference.p50_ms
         out.append(
             Verdict(
                 "latency_vs_baseline",
-                "failed" if lv.status == "regression" else "passed",
-                f"candidate/reference ratio vs baseline's: {lv.message}",
+                "inconclusive",
+                f"{BUSY_PREFIX} — re-measure ({'; '.join(candidate.busy)}); candidate/reference p50 {ratio:.3f} "
+                f"vs baseline {baseline.p50_ratio:.3f}",
             )
         )
     else:

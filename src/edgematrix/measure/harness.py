@@ -3,6 +3,14 @@
 Runners compared with each other (FP32 reference vs candidate) are measured in the same rounds,
 alternating their order every round (AB, BA, AB, ...), so slow drift of the machine (another
 process, thermal state) lands on both equally and a speedup is a same-run ratio.
+
+Drift cancels; contention does not (each runtime reacts to competing processes differently), so
+every measurement also records what the machine was doing during its timed rounds
+(:class:`~edgematrix.measure.contention.Contention`: other processes' CPU time, our threads'
+run-queue wait, steal, runnable tasks, load, the spread of each runner's rounds). The result of
+:func:`measure_interleaved` is a :class:`Measurement` — the same ``{runner key: LatencySamples}``
+mapping as before, plus ``.contention`` — and each :class:`LatencySamples` carries the record of
+the rounds it was measured in.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import numpy as np
 
 from edgematrix.backends.base import Runner
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.measure.contention import Contention, ContentionProbe
 
 Feed = dict[str, np.ndarray]
 #: called after every timed round with (rounds done, seconds since the timed rounds started)
@@ -51,6 +60,8 @@ class LatencySamples:
 
     name: str
     samples_s: list[float] = field(default_factory=list)
+    #: what the machine was doing during the timed rounds (None for samples not taken by the harness)
+    contention: Contention | None = None
 
     @property
     def rounds(self) -> int:
@@ -98,6 +109,19 @@ class LatencySamples:
         }
 
 
+class Measurement(dict[str, LatencySamples]):
+    """``{runner key: LatencySamples}`` of one interleaved measurement, plus its contention record."""
+
+    def __init__(self, samples: Mapping[str, LatencySamples], contention: Contention) -> None:
+        super().__init__(samples)
+        self.contention = contention
+
+    @property
+    def busy(self) -> bool:
+        """The machine was busy during the rounds (``contention.reasons()`` says why)."""
+        return self.contention.busy
+
+
 def _feeds_per_runner(
     runners: Mapping[str, Runner], feeds: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np.ndarray]
 ) -> dict[str, Feed]:
@@ -123,12 +147,14 @@ def measure_interleaved(
     feeds: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np.ndarray],
     config: LatencyConfig = LatencyConfig(),  # frozen, so a shared default is safe
     progress: Progress | None = None,
-) -> dict[str, LatencySamples]:
+) -> Measurement:
     """Measure all ``runners`` in the same rounds, alternating their order every round.
 
     ``feeds`` is either one feed shared by all runners or ``{runner key: feed}``. Runners that are
     not active are activated here and deactivated afterwards; active ones are left active.
-    Only ``runner.infer`` is inside the timer (``time.perf_counter_ns``).
+    Only ``runner.infer`` is inside the timer (``time.perf_counter_ns``). Between rounds, outside
+    the timer, a :class:`ContentionProbe` samples the machine; the returned :class:`Measurement`
+    carries its record as ``.contention`` (also set on every :class:`LatencySamples`).
     """
     if not runners:
         raise EdgeMatrixError("measure_interleaved needs at least one runner")
@@ -146,8 +172,10 @@ def measure_interleaved(
             for _ in range(config.warmup):
                 runner.infer(feed)
 
+        probe = ContentionProbe()
         with gc_paused(config):
             clock = time.perf_counter_ns
+            probe.start()
             start = clock()
             rounds = 0
             while True:
@@ -160,12 +188,16 @@ def measure_interleaved(
                     results[key].samples_s.append((t1 - t0) * 1e-9)
                 rounds += 1
                 elapsed = (clock() - start) * 1e-9
+                probe.sample()
                 if progress is not None:
                     progress(rounds, elapsed)
                 if enough_rounds(config, rounds, elapsed):
                     break
+            contention = probe.stop({key: s.samples_s for key, s in results.items()})
 
-    return results
+    for s in results.values():
+        s.contention = contention
+    return Measurement(results, contention)
 
 
 @contextmanager
