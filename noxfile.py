@@ -190,7 +190,7 @@ def validate(session: nox.Session) -> None:
     session.run("edgematrix", "list")
 
 
-@nox.session(default=False, reuse_venv="never")
+@nox.session(default=False, reuse_venv=False)  # a fresh virtualenv every time
 def lock(session: nox.Session) -> None:
     """Rewrite matrix/constraints.txt, the lock every session installs with (then re-record the baselines).
 

@@ -55,3 +55,116 @@ def test_unreachable_cell_fails_before_installing(ci: str) -> None:
     assert "cannot run on this host" in err
     assert "jetson-orin" in err  # how to provide it: the runner label
     assert "pip install" not in err
+
+
+# -- every session installs with the lock ---------------------------------------------------------
+
+
+class _Quit(Exception):
+    """session.error() of the fake session."""
+
+
+class _Recorder:
+    """Stands in for nox.Session: records installs and commands instead of running them."""
+
+    def __init__(self, posargs: list[str] | None = None, outputs: dict[str, str] | None = None) -> None:
+        self.posargs = posargs or []
+        self.installs: list[tuple[str, ...]] = []
+        self.runs: list[tuple[str, ...]] = []
+        self.outputs = outputs or {}
+
+    def install(self, *args: str, **kwargs: object) -> None:
+        self.installs.append(args)
+
+    def run(self, *args: str, **kwargs: object) -> str:
+        self.runs.append(args)
+        return next((out for key, out in self.outputs.items() if key in args), "")
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def error(self, *args: object) -> None:
+        raise _Quit(" ".join(map(str, args)))
+
+
+@pytest.fixture(scope="module")
+def noxfile_sessions() -> tuple[object, dict[str, object]]:
+    import importlib.util
+
+    import nox.registry
+
+    spec = importlib.util.spec_from_file_location("edgematrix_noxfile_under_test", REPO / "noxfile.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, dict(nox.registry.get())
+
+
+def _call(sessions: dict[str, object], name: str, session: _Recorder) -> str:
+    try:
+        sessions[name](session)  # type: ignore[operator]
+    except _Quit as e:
+        return str(e)
+    return ""
+
+
+def test_every_session_installs_with_the_lock(noxfile_sessions: tuple[object, dict[str, object]]) -> None:
+    _module, sessions = noxfile_sessions
+    lock = str(REPO / "matrix" / "constraints.txt")
+    assert set(sessions) >= {
+        "tests",
+        "lint",
+        "images",
+        "update_baselines",
+        "report",
+        "validate",
+        "lock",
+        "x86_cpu_int8",
+    }
+    runs = [(name, []) for name in sessions if name != "lock"]
+    # the other runners of a cell install other things: each with the lock too
+    runs += [("x86_cpu_int8", ["--runner", "docker"]), ("jetson_int8", ["--runner", "emulated"])]
+    runs += [("update_baselines", ["x86_cpu_int8"])]
+    installed = set()
+    for name, posargs in runs:
+        rec = _Recorder(posargs)
+        quit_reason = _call(sessions, name, rec)
+        for args in rec.installs:
+            assert args[:2] == ("-c", lock), f"nox -s {name} {' '.join(posargs)}: pip install {' '.join(args)}"
+        if rec.installs:
+            installed.add(name)
+        else:  # a session that installs nothing stopped before installing: a cell this host cannot run
+            assert "cannot run on this host" in quit_reason or "does not offer" in quit_reason, (name, quit_reason)
+    assert {
+        "tests",
+        "lint",
+        "images",
+        "update_baselines",
+        "report",
+        "validate",
+        "x86_cpu_int8",
+        "jetson_int8",
+    } <= installed
+
+
+def test_lock_session_resolves_afresh_and_writes_a_readable_lock(
+    noxfile_sessions: tuple[object, dict[str, object]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgematrix.core.toolchain import read_lock
+
+    module, sessions = noxfile_sessions
+    monkeypatch.setattr(module, "LOCK", tmp_path / "constraints.txt")
+    freeze = "numpy==2.4.6\nonnxruntime==1.31.1\ntorch==2.13.0+cpu\n"
+    rec = _Recorder(outputs={"freeze": freeze, "-c": "3.11\nlinux x86_64\nglibc 2.36\n"})
+    assert _call(sessions, "lock", rec) == ""
+    # resolved from the runtime pins, never from the lock it replaces; every coexisting extra and group
+    (install,) = rec.installs
+    assert install[:2] == ("-c", str(REPO / "docker" / "x86_cpu" / "requirements.txt"))
+    assert "-e" in install and ".[cpu,openvino,docker,optimize,demo]" in install
+    assert any(a.startswith("hypothesis") for a in install) and any(a.startswith("ruff") for a in install)
+    assert sessions["lock"].reuse_venv is False  # type: ignore[attr-defined]
+    lock = read_lock(tmp_path / "constraints.txt")
+    assert (lock.python, lock.platform) == ("3.11", "linux x86_64")
+    assert lock.pins == {"numpy": "2.4.6", "onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1", "torch": "2.13.0"}
+    text = (tmp_path / "constraints.txt").read_text()
+    assert "nox -s lock" in text and "docker/x86_cpu/requirements.txt" in text and "# libc: glibc 2.36" in text

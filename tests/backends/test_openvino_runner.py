@@ -332,7 +332,7 @@ def test_backends_import_without_openvino_and_creation_says_what_to_install() ->
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert "pip install edgematrix[openvino]" in done.stdout
+    assert "pip install 'edgematrix[openvino]'" in done.stdout
 
 
 def test_registering_the_backend_does_not_import_openvino() -> None:

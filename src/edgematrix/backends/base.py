@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.errors import BackendError
+from edgematrix.extras import require_runtime
 from edgematrix.registry import Registry
 
 Fact = str | int | float
@@ -53,6 +54,9 @@ class Runner(ABC):
 
     #: registry name of the backend; subclasses set it (also used for default runner names)
     backend_name: ClassVar[str] = "runner"
+    #: optional runtimes (modules of :data:`edgematrix.extras.OPTIONAL_RUNTIMES`) the backend imports;
+    #: :meth:`activate` checks them first, so a missing one is one line naming the extra to install
+    runtime_modules: ClassVar[tuple[str, ...]] = ()
     _counter: ClassVar[itertools.count] = itertools.count()
 
     def __init__(self, name: str | None = None) -> None:
@@ -60,11 +64,31 @@ class Runner(ABC):
         self.is_active = False
         self._input_metadata: dict[str, TensorMeta] | None = None
 
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def options_for(
+        cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None
+    ) -> dict[str, Any]:
+        """Constructor keyword arguments of this backend's runner for one cell role (default: none).
+
+        ``target`` is the target's config as a mapping (``Target.model_dump()``: ``providers``,
+        ``threads`` ...); ``role`` is ``"reference"`` (the FP32 model) or the name of a role that runs
+        the deployed artifact (``"candidate"``, ``"base"`` ...); ``precision`` is the precision that
+        artifact deploys in (the recipe's); ``model`` is what a backend may need to know of the model
+        (a mapping or object with ``input_shape`` / ``output_names``). The caller adds what is not
+        config: the artifact (``path=`` / ``module=``) and data (``calibration=``).
+        """
+        return {}
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def activate(self) -> None:
         if self.is_active:
             raise BackendError(f"runner {self.name!r} is already active; a runner is entered once at a time")
+        # the runtime is imported on activation (never at import or construction): a missing one is
+        # a MissingExtraError naming the extra, not a ModuleNotFoundError from deep inside the backend
+        require_runtime(*self.runtime_modules, needed_for=f"the {self.backend_name} backend")
         try:
             self.activate_impl()
         except BaseException:

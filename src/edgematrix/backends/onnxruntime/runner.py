@@ -86,6 +86,7 @@ class OnnxrtRunner(Runner):
     """
 
     backend_name = "onnxruntime"
+    runtime_modules = ("onnxruntime",)
 
     def __init__(
         self,
@@ -112,6 +113,13 @@ class OnnxrtRunner(Runner):
         self._precision = precision
         self.session: Any = None
         self._output_names: list[str] = []
+
+    @classmethod
+    def options_for(
+        cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None
+    ) -> dict[str, Any]:
+        """The target's execution providers in order and its thread count (0 = physical cores), every role."""
+        return {"providers": tuple(target.get("providers", ())), "intra_op_threads": int(target.get("threads", 0))}
 
     def activate_impl(self) -> None:
         self.session = self.loader()
