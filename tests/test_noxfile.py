@@ -111,16 +111,8 @@ def _call(sessions: dict[str, object], name: str, session: _Recorder) -> str:
 def test_every_session_installs_with_the_lock(noxfile_sessions: tuple[object, dict[str, object]]) -> None:
     _module, sessions = noxfile_sessions
     lock = str(REPO / "matrix" / "constraints.txt")
-    assert set(sessions) >= {
-        "tests",
-        "lint",
-        "images",
-        "update_baselines",
-        "report",
-        "validate",
-        "lock",
-        "x86_cpu_int8",
-    }
+    tools = {"tests", "lint", "images", "update_baselines", "report", "validate"}
+    assert set(sessions) >= {*tools, "lock", "x86_cpu_int8", "jetson_int8"}
     runs = [(name, []) for name in sessions if name != "lock"]
     # the other runners of a cell install other things: each with the lock too
     runs += [("x86_cpu_int8", ["--runner", "docker"]), ("jetson_int8", ["--runner", "emulated"])]
@@ -135,16 +127,7 @@ def test_every_session_installs_with_the_lock(noxfile_sessions: tuple[object, di
             installed.add(name)
         else:  # a session that installs nothing stopped before installing: a cell this host cannot run
             assert "cannot run on this host" in quit_reason or "does not offer" in quit_reason, (name, quit_reason)
-    assert {
-        "tests",
-        "lint",
-        "images",
-        "update_baselines",
-        "report",
-        "validate",
-        "x86_cpu_int8",
-        "jetson_int8",
-    } <= installed
+    assert {*tools, "x86_cpu_int8", "jetson_int8"} <= installed
 
 
 def test_lock_session_resolves_afresh_and_writes_a_readable_lock(

@@ -4,8 +4,17 @@ A target's image is ``docker/<image>/Dockerfile`` built with the target's ``imag
 ``matrix/targets.toml`` (base image, SDK and package versions) and the pinned
 ``docker/<image>/requirements.txt``, installed from a *wheelhouse* built on the host. The tag is
 ``edgematrix/<image>:<hash>``, the hash covering the Dockerfile, every other file of the recipe
-folder, the build args and the architecture, so an unchanged recipe finds its image and does not
-rebuild (the source is mounted at run time, never copied into the image).
+folder, the build args, the architecture and the lock, so an unchanged recipe finds its image and
+does not rebuild (the source is mounted at run time, never copied into the image).
+
+The wheelhouse is downloaded with the lock (``pip download -c matrix/constraints.txt``) when the
+image's Python is the lock's (the x86_cpu image and the emulated Jetson on the Debian 12 base, for
+either architecture), so a container installs the very versions a local Nox session installs and
+both share one baseline (``edgematrix.core.toolchain``). Images of another Python (JetPack's 3.10,
+NGC's 3.12) install their recipe's own pins. The wheelhouse lives in the read-write cache and is
+reused only when every wheel matches the SHA-256 recorded when it was downloaded
+(``edgematrix.core.cache.seal_tree``); otherwise it is deleted, one line says why, and it is built
+again.
 
 Hosts without registry access (this project's CI) build the base themselves: ``debootstrap`` of
 Debian's packages for the target's architecture, then ``docker import`` (:func:`ensure_offline_base`).
@@ -17,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgematrix.core.toolchain import LOCK_PATH, lock_applies, read_lock
 from edgematrix.errors import EdgeMatrixError
 
 Log = Callable[[str], None]
@@ -61,6 +70,7 @@ class ImageSpec:
     recipe_dir: Path
     arch: str  # x86_64 | aarch64
     build_args: dict[str, str] = field(default_factory=dict)
+    lock: Path | None = None  # the lock its wheelhouse is downloaded with (None: the recipe's pins alone)
 
     @property
     def dockerfile(self) -> Path:
@@ -90,6 +100,8 @@ class ImageSpec:
         for path in self.recipe_files():
             h.update(f"file {path.relative_to(self.recipe_dir).as_posix()}\n".encode())
             h.update(path.read_bytes())
+        if self.lock is not None:
+            h.update(b"lock\n" + self.lock.read_bytes())
         return h.hexdigest()[:16]
 
     @property
@@ -113,7 +125,12 @@ def image_spec(
     if offline_base:
         args["BASE_IMAGE"] = offline_base
         args["PYTHON_VERSION"] = OFFLINE_PYTHON
-    return ImageSpec(name=name, recipe_dir=recipe, arch=target.get("image_arch") or target["arch"], build_args=args)
+    arch = target.get("image_arch") or target["arch"]
+    spec = ImageSpec(name=name, recipe_dir=recipe, arch=arch, build_args=args)
+    lock_file = repo_root / LOCK_PATH
+    if lock_file.is_file() and lock_applies(read_lock(lock_file), spec.python_version):
+        spec = ImageSpec(name=name, recipe_dir=recipe, arch=arch, build_args=args, lock=lock_file)
+    return spec
 
 
 # -- the Docker engine ------------------------------------------------------------------------
@@ -276,8 +293,10 @@ def _import(client: Any, tarball: Path, tag: str, arch: str) -> None:
 
 
 def wheelhouse_dir(cache_dir: Path, spec: ImageSpec) -> Path:
-    req_hash = hashlib.sha256(spec.requirements.read_bytes()).hexdigest()[:12]
-    return cache_dir / "wheelhouse" / f"{spec.name}-{spec.arch}-py{spec.python_version}-{req_hash}"
+    h = hashlib.sha256(spec.requirements.read_bytes())
+    if spec.lock is not None:
+        h.update(b"lock\n" + spec.lock.read_bytes())
+    return cache_dir / "wheelhouse" / f"{spec.name}-{spec.arch}-py{spec.python_version}-{h.hexdigest()[:12]}"
 
 
 def requirements_for(spec: ImageSpec) -> list[str]:
@@ -311,14 +330,18 @@ def requirements_for(spec: ImageSpec) -> list[str]:
 
 
 def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None) -> Path:
-    """Download the image's pinned requirements (and their dependencies) as wheels, on the host."""
+    """Download the image's pinned requirements (and their dependencies, held by the lock) as wheels, on
+    the host. A wheelhouse of an earlier call is reused only when every file matches the SHA-256
+    recorded when it was downloaded; otherwise it is deleted (one line says why) and downloaded again."""
+    from edgematrix.core.cache import reuse_tree, seal_tree
+
     if not spec.requirements.is_file():
         raise ImageError(f"{spec.requirements} is missing: each image recipe pins its Python packages there")
     out = wheelhouse_dir(cache_dir, spec)
-    done = out / ".complete"
-    if done.is_file():
+    if reuse_tree(out, "wheelhouse"):
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # a partial download (no manifest yet) starts over
+    out.mkdir(parents=True)
     # pip evaluates environment markers against the interpreter running it, not --python-version:
     # resolve them for the image's Python and architecture first.
     resolved = out / "requirements.resolved.txt"
@@ -335,6 +358,8 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
         "-r",
         str(resolved),
     ]
+    if spec.lock is not None:
+        cmd += ["-c", str(spec.lock)]
     from edgematrix.runners.select import host_arch
 
     pyver = spec.python_version
@@ -344,7 +369,16 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
         # newer manylinux tags too (pip accepts several --platform values)
         for newer in ("manylinux_2_28", "manylinux_2_27", "manylinux_2_26", "manylinux_2_24", "manylinux_2_17"):
             cmd += ["--platform", f"{newer}_{spec.arch}"]
-    _emit(log, f"wheelhouse {out.name}: pip download -r {spec.requirements.relative_to(spec.recipe_dir.parent.parent)}")
+    lock_note = (
+        f" -c {LOCK_PATH}"
+        if spec.lock is not None
+        else f" (no lock for Python {spec.python_version} images: the recipe's pins alone)"
+    )
+    _emit(
+        log,
+        f"wheelhouse {out.name}: pip download -r {spec.requirements.relative_to(spec.recipe_dir.parent.parent)}"
+        + lock_note,
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ImageError(
@@ -352,9 +386,10 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
             + "\n".join((proc.stderr or proc.stdout).splitlines()[-12:])
             + "\nCheck the pins in "
             + str(spec.requirements)
+            + (f" (and {spec.lock}: they must agree)" if spec.lock is not None else "")
             + " and that PyPI (or your index) is reachable."
         )
-    done.write_text(json.dumps(sorted(p.name for p in out.glob("*.whl")), indent=1))
+    seal_tree(out)  # every file's SHA-256, verified before the next reuse
     return out
 
 
