@@ -67,9 +67,7 @@ class Runner(ABC):
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def options_for(
-        cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None
-    ) -> dict[str, Any]:
+    def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
         """Constructor keyword arguments of this backend's runner for one cell role (default: none).
 
         ``target`` is the target's config as a mapping (``Target.model_dump()``: ``providers``,
@@ -216,6 +214,7 @@ _BUILTIN_BACKEND_MODULES = (
     "edgematrix.backends.torch.runner",
     "edgematrix.backends.tensorrt.runner",
     "edgematrix.backends.tidl.runner",
+    "edgematrix.backends.trt_cpp.runner",
     "edgematrix.backends.split.runner",
 )
 

@@ -1,6 +1,7 @@
 #include "cpu_engine.h"
 
 #include <chrono>
+#include <cstring>
 
 #include "errors.h"
 
@@ -58,6 +59,28 @@ Timing CpuSelfTestEngine::run_timed() {
     const auto t1 = Clock::now();
     const double ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
     return Timing{ms, ms};
+}
+
+std::vector<Tensor> CpuSelfTestEngine::io_spec() const {
+    Tensor in;
+    in.name = "input";
+    in.is_input = true;
+    in.dims = {1, shape_.channels, shape_.height, shape_.width};
+    Tensor out;
+    out.name = "output";
+    out.is_input = false;
+    out.dims = {1, shape_.out_channels, shape_.height, shape_.width};
+    return {in, out};
+}
+
+std::vector<Tensor> CpuSelfTestEngine::infer(const std::vector<Tensor>& inputs) {
+    const Tensor& in = inputs.at(0);  // serve() checked name, type, shape and size against io_spec()
+    std::memcpy(input_.data(), in.data.data(), input_.size() * sizeof(float));
+    run();
+    Tensor out = io_spec()[1];
+    out.data.resize(output_.size() * sizeof(float));
+    std::memcpy(out.data.data(), output_.data(), out.data.size());
+    return {out};
 }
 
 double CpuSelfTestEngine::checksum() const {

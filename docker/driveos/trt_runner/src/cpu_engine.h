@@ -7,6 +7,11 @@
 // Input, weights and bias come from a 32-bit LCG (Numerical Recipes' constants), in that order:
 //   state = state * 1664525 + 1013904223 (mod 2^32);  value = (state >> 8) / 2^23 - 1   (exact in float32)
 // so the Python tests recompute the same output with numpy.
+//
+// Served (--serve), the engine is that model with the input taken from each request: input
+// "input" float32 [1, C, H, W] -> output "output" float32 [1, K, H, W], weights and bias still from
+// the LCG (drawn after the C*H*W input values, as above), so an ONNX Conv + Relu with the same
+// weights computes the same function.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +54,8 @@ public:
     void synchronize() override {}
     Timing run_timed() override;
     Facts facts() const override;
+    std::vector<Tensor> io_spec() const override;
+    std::vector<Tensor> infer(const std::vector<Tensor>& inputs) override;
 
     const std::vector<float>& output() const { return output_; }
     // Sum of the last output, accumulated in double in index order.

@@ -5,8 +5,38 @@
 #include <map>
 #include <string>
 #include <variant>
+#include <vector>
 
 namespace trt_runner {
+
+// Element types of the I/O protocol (io.h); the codes are part of the protocol.
+enum class DType : std::uint8_t {
+    kFloat32 = 1,
+    kFloat16 = 2,
+    kInt8 = 3,
+    kInt32 = 4,
+    kBool = 5,
+    kUInt8 = 6,
+    kInt64 = 7,
+    kBFloat16 = 8,
+    kFp8E4M3 = 9,
+};
+
+std::size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+
+// One I/O tensor: its description (name, type, role, shape) and, in a request or a reply, its
+// bytes in C (row-major) order.
+struct Tensor {
+    std::string name;
+    DType dtype = DType::kFloat32;
+    bool is_input = true;
+    std::vector<std::int64_t> dims;
+    std::vector<unsigned char> data;
+
+    std::int64_t volume() const;
+    std::size_t nbytes() const { return static_cast<std::size_t>(volume()) * dtype_size(dtype); }
+};
 
 // A fact about the run: plain string / integer / float, like edgematrix's Runner.facts().
 using Fact = std::variant<std::string, std::int64_t, double>;
@@ -34,6 +64,11 @@ public:
     virtual Timing run_timed() = 0;
     // What this engine is and what it ran on.
     virtual Facts facts() const = 0;
+    // The engine's inputs then outputs, with resolved shapes and no data.
+    virtual std::vector<Tensor> io_spec() const = 0;
+    // One inference on inputs that match io_spec() (checked by the caller); returns the outputs
+    // with their data, in io_spec() order.
+    virtual std::vector<Tensor> infer(const std::vector<Tensor>& inputs) = 0;
 };
 
 }  // namespace trt_runner

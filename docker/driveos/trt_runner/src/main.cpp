@@ -14,6 +14,7 @@
 #include "cpu_engine.h"
 #include "errors.h"
 #include "harness.h"
+#include "io.h"
 #include "json.h"
 #include "options.h"
 #include "stats.h"
@@ -154,6 +155,9 @@ int run(const std::vector<std::string>& args) {
             break;
     }
     std::unique_ptr<Engine> engine = make_engine(o);
+    if (o.serve) {
+        return serve(*engine, stdin, stdout);
+    }
     const Measurement m = measure(*engine, o.config);
     const Summary s = summarize(m.samples_ms);
     const std::string json = result_json(engine->backend(), s, m, o.config, build_facts(*engine));

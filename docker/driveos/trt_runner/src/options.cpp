@@ -14,6 +14,8 @@ std::string usage() {
              [--seed N] [--verbose] [--out result.json]
   trt_runner --cpu-selftest [timing options] [--selftest-size CxHxW] [--selftest-out-channels K]
              [--seed N] [--save-output FILE] [--out result.json]
+  trt_runner --engine FILE --serve [--shape NAME=DxDx..] [--device N] [--verbose]
+  trt_runner --cpu-selftest --serve [--selftest-size CxHxW] [--selftest-out-channels K] [--seed N]
   trt_runner --stop-rule-stdin [timing options]
   trt_runner --version | --help
 
@@ -37,6 +39,12 @@ host self-check (no GPU, no TensorRT; not a TensorRT measurement):
   --cpu-selftest     time a deterministic 3x3 convolution on the CPU through the same harness
   --selftest-size    input CxHxW (8x32x32)     --selftest-out-channels K (16)
   --save-output FILE write the last self-test output as raw float32 (K x H x W)
+
+  --serve            run inference requests instead of timing: after loading, the engine's I/O spec
+                     goes to standard output, then each INPUTS frame read from standard input is
+                     answered with an OUTPUTS (or ERROR) frame, until an END frame or end of input
+                     (protocol edgematrix.trt_runner.io/1, src/io.h). The self-check serves its
+                     convolution with the input taken from each request.
 
   --stop-rule-stdin  read "ROUNDS ELAPSED_S" lines, print 1 (stop) or 0 (go on) for each
   --seed N           seed of the generated inputs (2026)
@@ -99,6 +107,7 @@ std::pair<std::string, std::string> parse_assignment(const std::string& flag, co
 Options parse_options(const std::vector<std::string>& args) {
     Options o;
     bool have_engine = false, have_selftest = false, have_stop_rule = false;
+    std::vector<std::string> timed_only;  // flags that mean nothing to --serve
     for (std::size_t i = 0; i < args.size(); ++i) {
         const std::string& flag = args[i];
         auto value = [&]() -> std::string {
@@ -118,18 +127,26 @@ Options parse_options(const std::vector<std::string>& args) {
             have_selftest = true;
         } else if (flag == "--stop-rule-stdin") {
             have_stop_rule = true;
+        } else if (flag == "--serve") {
+            o.serve = true;
         } else if (flag == "--warmup") {
             o.config.warmup = parse_int(flag, value());
+            timed_only.push_back(flag);
         } else if (flag == "--min-rounds") {
             o.config.min_rounds = parse_int(flag, value());
+            timed_only.push_back(flag);
         } else if (flag == "--max-rounds") {
             o.config.max_rounds = parse_int(flag, value());
+            timed_only.push_back(flag);
         } else if (flag == "--min-time-s") {
             o.config.min_time_s = parse_seconds(flag, value());
+            timed_only.push_back(flag);
         } else if (flag == "--max-time-s") {
             o.config.max_time_s = parse_seconds(flag, value());
+            timed_only.push_back(flag);
         } else if (flag == "--out") {
             o.out = value();
+            timed_only.push_back(flag);
         } else if (flag == "--shape") {
             const auto [name, dims] = parse_assignment(flag, value());
             o.trt.shapes[name] = parse_dims(flag, dims);
@@ -154,6 +171,7 @@ Options parse_options(const std::vector<std::string>& args) {
             o.selftest.out_channels = parse_int(flag, value());
         } else if (flag == "--save-output") {
             o.save_output = value();
+            timed_only.push_back(flag);
         } else {
             bad("unknown argument '" + flag + "'");
         }
@@ -169,6 +187,14 @@ Options parse_options(const std::vector<std::string>& args) {
     }
     if (o.mode != Mode::kCpuSelfTest && o.save_output) {
         bad("--save-output applies to --cpu-selftest only");
+    }
+    if (o.serve) {
+        if (o.mode == Mode::kStopRule) bad("--serve applies to --engine or --cpu-selftest");
+        if (!o.trt.input_files.empty()) bad("--serve takes its inputs from the requests; drop --input");
+        if (!timed_only.empty()) {
+            bad(timed_only.front() + " applies to timed runs; --serve answers inference requests (no timing, "
+                                     "results go to standard output as frames)");
+        }
     }
     o.trt.seed = o.seed;
     o.config.validate();

@@ -22,6 +22,7 @@ struct Options {
     SelfTestShape selftest;
     std::uint32_t seed = 2026;
     std::optional<std::string> save_output;      // self-test output as raw float32
+    bool serve = false;                          // --serve: answer inference requests (io.h) instead of timing
 };
 
 std::string usage();

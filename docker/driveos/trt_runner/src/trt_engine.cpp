@@ -12,6 +12,7 @@
 
 #include "cpu_engine.h"
 #include "errors.h"
+#include "io.h"
 
 #if !defined(NV_TENSORRT_MAJOR) || (NV_TENSORRT_MAJOR < 8) || (NV_TENSORRT_MAJOR == 8 && NV_TENSORRT_MINOR < 5)
 #error "trt_runner needs TensorRT >= 8.5 (name-based I/O: setTensorAddress / enqueueV3)"
@@ -119,6 +120,30 @@ std::string type_name(nvinfer1::DataType t) {
         default: break;
     }
     return "type" + std::to_string(static_cast<int>(t));
+}
+
+// The I/O protocol's code of a TensorRT type (io.h); throws for types the protocol does not carry.
+DType protocol_dtype(nvinfer1::DataType t, const std::string& name) {
+    using nvinfer1::DataType;
+    switch (t) {
+        case DataType::kFLOAT: return DType::kFloat32;
+        case DataType::kHALF: return DType::kFloat16;
+        case DataType::kINT8: return DType::kInt8;
+        case DataType::kINT32: return DType::kInt32;
+        case DataType::kBOOL: return DType::kBool;
+        case DataType::kUINT8: return DType::kUInt8;
+#if NV_TENSORRT_MAJOR > 8 || (NV_TENSORRT_MAJOR == 8 && NV_TENSORRT_MINOR >= 6)
+        case DataType::kFP8: return DType::kFp8E4M3;
+#endif
+#if NV_TENSORRT_MAJOR >= 10
+        case DataType::kBF16: return DType::kBFloat16;
+        case DataType::kINT64: return DType::kInt64;
+#endif
+        default: break;
+    }
+    throw RunnerError(kExitRuntime, "I/O tensor '" + name + "' has type " + type_name(t) +
+                                        ", which --serve does not carry (float32, float16, bfloat16, int8, uint8, "
+                                        "int32, int64, bool, fp8)");
 }
 
 std::string dims_text(const nvinfer1::Dims& d) {
@@ -265,6 +290,7 @@ struct IoTensor {
     std::size_t bytes = 0;
     std::unique_ptr<DeviceBuffer> buffer;
     std::string source;  // for inputs: "lcg" or the file it was read from
+    bool vectorized = false;  // a vectorized format (padded, not C order): not served
 };
 
 class TensorRtEngine final : public Engine {
@@ -278,6 +304,8 @@ public:
     void synchronize() override { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
     Timing run_timed() override;
     Facts facts() const override { return facts_; }
+    std::vector<Tensor> io_spec() const override;
+    std::vector<Tensor> infer(const std::vector<Tensor>& inputs) override;
 
 private:
     void enqueue();
@@ -416,6 +444,7 @@ void TensorRtEngine::allocate_and_bind(const TrtOptions& options) {
         for (int d = 0; d < t.shape.nbDims; ++d) {
             auto extent = static_cast<std::size_t>(t.shape.d[d]);
             if (d == vec_dim && comps > 1) {
+                t.vectorized = true;
                 const auto c = static_cast<std::size_t>(comps);
                 extent = (extent + c - 1) / c * c;
             }
@@ -476,6 +505,55 @@ Timing TensorRtEngine::run_timed() {
     float gpu_ms = 0.0f;
     check_cuda(cudaEventElapsedTime(&gpu_ms, start_, end_), "cudaEventElapsedTime");
     return Timing{static_cast<double>(gpu_ms), std::chrono::duration<double, std::milli>(h1 - h0).count()};
+}
+
+std::vector<Tensor> TensorRtEngine::io_spec() const {
+    std::vector<Tensor> spec;
+    for (bool inputs_first : {true, false}) {
+        for (const IoTensor& t : io_) {
+            if (t.is_input != inputs_first) continue;
+            if (t.vectorized) {
+                throw RunnerError(kExitRuntime, "I/O tensor '" + t.name +
+                                                    "' uses a vectorized format; --serve exchanges C-order "
+                                                    "tensors: build the engine with linear I/O (trtexec's default "
+                                                    "without --inputIOFormats/--outputIOFormats)");
+            }
+            Tensor s;
+            s.name = t.name;
+            s.dtype = protocol_dtype(t.type, t.name);
+            s.is_input = t.is_input;
+            for (int d = 0; d < t.shape.nbDims; ++d) s.dims.push_back(static_cast<std::int64_t>(t.shape.d[d]));
+            spec.push_back(std::move(s));
+        }
+    }
+    return spec;
+}
+
+std::vector<Tensor> TensorRtEngine::infer(const std::vector<Tensor>& inputs) {
+    // serve() has checked every input against io_spec(): names, types, shapes and byte counts.
+    for (const Tensor& in : inputs) {
+        for (const IoTensor& t : io_) {
+            if (t.is_input && t.name == in.name) {
+                check_cuda(cudaMemcpyAsync(t.buffer->ptr, in.data.data(), t.bytes, cudaMemcpyHostToDevice, stream_),
+                           "copying input '" + t.name + "' to the device");
+            }
+        }
+    }
+    enqueue();
+    std::vector<Tensor> outputs;
+    for (const Tensor& spec : io_spec()) {
+        if (spec.is_input) continue;
+        for (const IoTensor& t : io_) {
+            if (t.is_input || t.name != spec.name) continue;
+            Tensor out = spec;
+            out.data.resize(t.bytes);
+            check_cuda(cudaMemcpyAsync(out.data.data(), t.buffer->ptr, t.bytes, cudaMemcpyDeviceToHost, stream_),
+                       "copying output '" + t.name + "' to the host");
+            outputs.push_back(std::move(out));
+        }
+    }
+    synchronize();
+    return outputs;
 }
 
 void TensorRtEngine::collect_facts(const TrtOptions& options, std::size_t engine_bytes) {

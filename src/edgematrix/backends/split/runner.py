@@ -71,6 +71,13 @@ class SplitRunner(Runner):
         self._runners: dict[str, Runner] = {}
         self._stack: ExitStack | None = None
 
+    @classmethod
+    def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
+        """The target's thread count for the runner and as the override of every subgraph's
+        (``inner_backend`` is the caller's: the backend whose artifacts the manifest deploys)."""
+        threads = int(target.get("threads", 0))
+        return {"intra_op_threads": threads, "threads": threads}
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def threads_of(self, entry: SubgraphEntry) -> int:

@@ -76,6 +76,9 @@ class TrtexecBuildOptions:
       timing), ``use_cuda_graph`` (``--useCudaGraph``), ``no_data_transfers``
       (``--noDataTransfers``: GPU-only latency).
     - ``shapes``: input name → shape for ``--shapes`` (models with dynamic dimensions).
+    - ``load_inputs`` / ``export_output``: ``--loadInputs`` (input name → raw C-order bytes of the
+      input, as trtexec reads them) and ``--exportOutput`` (the output tensors as JSON): one
+      inference on given data, whose outputs :func:`~edgematrix.backends.tensorrt.outputs.parse_export_output` reads.
     - ``extra_args``: passed through verbatim, after the generated flags.
     """
 
@@ -103,6 +106,8 @@ class TrtexecBuildOptions:
     use_cuda_graph: bool = False
     no_data_transfers: bool = False
     shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    load_inputs: Mapping[str, Path] = field(default_factory=dict)
+    export_output: Path | None = None
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -121,8 +126,10 @@ class TrtexecBuildOptions:
                 raise BackendError(f"{name} must be >= 0, got {value}")
         if self.duration_s is not None and self.duration_s < 0:
             raise BackendError(f"duration_s must be >= 0, got {self.duration_s}")
-        if self.build_only and (self.times or self.profile):
-            raise BackendError("build_only builds without running inference: times / profile would stay empty")
+        if self.build_only and (self.times or self.profile or self.export_output):
+            raise BackendError(
+                "build_only builds without running inference: times / profile / export_output would stay empty"
+            )
         for input_name, shape in self.shapes.items():
             if not shape or any(int(d) < 1 for d in shape):
                 raise BackendError(f"shape of input {input_name!r} must be positive sizes, got {list(shape)}")
@@ -216,6 +223,11 @@ def build_command(
         ):
             if value is not None:
                 argv.append(f"{flag}={value:g}" if isinstance(value, float) else f"{flag}={value}")
+        if o.load_inputs:
+            spec = ",".join(f"{_quoted(n)}:{p}" for n, p in o.load_inputs.items())
+            argv.append(f"--loadInputs={spec}")
+        if o.export_output is not None:
+            argv.append(f"--exportOutput={o.export_output}")
         if o.use_spin_wait:
             argv.append("--useSpinWait")
         if o.use_cuda_graph:
@@ -224,6 +236,11 @@ def build_command(
             argv.append("--noDataTransfers")
     argv.extend(o.extra_args)
     return argv
+
+
+def _quoted(name: str) -> str:
+    """An input name for ``--loadInputs``: wrapped in single quotes when it holds ``:`` or ``,`` (trtexec's rule)."""
+    return f"'{name}'" if ":" in name or "," in name else name
 
 
 def with_outputs(options: TrtexecBuildOptions, workdir: Path, stem: str = "trtexec") -> TrtexecBuildOptions:

@@ -8,19 +8,23 @@
 - :class:`TrtexecMeter` is a :class:`~edgematrix.measure.meter.LatencyMeter`: per-inference
   latencies from ``--exportTimes`` become the harness's percentiles.
 - :class:`TensorrtRunner` (registry name ``tensorrt``) is the Runner of a TensorRT engine built by
-  trtexec. It builds on ``activate``, checks the realized precision, and measures with
-  :meth:`TensorrtRunner.measure`. It does not run numpy feeds in-process: that needs the
-  ``tensorrt`` Python module and a CUDA binding, which edgematrix does not depend on; outputs on a
-  TensorRT host come from ONNX Runtime's TensorRT execution provider (``onnxruntime`` backend with
-  ``providers=tensorrt_providers(...)``).
+  trtexec. It builds on ``activate`` and checks the realized precision; ``infer`` runs numpy feeds
+  on that engine file, in-process through Polygraphy's TensorRT runner (default,
+  :mod:`.inprocess`) or through trtexec ``--loadInputs`` / ``--exportOutput`` (``inference="trtexec"``,
+  :mod:`.outputs`); :meth:`TensorrtRunner.measure` times the same file with trtexec. The ORT
+  TensorRT execution provider stays available through the ``onnxruntime`` backend
+  (``providers=tensorrt_providers(...)``).
 
 What was run where: the command construction and the whole flow are tested here with a fake
-``trtexec`` that replays recorded output of real trtexec runs; no TensorRT was run on this host
+``trtexec`` that replays recorded output of real trtexec runs, Polygraphy's real TrtRunner against a
+stand-in ``tensorrt`` module and a host-memory stand-in of the CUDA runtime, and the
+``--exportOutput`` reader on a recorded real file; no TensorRT was run on this host
 (docs/tensorrt.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgematrix.backends.base import Fact, Runner, TensorMeta, backends
+from edgematrix.backends.tensorrt.inprocess import PolygraphyEngine
 from edgematrix.backends.tensorrt.loader import (
     BuildPrecision,
     TrtexecBuildOptions,
@@ -41,6 +46,7 @@ from edgematrix.backends.tensorrt.loader import (
     parse_trtexec_version,
     with_outputs,
 )
+from edgematrix.backends.tensorrt.outputs import parse_export_output, write_input_file
 from edgematrix.backends.tensorrt.parsers import (
     EngineInfo,
     LayerProfile,
@@ -57,6 +63,28 @@ from edgematrix.backends.tensorrt.parsers import (
 )
 from edgematrix.errors import BackendError, ModelError, ToolNotFoundError
 from edgematrix.measure.meter import LatencyReport
+
+INFERENCE_MODES = ("polygraphy", "trtexec", "none")
+
+
+def _onnx_io(path: Path) -> tuple[dict[str, TensorMeta], dict[str, np.dtype]]:
+    """Input metadata and output dtypes of an ONNX model (what the engine built from it takes and gives)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    meta: dict[str, TensorMeta] = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        meta[value.name] = TensorMeta(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims)
+    outputs = {
+        o.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)) for o in model.graph.output
+    }
+    return meta, outputs
+
 
 #: where JetPack and NVIDIA's TensorRT containers put trtexec (not on PATH there)
 TRTEXEC_LOCATIONS = ("/usr/src/tensorrt/bin/trtexec", "/opt/tensorrt/bin/trtexec")
@@ -168,7 +196,7 @@ def run_trtexec(
 
 
 _OPTION_NAMES = {f.name for f in fields(TrtexecBuildOptions)} - {"onnx", "engine"}
-_PATH_OPTIONS = {"calibration_cache", "timing_cache", "save_engine", "layer_info", "profile", "times"}
+_PATH_OPTIONS = {"calibration_cache", "timing_cache", "save_engine", "layer_info", "profile", "times", "export_output"}
 
 
 def options_from_mapping(model: Path, options: Mapping[str, Any]) -> TrtexecBuildOptions:
@@ -184,6 +212,8 @@ def options_from_mapping(model: Path, options: Mapping[str, Any]) -> TrtexecBuil
             value = tuple(str(v) for v in value)
         elif key == "shapes":
             value = {str(k): tuple(int(d) for d in v) for k, v in dict(value).items()}
+        elif key == "load_inputs":
+            value = {str(k): Path(v) for k, v in dict(value).items()}
         kwargs[key] = value
     source: dict[str, Any] = {"onnx": model} if model.suffix.lower() == ".onnx" else {"engine": model}
     return TrtexecBuildOptions(**source, **kwargs)
@@ -233,8 +263,16 @@ class TensorrtRunner(Runner):
 
     ``activate`` builds the engine into ``workdir`` (a temporary folder by default) with
     ``--exportLayerInfo`` and checks the realized precision (:func:`check_precision`, failing with
-    :class:`~edgematrix.errors.PrecisionMismatchError`). :meth:`measure` times it with trtexec.
-    ``infer`` is refused with an explanation: see the module docstring.
+    :class:`~edgematrix.errors.PrecisionMismatchError`), then loads that engine file for ``infer``:
+
+    - ``inference="polygraphy"`` (default): in-process, Polygraphy's ``EngineFromBytes`` +
+      ``TrtRunner`` (needs ``polygraphy`` and the ``tensorrt`` Python module).
+    - ``inference="trtexec"``: one ``trtexec --loadEngine --loadInputs --exportOutput`` per feed
+      (no Python TensorRT needed; slow: the engine is deserialized for every feed; float outputs
+      carry trtexec's six printed digits).
+    - ``inference="none"``: build (and time) only; ``infer`` is refused.
+
+    :meth:`measure` times the same engine file with trtexec.
     """
 
     backend_name = "tensorrt"
@@ -251,9 +289,13 @@ class TensorrtRunner(Runner):
         min_fraction: float = 0.8,
         allow_layers: Iterable[str] = (),
         timeout_s: float = 3600.0,
+        inference: str = "polygraphy",
         **build_options: Any,
     ) -> None:
         super().__init__(name)
+        if inference not in INFERENCE_MODES:
+            raise BackendError(f"inference={inference!r} is not one of {', '.join(INFERENCE_MODES)}")
+        self.inference = inference
         self.path = Path(path)
         self.precision = precision
         self.executable = executable
@@ -267,6 +309,21 @@ class TensorrtRunner(Runner):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.build: TrtexecResult | None = None
         self.precision_report: PrecisionReport | None = None
+        self._engine: PolygraphyEngine | None = None
+        self._engine_sha256: str | None = None
+
+    @classmethod
+    def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
+        """The engine's build precision: FP32 for the reference; the deployed precision for every other
+        role. The caller passes the matching file: an FP16 engine is built from the FP32 ONNX
+        (``--fp16``), an INT8 engine from the QDQ ONNX (explicit quantization)."""
+        build = "fp32" if role == "reference" else precision
+        if build not in ("fp32", "fp16", "int8"):
+            raise BackendError(
+                f"TensorRT builds fp32, fp16 or int8 engines; role {role!r} asks for {precision!r} "
+                "(fx8 is TI's fixed point: use the tidl backend)"
+            )
+        return {"precision": build}
 
     @property
     def engine_path(self) -> Path:
@@ -300,6 +357,12 @@ class TensorrtRunner(Runner):
             self.precision_report = check_precision(
                 self.build.layers, self.precision, min_fraction=self.min_fraction, allow_layers=self.allow_layers
             )
+        data = self.engine_path.read_bytes()
+        self._engine_sha256 = hashlib.sha256(data).hexdigest()
+        if self.inference == "polygraphy":
+            engine = PolygraphyEngine(data, name=self.name)
+            engine.activate()
+            self._engine = engine
 
     def measure(self, *, metric: TimesMetric = "latency", **timing: Any) -> LatencyReport:
         """Time the active runner's engine with trtexec (``timing``: iterations, warmup_ms, duration_s ...)."""
@@ -324,40 +387,65 @@ class TensorrtRunner(Runner):
         return result.latency_report(metric=metric, facts=facts)
 
     def input_metadata_impl(self) -> Mapping[str, TensorMeta]:
+        if self._engine is not None:  # the engine's own view (what TensorRT will check)
+            return self._engine.input_metadata()
         if self.options.onnx is None:
             raise BackendError(
-                f"runner {self.name!r}: input metadata of a prebuilt engine needs the tensorrt Python module; "
-                "give the ONNX model instead (the engine is built from it)"
+                f"runner {self.name!r}: input metadata of a prebuilt engine comes from the engine itself "
+                "(inference='polygraphy'); with inference='trtexec' give the ONNX model the engine was built from"
             )
-        import onnx
-
-        model = onnx.load(str(self.path), load_external_data=False)
-        inits = {t.name for t in model.graph.initializer}
-        meta: dict[str, TensorMeta] = {}
-        for value in model.graph.input:
-            if value.name in inits:
-                continue
-            tensor = value.type.tensor_type
-            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-            meta[value.name] = TensorMeta(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims)
-        return meta
+        return _onnx_io(self.path)[0]
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._engine is not None:
+            return self._engine.infer(feed)
+        if self.inference == "trtexec":
+            return self._infer_trtexec(feed)
         raise BackendError(
-            f"runner {self.name!r} times engines through trtexec and does not run numpy feeds in-process "
-            "(that needs the tensorrt Python module and a CUDA binding). For latency use runner.measure() or "
-            "TrtexecMeter; for outputs use the onnxruntime backend with the TensorRT execution provider "
-            "(providers=tensorrt_providers(...)) on the same host"
+            f"runner {self.name!r} was created with inference='none' (build and time only); create it with "
+            "inference='polygraphy' (in-process, the default) or 'trtexec' to run numpy feeds on its engine"
         )
 
+    def _infer_trtexec(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One ``trtexec --loadEngine --loadInputs --exportOutput`` run on the runner's engine."""
+        engine = self.engine_path
+        dtypes = _onnx_io(self.path)[1] if self.options.onnx is not None else {}
+        dynamic = {n: tuple(a.shape) for n, a in feed.items() if n in self._dynamic_inputs()}
+        with tempfile.TemporaryDirectory(prefix="edgematrix-trtexec-io-", dir=engine.parent) as tmp:
+            folder = Path(tmp)
+            inputs = {n: write_input_file(a, folder / f"input{i}.bin") for i, (n, a) in enumerate(feed.items())}
+            run = TrtexecBuildOptions(
+                engine=engine,
+                precision=self.precision,
+                dla_core=self.options.dla_core,
+                shapes={**self.options.shapes, **dynamic},
+                load_inputs=inputs,
+                export_output=folder / "outputs.json",
+                iterations=1,
+                warmup_ms=0,
+                duration_s=0,
+                use_spin_wait=False,
+            )
+            run_trtexec(run, executable=self.executable, timeout_s=self.timeout_s)
+            return parse_export_output(folder / "outputs.json", dtypes)
+
+    def _dynamic_inputs(self) -> set[str]:
+        meta = self.input_metadata()
+        return {n for n, m in meta.items() if any(not isinstance(d, int) for d in m.shape)}
+
     def release_impl(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-        self.build = None
+        engine, self._engine = self._engine, None
+        try:
+            if engine is not None:
+                engine.deactivate()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+            self.build = None
 
     def facts_impl(self) -> Mapping[str, Fact]:
-        facts: dict[str, Fact] = {"precision": self.precision, "model": str(self.path)}
+        facts: dict[str, Fact] = {"precision": self.precision, "model": str(self.path), "inference": self.inference}
         if self.options.dla_core is not None:
             facts["dla_core"] = self.options.dla_core
         if self.build is not None:
@@ -365,6 +453,8 @@ class TensorrtRunner(Runner):
                 facts["tensorrt_version"] = ".".join(map(str, self.build.version))
             if self.build.engine is not None and self.build.engine.is_file():
                 facts["engine_bytes"] = self.build.engine.stat().st_size
+        if self._engine_sha256 is not None:
+            facts["engine_sha256"] = self._engine_sha256  # the file infer() ran and measure() times
         if self.precision_report is not None:
             facts.update(self.precision_report.facts())
         return facts

@@ -126,6 +126,15 @@ class _BackendFlags:
         b.cudnn.benchmark = benchmark
 
 
+def _model_field(model: Any, name: str) -> Any:
+    """``model[name]`` of a mapping, ``model.name`` of an object, None when absent."""
+    if model is None:
+        return None
+    if isinstance(model, Mapping):
+        return model.get(name)
+    return getattr(model, name, None)
+
+
 def _as_tuple(out: Any) -> tuple[Any, ...]:
     if isinstance(out, tuple):
         return out
@@ -236,6 +245,28 @@ class TorchRunner(Runner):
         self._compile_s: float | None = None
         self._activation_s: float | None = None
         self._gpu_facts: dict[str, Fact] | None = None
+
+    @classmethod
+    def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
+        """The trained module on CUDA: FP32 eager for the reference and every non-FP16 role; an FP16
+        role runs under autocast, channels-last, replayed as a CUDA graph (the fastest batch-1 form
+        measured). ``model`` gives ``input_shape`` and ``output_names`` (a mapping or attributes)."""
+        input_shape = _model_field(model, "input_shape")
+        if input_shape is None:
+            raise BackendError(
+                "the torch backend runs a module of fixed input shape: pass model= with input_shape "
+                "(and output_names) to TorchRunner.options_for"
+            )
+        output_names = _model_field(model, "output_names")
+        fast = role != "reference" and precision == "fp16"
+        return {
+            "input_shape": tuple(input_shape),
+            "device": "cuda",
+            "mode": "fp16" if fast else "fp32",
+            "channels_last": fast,
+            "cuda_graph": fast,
+            "output_names": None if output_names is None else tuple(output_names),
+        }
 
     # -- activation ------------------------------------------------------------------------------
 

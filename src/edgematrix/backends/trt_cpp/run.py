@@ -183,6 +183,21 @@ def emulator_for(machine: str) -> list[str]:
     )
 
 
+def launch_prefix(binary: Path) -> tuple[list[str], dict[str, str]]:
+    """The command prefix (qemu-user or nothing) and environment that run ``binary`` on this host."""
+    machine = elf_machine(binary)
+    prefix = emulator_for(machine)
+    env = dict(os.environ)
+    if machine != host_machine() and QEMU_SYSROOT.is_dir():
+        env.setdefault("QEMU_LD_PREFIX", str(QEMU_SYSROOT))  # lets a dynamically linked aarch64 build find its libc
+    return prefix, env
+
+
+def error_for(code: int, message: str, binary: Path) -> EdgeMatrixError:
+    """The edgematrix error of a trt_runner exit code (3 ModelError, 4 RunnerUnavailableError, else BackendError)."""
+    return _error_for(code, message, binary)
+
+
 def _error_for(code: int, message: str, binary: Path) -> EdgeMatrixError:
     if code == EXIT_ENGINE_FILE:
         return ModelError(message)
@@ -217,10 +232,7 @@ def run_runner(
     if not binary.is_file():
         raise EdgeMatrixError(f"trt_runner binary {binary} does not exist; build it with build_runner()")
     config = config if config is not None else LatencyConfig()
-    prefix = emulator_for(elf_machine(binary))
-    env = dict(os.environ)
-    if elf_machine(binary) != host_machine() and QEMU_SYSROOT.is_dir():
-        env.setdefault("QEMU_LD_PREFIX", str(QEMU_SYSROOT))  # lets a dynamically linked aarch64 build find its libc
+    prefix, env = launch_prefix(binary)
     timeout = timeout_s if timeout_s is not None else 3 * config.max_time_s + 120
 
     with tempfile.TemporaryDirectory(prefix="trt_runner-") as tmp:
