@@ -115,9 +115,7 @@ class OnnxrtRunner(Runner):
         self._output_names: list[str] = []
 
     @classmethod
-    def options_for(
-        cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None
-    ) -> dict[str, Any]:
+    def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
         """The target's execution providers in order and its thread count (0 = physical cores), every role."""
         return {"providers": tuple(target.get("providers", ())), "intra_op_threads": int(target.get("threads", 0))}
 

@@ -199,9 +199,7 @@ class OpenvinoRunner(Runner):
         self._precision: str | None = None
 
     @classmethod
-    def options_for(
-        cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None
-    ) -> dict[str, Any]:
+    def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
         """The target's thread count and exact FP32 for every role.
 
         OpenVINO would otherwise run the float layers in bf16 on CPUs that have it, and the FP32
