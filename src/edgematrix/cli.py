@@ -213,33 +213,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
-    import signal
-    import threading
 
-    from edgematrix.server.app import DeviceServer, ServerConfig
+    from edgematrix.server.app import serve
+    from edgematrix.server.config import build_config
     from edgematrix.server.token import load_token
 
     token = load_token(args.token_file)
     assert token is not None  # required=True raises instead
-    config = ServerConfig(
-        token=token,
+    config = build_config(
+        token,
+        args.config,
         backend=args.backend,
-        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_body_mb=args.max_body_mb,
         queue_limit=args.queue_limit,
         timeout_s=args.timeout_s,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        server = DeviceServer(config, args.host, args.port)
-    except OSError as e:
-        raise EdgeMatrixError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown).start())
-    print(f"edgematrix serve: listening on {server.url} (backend {args.backend})", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.close()
-    return EXIT_OK
+    return serve(config, args.host, args.port)
 
 
 def _option_value(text: str) -> tuple[str, object]:
@@ -482,10 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for all (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     srv.add_argument("--token-file", default=None, help="token file (mode 600); else $EDGEMATRIX_TOKEN")
-    srv.add_argument("--backend", default="onnxruntime", help="default backend for requests (default onnxruntime)")
-    srv.add_argument("--max-body-mb", type=float, default=512, help="largest request body in MiB (default 512)")
-    srv.add_argument("--queue-limit", type=int, default=8, help="requests that may wait for the device (default 8)")
-    srv.add_argument("--timeout-s", type=float, default=600, help="per-request measurement timeout (default 600)")
+    srv.add_argument(
+        "--config", default=None, help="server configuration (TOML): served backends, limits, executables, worker env"
+    )
+    srv.add_argument("--backend", default=None, help="default backend for requests (default onnxruntime)")
+    srv.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 512)")
+    srv.add_argument("--queue-limit", type=int, default=None, help="requests that may wait for the device (default 8)")
+    srv.add_argument("--timeout-s", type=float, default=None, help="per-request measurement timeout (default 600)")
     srv.set_defaults(func=_cmd_serve)
 
     mea = sub.add_parser("measure", help="measure a model's latency here, or on a device with --remote URL")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgematrix.measure.harness import LatencyConfig
+from edgematrix.server.wire import CONTENT_TYPE
 
 TOKEN = "test-token-0123456789abcdef"
 #: a few quick rounds: the tests check the protocol, not the machine
@@ -46,3 +52,95 @@ def make_mlp(path: Path, seed: int = 0) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def raw(url: str, path: str, body: bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict, Any]:
+    """One real HTTP request; (status, headers, JSON answer) whatever the status."""
+    headers = {"Content-Type": CONTENT_TYPE}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url + path, data=body, headers=headers, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def _save(nodes: list[Any], inputs: list[Any], outputs: list[Any], path: Path, inits: list[Any] = ()) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def make_huge_input(path: Path) -> Path:
+    """y = relu(x), x: float32[1, 3, 100000, 100000] (120 GB of input declared by a 100-byte file)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 100000, 100000])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 100000, 100000])
+    return _save([helper.make_node("Relu", ["x"], ["y"])], [x], [y], path)
+
+
+def make_expander(path: Path, elements: int) -> Path:
+    """y = expand(x, [elements]): a float32[1] input becomes ``elements`` floats of output."""
+    shape = numpy_helper.from_array(np.array([elements], np.int64), "shape")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])
+    return _save([helper.make_node("Expand", ["x", "shape"], ["y"])], [x], [y], path, [shape])
+
+
+def make_qdq(path: Path) -> Path:
+    """A QuantizeLinear / DequantizeLinear pair, x: float32[1, 3, 4, 4] (an explicitly quantized model)."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    return _save(nodes, [x], [y], path, inits)
+
+
+def make_external_data(path: Path, location: str) -> Path:
+    """y = x + w with w stored "externally" at ``location`` (a path the runtime would open)."""
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[8], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "32")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])
+    return _save([helper.make_node("Add", ["x", "w"], ["y"])], [x], [y], path, [w])
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """PIDs of measurement workers that ``server_pid`` started (their argv names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"edgematrix.server.worker" in argv and str(server_pid).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment a process started with (``/proc/PID/environ``)."""
+    data = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode().split("=", 1) for item in data.split(b"\0") if b"=" in item)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and os.path.exists(f"/proc/{pid}")

@@ -50,7 +50,7 @@ def test_bundle_load_detects_tampering_and_refuses_pickled_arrays(tmp_path: Path
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))  # numpy pickles object arrays
     from edgematrix.server.wire import npz_to_arrays
 
-    with pytest.raises(WireFormatError, match="only read with pickle, which is refused"):
+    with pytest.raises(WireFormatError, match="has dtype object; only bool, integer and float arrays travel"):
         npz_to_arrays((tmp_path / "obj.npz").read_bytes())
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,74 +19,69 @@ from edgematrix.errors import DeviceUnreachableError
 from edgematrix.measure.harness import LatencyConfig
 from edgematrix.server.client import RemoteMeter
 
-from .serverkit import TOKEN
+from .serverkit import TOKEN, alive, worker_pids
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def _workers_of(server_pid: int) -> list[int]:
-    """PIDs of measurement workers that server_pid started (their argv names it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"edgematrix.server.worker" in argv and str(server_pid).encode() in argv:
-            found.append(int(entry.name))
-    return found
-
-
-def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+@contextlib.contextmanager
+def _served() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`edgematrix serve` in a child process (its own environment, token included); always stopped."""
+    env = {**os.environ, "EDGEMATRIX_TOKEN": TOKEN, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgematrix.cli", "serve", "--port", "0", "--timeout-s", "60"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    assert "listening on" in line, line
-    return proc, line.split("listening on ", 1)[1].split()[0]
-
-
-@pytest.mark.slow
-def test_killing_the_server_mid_run_fails_clearly_after_retries(mlp_model: Path) -> None:
-    env = {**os.environ, "EDGEMATRIX_TOKEN": TOKEN, "PYTHONPATH": SRC}
-    proc, url = _start_server(env)
     try:
-        slow = LatencyConfig(warmup=0, min_rounds=1, max_rounds=10**7, min_time_s=30.0, max_time_s=30.0)
-        sleeps: list[float] = []
-        meter = RemoteMeter(url, token=TOKEN, config=slow, retries=2, backoff_s=0.1, sleep=sleeps.append)
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                meter.measure(mlp_model)
-            except DeviceUnreachableError as exc:
-                outcome["error"] = exc
-
-        client = threading.Thread(target=run)
-        client.start()
-        deadline = time.monotonic() + 30
-        while not RemoteMeter(url).health()["busy"] or not _workers_of(proc.pid):
-            assert time.monotonic() < deadline, "the measurement never started"
-            time.sleep(0.05)
-        workers = _workers_of(proc.pid)
-        assert workers
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        client.join(30)
-        assert not client.is_alive()
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "listening on" in line, line
+        yield proc, line.split("listening on ", 1)[1].split()[0]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def _slow_measurement(meter: RemoteMeter, model: Path, server: subprocess.Popen[str]) -> tuple[threading.Thread, dict]:
+    """Start a 30 s measurement on a client thread; return once its worker runs. ``outcome["error"]``: how it ended."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            meter.measure(model)
+        except Exception as exc:  # the answer or the dropped connection of a stopping server
+            outcome["error"] = exc
+
+    client = threading.Thread(target=run)
+    client.start()
+    deadline = time.monotonic() + 30
+    while not worker_pids(server.pid):
+        assert time.monotonic() < deadline, "the measurement never started"
+        time.sleep(0.05)
+    return client, outcome
+
+
+SLOW = LatencyConfig(warmup=0, min_rounds=1, max_rounds=10**7, min_time_s=30.0, max_time_s=30.0)
+
+
+@pytest.mark.slow
+def test_killing_the_server_mid_run_fails_clearly_after_retries(mlp_model: Path) -> None:
+    sleeps: list[float] = []
+    with _served() as (proc, url):
+        meter = RemoteMeter(url, token=TOKEN, config=SLOW, retries=2, backoff_s=0.1, sleep=sleeps.append)
+        client, outcome = _slow_measurement(meter, mlp_model, proc)
+        workers = worker_pids(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        client.join(30)
+        assert not client.is_alive()
     error = outcome["error"]
+    assert isinstance(error, DeviceUnreachableError)
     message = str(error)
     assert f"cannot reach the latency server at {url}: 3 attempt(s)" in message
     assert "last error: ConnectionRefusedError" in message
@@ -92,23 +89,37 @@ def test_killing_the_server_mid_run_fails_clearly_after_retries(mlp_model: Path)
     assert meter.transport.attempts_made == 3
     assert sleeps == [0.1, 0.2]  # exponential backoff between the attempts
     deadline = time.monotonic() + 5  # well before its 30 s of rounds end, the orphaned worker notices and exits
-    while any(
-        Path(f"/proc/{pid}").exists() and b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers
-    ):
+    while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, f"worker(s) {workers} outlived the server"
         time.sleep(0.05)
 
 
 def test_sigterm_stops_the_server_cleanly() -> None:
-    env = {**os.environ, "EDGEMATRIX_TOKEN": TOKEN, "PYTHONPATH": SRC}
-    proc, url = _start_server(env)
-    try:
+    with _served() as (proc, url):
         assert RemoteMeter(url).health()["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_server_ends_its_workers_and_removes_the_clients_model(
+    mlp_model: Path, sig: signal.Signals
+) -> None:
+    # issue 15: SIGTERM stopped the HTTP loop but left the measuring worker running (re-parented to
+    # PID 1) and the request folder with the client's model in /tmp
+    with _served() as (proc, url):
+        client, outcome = _slow_measurement(RemoteMeter(url, token=TOKEN, config=SLOW, retries=0), mlp_model, proc)
+        (worker,) = worker_pids(proc.pid)
+        folder = Path((Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0"))[3].decode())
+        assert (folder / "model.onnx").read_bytes() == mlp_model.read_bytes()  # the client's model, on the board
+        root = folder.parent
+        assert root.name.startswith(f"edgematrix-serve-{proc.pid}-")
+        assert alive(worker)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - started < 10  # well before the 30 s of rounds would have ended
+        client.join(30)
+    assert not alive(worker), f"worker {worker} outlived the server"
+    assert not folder.exists() and not root.exists(), "the request folder (the client's model) was left behind"
+    assert "error" in outcome  # the client was told, not left waiting

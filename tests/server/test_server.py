@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,21 +18,9 @@ from edgematrix.measure.meter import LatencyMeter
 from edgematrix.server.app import DeviceServer, HttpError, ServerConfig, run_worker, serve_in_thread
 from edgematrix.server.client import RemoteMeter
 from edgematrix.server.options import WorkOrder
-from edgematrix.server.wire import CONTENT_TYPE, encode_frame
+from edgematrix.server.wire import encode_frame
 
-from .serverkit import QUICK, TOKEN, make_relu
-
-
-def raw(url: str, path: str, body: bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict, Any]:
-    headers = {"Content-Type": CONTENT_TYPE}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url + path, data=body, headers=headers, method="POST" if body is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, dict(resp.headers), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
+from .serverkit import QUICK, TOKEN, make_relu, raw
 
 
 def measure_body(model: Path, **meta: Any) -> bytes:
@@ -104,7 +89,7 @@ def test_twenty_concurrent_clients_each_get_their_answer_serialized(tmp_path: Pa
         ("unknown_option", 400, "unknown option rounds; valid options: backend, config, model_suffix, op"),
         ("unknown_config", 400, "valid config options: disable_gc, max_rounds, max_time_s, min_rounds"),
         ("unknown_runner_option", 400, "unknown onnxruntime runner option threads; valid"),
-        ("unknown_backend", 400, "unknown backend 'tensorflow'; known: onnxruntime"),
+        ("unknown_backend", 400, "unknown backend 'tensorflow' for this server; it serves: onnxruntime, openvino"),
         ("bad_frame", 400, "does not start with b'EMXF'"),
     ],
 )

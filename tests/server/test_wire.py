@@ -57,12 +57,12 @@ def test_npz_round_trip_and_limits() -> None:
     buf = io.BytesIO()  # a small compressed npz that expands beyond the limit
     np.savez_compressed(buf, z=np.zeros(1_000_000, np.uint8))
     assert len(buf.getvalue()) < 10_000
-    with pytest.raises(WireFormatError, match="expands to"):
+    with pytest.raises(WireFormatError, match=r"declares 1000000 bytes of arrays .* the limit is"):
         npz_to_arrays(buf.getvalue(), max_bytes=100_000)
     with pytest.raises(WireFormatError, match=r"not a valid \.npz"):
         npz_to_arrays(b"garbage")
     raw = io.BytesIO()
     with zipfile.ZipFile(raw, "w") as zf:
         zf.writestr("x.npy", b"not an npy")
-    with pytest.raises(WireFormatError, match="could not be read"):
+    with pytest.raises(WireFormatError, match=r"is not a readable \.npy array"):
         npz_to_arrays(raw.getvalue())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -39,40 +40,18 @@ import edgematrix
 from edgematrix.backends.base import Fact, backends, load_builtin_backends
 from edgematrix.errors import EdgeMatrixError, WireFormatError
 from edgematrix.server import worker
+from edgematrix.server.config import MIN_TOKEN_CHARS, ServerConfig
 from edgematrix.server.device import dynamic_facts, static_facts
-from edgematrix.server.options import OptionError, WorkOrder, validate_request
-from edgematrix.server.wire import CONTENT_TYPE, decode_frame, encode_frame, npz_to_arrays
+from edgematrix.server.options import OptionError, WorkOrder, runner_option_names, validate_request
+from edgematrix.server.token import TOKEN_ENV
+from edgematrix.server.wire import CONTENT_TYPE, MAX_HEADER_BYTES, decode_frame, encode_frame, npz_members
 
 log = logging.getLogger("edgematrix.server")
 
 SERVICE = "edgematrix-latency-server"
 API = "/v1"
-MIN_TOKEN_CHARS = 16
 _DRAIN_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How the server behaves; ``token`` is required (see :func:`edgematrix.server.token.load_token`)."""
-
-    token: str
-    backend: str = "onnxruntime"
-    max_body_bytes: int = 512 * 1024 * 1024
-    queue_limit: int = 8
-    timeout_s: float = 600.0
-    socket_timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if len(self.token) < MIN_TOKEN_CHARS:
-            raise EdgeMatrixError(
-                f"the server token has {len(self.token)} characters; use at least {MIN_TOKEN_CHARS} "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-            )
-        if self.max_body_bytes < 1 or self.queue_limit < 0 or self.timeout_s <= 0:
-            raise EdgeMatrixError(
-                f"need max_body_bytes >= 1, queue_limit >= 0, timeout_s > 0; got {self.max_body_bytes}, "
-                f"{self.queue_limit}, {self.timeout_s}"
-            )
+__all__ = ["MIN_TOKEN_CHARS", "DeviceServer", "HttpError", "ServerConfig", "Workers", "serve", "serve_in_thread"]
 
 
 class Busy(Exception):
@@ -155,6 +134,7 @@ class _State:
     config: ServerConfig
     slot: DeviceSlot
     device: dict[str, Fact]
+    workers: Workers
     history: list[Measurement] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
@@ -169,43 +149,151 @@ def _package_root() -> str:
     return str(Path(edgematrix.__file__).resolve().parents[1])
 
 
-def run_worker(order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
-    """Run one order in a fresh worker process; returns (result, outputs npz or None) or raises HttpError."""
-    folder = Path(tempfile.mkdtemp(prefix="edgematrix-req-"))
-    try:
+def worker_environment(config: ServerConfig | None, folder: Path) -> dict[str, str]:
+    """The whole environment of a worker: nothing of the server's but PATH and what the configuration names.
+
+    HOME and TMPDIR are the request folder (removed with it); PYTHONPATH is the server's import path,
+    so the worker imports the same edgematrix and runtimes. Never the token.
+    """
+    python_path = [_package_root(), *(p for p in sys.path if p and Path(p).is_dir())]
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": str(folder),
+        "TMPDIR": str(folder),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if config is not None:
+        env.update({name: os.environ[name] for name in config.pass_env if name in os.environ})
+        env.update(config.worker_env)
+    env.pop(TOKEN_ENV, None)
+    return env
+
+
+class Workers:
+    """The worker processes of one server and their request folders (all under one private ``root``).
+
+    :meth:`stop_all` (server shutdown) ends every worker's process group and removes ``root``; a
+    request that arrives afterwards gets 503.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config
+        self.root = Path(tempfile.mkdtemp(prefix=f"edgematrix-serve-{os.getpid()}-"))
+        self._lock = threading.Lock()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.closing = False
+
+    @property
+    def running(self) -> list[int]:
+        with self._lock:
+            return list(self._procs)
+
+    def _shutting_down(self) -> HttpError:
+        return HttpError(503, "shutting_down", "the server is shutting down; retry against its next start")
+
+    def run(self, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
+        """Run one order in a fresh worker process; returns (result, outputs npz or None) or raises HttpError."""
+        with self._lock:
+            if self.closing:
+                raise self._shutting_down()
+            folder = Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
+        try:
+            return self._run(folder, order, blobs, timeout_s)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _run(
+        self, folder: Path, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float
+    ) -> tuple[dict[str, Any], bytes | None]:
         (folder / worker.ORDER_FILE).write_text(json.dumps(order.as_dict()), encoding="utf-8")
         (folder / f"model{order.model_suffix}").write_bytes(blobs["model"])
         if "bundle" in blobs:
             (folder / worker.BUNDLE_FILE).write_bytes(blobs["bundle"])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "edgematrix.server.worker", str(folder), str(os.getpid()), str(0.8 * timeout_s)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+        with self._lock:
+            if self.closing:
+                raise self._shutting_down()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=worker_environment(self.config, folder),
+                cwd=folder,
+                start_new_session=True,  # its own process group: a timeout or shutdown kills it and its children
+            )
+            self._procs[proc.pid] = proc
         try:
-            _, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise HttpError(
-                504,
-                "timeout",
-                f"the measurement took longer than the server's per-request timeout of {timeout_s:g} s and was "
-                "stopped; measure fewer rounds (config max_time_s) or start the server with a larger --timeout-s",
-            ) from None
-        if proc.returncode == worker.EXIT_ERROR and (folder / worker.ERROR_FILE).is_file():
-            err = json.loads((folder / worker.ERROR_FILE).read_text(encoding="utf-8"))
-            raise HttpError(int(err["status"]), str(err["kind"]), str(err["message"]))
-        if proc.returncode != 0 or not (folder / worker.RESULT_FILE).is_file():
-            code = proc.returncode
-            how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-            tail = stderr.decode("utf-8", "replace")[-2000:].strip()
-            raise HttpError(500, "worker_crashed", f"the measurement worker {how}; its last output: {tail or '(none)'}")
-        result = json.loads((folder / worker.RESULT_FILE).read_text(encoding="utf-8"))
-        outputs = (folder / worker.OUTPUTS_FILE).read_bytes() if (folder / worker.OUTPUTS_FILE).is_file() else None
-        return result, outputs
+            try:
+                _, stderr = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+                proc.communicate()
+                raise HttpError(
+                    504,
+                    "timeout",
+                    f"the measurement took longer than the server's per-request timeout of {timeout_s:g} s and was "
+                    "stopped; measure fewer rounds (config max_time_s) or start the server with a larger --timeout-s",
+                ) from None
+        finally:
+            with self._lock:
+                self._procs.pop(proc.pid, None)
+        if self.closing:
+            raise self._shutting_down()
+        return _worker_answer(folder, proc.returncode, stderr)
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    def stop_all(self, grace_s: float = 2.0) -> None:
+        """End every worker (SIGTERM to its process group, SIGKILL after ``grace_s``) and remove ``root``."""
+        with self._lock:
+            self.closing = True
+            procs = list(self._procs.values())
+        for proc in procs:
+            self._kill(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            self._kill(proc)  # the group too: children of a worker that exited still hold the device
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _worker_answer(folder: Path, code: int, stderr: bytes) -> tuple[dict[str, Any], bytes | None]:
+    if code == worker.EXIT_ERROR and (folder / worker.ERROR_FILE).is_file():
+        err = json.loads((folder / worker.ERROR_FILE).read_text(encoding="utf-8"))
+        if int(err["status"]) >= 500:
+            log.error("worker error %s; its output:\n%s", err["kind"], stderr.decode("utf-8", "replace")[-8000:])
+        raise HttpError(int(err["status"]), str(err["kind"]), str(err["message"]))
+    if code != 0 or not (folder / worker.RESULT_FILE).is_file():
+        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        tail = stderr.decode("utf-8", "replace")[-4000:].strip()
+        log.warning("worker %s; its last output:\n%s", how, tail or "(none)")
+        raise HttpError(
+            422,
+            "worker_crashed",
+            f"the measurement worker {how} while running this model (a runtime crash, or it ran out of memory); "
+            "the server kept running and its log has the worker's output",
+        )
+    result = json.loads((folder / worker.RESULT_FILE).read_text(encoding="utf-8"))
+    outputs = (folder / worker.OUTPUTS_FILE).read_bytes() if (folder / worker.OUTPUTS_FILE).is_file() else None
+    return result, outputs
+
+
+def run_worker(order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
+    """Run one order in a fresh worker process of a one-off :class:`Workers` (tests, tools)."""
+    workers = Workers()
+    try:
+        return workers.run(order, blobs, timeout_s)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        workers.stop_all()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -299,15 +387,41 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             elif self.path == f"{API}/device":
                 self._require_auth()
-                load_builtin_backends()
+                cfg = self.state.config
                 facts = {**self.state.device, **dynamic_facts()}
                 self._send_json(
-                    200, {"facts": facts, "backends": backends.names(), "default_backend": self.state.config.backend}
+                    200,
+                    {
+                        "facts": facts,
+                        "backends": list(cfg.served),
+                        "default_backend": cfg.backend,
+                        "runner_options": {b: runner_option_names(b) for b in cfg.served},
+                        "limits": cfg.limits.as_dict(),
+                        "allow_engine_files": cfg.allow_engine_files,
+                    },
                 )
             else:
                 raise self._not_found()
         except HttpError as err:
             self._send_error(err)
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True
+        self._send_error(
+            HttpError(
+                405, "method_not_allowed", f"{self.command} is not served; use GET or POST", {"Allow": "GET, POST"}
+            )
+        )
+
+    # http.server's names for the handlers of these methods
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_HEAD = _method_not_allowed  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a malformed request line, headers too long) as JSON, like ours."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        with contextlib.suppress(OSError):
+            self._send_json(code, {"error": {"status": code, "kind": "bad_http", "message": text}})
 
     def _not_found(self) -> HttpError:
         return HttpError(
@@ -353,31 +467,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self, op: str, body: bytes) -> None:
         cfg = self.state.config
+        limits = cfg.limits
         try:
-            meta, blobs = decode_frame(body)
+            meta, blobs = decode_frame(body, max_depth=limits.max_json_depth)
         except WireFormatError as exc:
             raise HttpError(400, "bad_frame", str(exc)) from None
         meta = {"op": op, **meta}
         if meta["op"] != op:
             raise HttpError(400, "bad_request", f"meta 'op' is {meta['op']!r} but the endpoint is {self.path}")
         try:
-            order = validate_request(meta, default_backend=cfg.backend, timeout_s=cfg.timeout_s)
+            order = validate_request(
+                meta,
+                default_backend=cfg.backend,
+                timeout_s=cfg.timeout_s,
+                limits=limits,
+                served=cfg.served,
+                allow_engine_files=cfg.allow_engine_files,
+            )
         except OptionError as exc:
             raise HttpError(400, "unknown_option" if "unknown" in str(exc) else "bad_option", str(exc)) from None
         need = {"measure": {"model"}, "run": {"model", "bundle"}}[op]
         if set(blobs) != need:
             raise HttpError(400, "bad_request", f"{self.path} takes blobs {sorted(need)}; got {sorted(blobs)}")
         if op == "run":
-            try:  # checked here so a bad bundle gets 400 before it waits for the device
-                npz_to_arrays(blobs["bundle"], max_bytes=4 * cfg.max_body_bytes, what="bundle")
+            try:  # headers only, checked here so a bad bundle gets 400 before it waits for the device
+                npz_members(
+                    blobs["bundle"],
+                    max_bytes=limits.max_bundle_bytes,
+                    what="bundle",
+                    max_arrays=limits.max_arrays,
+                    max_ndim=limits.max_ndim + 1,  # + the sample axis
+                )
             except WireFormatError as exc:
                 raise HttpError(400, "bad_bundle", str(exc)) from None
+        # the server's own runner options (executables, caches, libraries) over the client's checked ones
+        order = dataclasses.replace(
+            order,
+            runner_options=cfg.settings_for(order.backend).apply(order.backend, order.runner_options),
+            memory_mb=cfg.worker_memory_mb,
+        )
         request_id = self.state.next_id()
         try:
             with self.state.slot.hold(cfg.timeout_s) as waited_s:
                 start = time.monotonic()
                 try:
-                    result, outputs = run_worker(order, blobs, cfg.timeout_s)
+                    result, outputs = self.state.workers.run(order, blobs, cfg.timeout_s)
                 finally:
                     with self.state.lock:
                         self.state.history.append(Measurement(request_id, start, time.monotonic(), op))
@@ -388,8 +522,16 @@ class _Handler(BaseHTTPRequestHandler):
         result["facts"] = {**self.state.device, **result.get("facts", {})}
         if op == "measure":
             self._send_json(200, result)
-        else:
-            self._send(200, encode_frame(result, {"outputs": outputs or b""}), CONTENT_TYPE)
+            return
+        answer = encode_frame(result, {"outputs": outputs or b""})
+        if len(answer) > limits.max_response_bytes + MAX_HEADER_BYTES:
+            raise HttpError(
+                422,
+                "response_too_large",
+                f"the outputs are {len(outputs or b'')} bytes; this server answers at most "
+                f"{limits.max_response_bytes} bytes (send fewer samples per request)",
+            )
+        self._send(200, answer, CONTENT_TYPE)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -402,11 +544,13 @@ class DeviceServer:
 
     def __init__(self, config: ServerConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         load_builtin_backends()
-        backends.get(config.backend)  # an unknown default backend fails at start, listing the known ones
+        for name in config.served:  # a backend of the configuration that is not installed fails at start
+            backends.get(name)
         self.config = config
-        self.state = _State(config=config, slot=DeviceSlot(config.queue_limit), device=static_facts())
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.httpd = _HTTPServer((host, port), handler)
+        self.httpd = _HTTPServer((host, port), _Handler)  # bind first: a taken port leaves nothing behind
+        self.workers = Workers(config)
+        self.state = _State(config, DeviceSlot(config.queue_limit), static_facts(), self.workers)
+        self.httpd.RequestHandlerClass = type("Handler", (_Handler,), {"state": self.state})
         self._thread: threading.Thread | None = None
 
     @property
@@ -432,10 +576,12 @@ class DeviceServer:
         return self.url
 
     def close(self) -> None:
+        """Stop serving, end every worker (process group) and remove every request folder."""
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join()
             self._thread = None
+        self.workers.stop_all()
         self.httpd.server_close()
 
     def __enter__(self) -> str:
@@ -454,3 +600,33 @@ def serve_in_thread(config: ServerConfig, host: str = "127.0.0.1", port: int = 0
         yield server
     finally:
         server.close()
+
+
+def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 0) -> int:
+    """``edgematrix serve``: serve until SIGTERM / SIGINT, then end every worker and remove request folders.
+
+    The token leaves this process's environment first, so no command the server runs inherits it.
+    """
+    os.environ.pop(TOKEN_ENV, None)
+    try:
+        server = DeviceServer(config, host, port)
+    except OSError as e:
+        raise EdgeMatrixError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        threading.Thread(target=server.httpd.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    print(
+        f"edgematrix serve: listening on {server.url} (backends {', '.join(config.served)}; default {config.backend})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,14 +1,25 @@
-"""Validation of the options a client sends with a request (unknown names are refused, with the valid ones)."""
+"""What a client may ask the latency server for: request keys, harness settings and runner options,
+each with its type and bounds (docs/security.md).
+
+The server executes nothing a client names. A client chooses among *remote options*: an
+allow-list per backend of plain values (thread counts, precisions, booleans, bounded integers).
+Everything that names a program, a library, a folder or a file on the board (``executable``,
+``workdir``, engine and timing caches, plugin libraries, ONNX Runtime provider options that load
+code or take pointers) is refused with a 400 that says so, and comes from the server's own
+configuration only (:class:`BackendSettings`, merged over the client's options by the server).
+Harness settings (warm-up, rounds, time) are bounded by :class:`Limits`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgematrix.backends.base import backends, load_builtin_backends
-from edgematrix.errors import EdgeMatrixError, UnknownNameError
+from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure.harness import LatencyConfig
 
 #: top-level keys of a request's ``meta`` per operation
@@ -21,10 +32,297 @@ CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(LatencyConfig))
 DEFAULT_CONFIG: dict[str, Any] = {"warmup": 5, "min_rounds": 30, "min_time_s": 2.0}
 #: model file suffixes a client may send (the name itself never becomes a path on the server)
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
+#: serialized TensorRT engines: accepted only when the server's configuration allows them
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+#: the largest 64-bit integer a client may send anywhere (seeds, sizes)
+_INT_MAX = 2**63 - 1
 
 
 class OptionError(EdgeMatrixError):
     """A request option is unknown or has a bad value (the server answers 400)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds of every request (``[limits]`` of the server configuration)."""
+
+    max_warmup: int = 1000
+    max_rounds: int = 100_000
+    #: the longest a measurement may run (``min_time_s`` / ``max_time_s``); also capped by the timeout
+    max_time_s: float = 300.0
+    #: one random feed (``/v1/measure``) or one bundle sample (``/v1/run``), all inputs together
+    max_input_bytes: int = 256 * 2**20
+    #: a bundle's arrays, uncompressed, all together
+    max_bundle_bytes: int = 1024 * 2**20
+    #: the outputs ``/v1/run`` returns, all samples together
+    max_response_bytes: int = 256 * 2**20
+    max_arrays: int = 64
+    max_ndim: int = 8
+    #: nesting of the request's JSON header (objects and lists)
+    max_json_depth: int = 16
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise EdgeMatrixError(f"server limit {f.name} must be a number > 0, got {value!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# value checks: each takes (where, value) and returns the value as the runner gets it
+
+Check = Callable[[str, Any], Any]
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(where: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise OptionError(f"{where} must be an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    return check
+
+
+def _float(lo: float, hi: float) -> Check:
+    def check(where: str, value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+        if not ok or not lo <= value <= hi:
+            raise OptionError(f"{where} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _choice(*values: str) -> Check:
+    def check(where: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in values:
+            raise OptionError(f"{where} must be one of {', '.join(values)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _pattern(regex: str, what: str, max_len: int = 256) -> Check:
+    compiled = re.compile(regex)
+
+    def check(where: str, value: Any) -> str:
+        if not isinstance(value, str) or len(value) > max_len or not compiled.fullmatch(value):
+            raise OptionError(f"{where} must be {what} (at most {max_len} characters), got {value!r}")
+        return value
+
+    return check
+
+
+_NAME = r"[A-Za-z0-9_.:/-]{1,128}"
+_name = _pattern(_NAME, "a tensor / layer name of letters, digits and _.:/-")
+_shape_spec = _pattern(
+    rf"{_NAME}:\d{{1,7}}(x\d{{1,7}}){{0,7}}(,{_NAME}:\d{{1,7}}(x\d{{1,7}}){{0,7}}){{0,63}}",
+    "name:AxBxC[,name:...]",
+    4096,
+)
+
+
+def _names(max_items: int) -> Check:
+    def check(where: str, value: Any) -> list[str]:
+        if not isinstance(value, list) or len(value) > max_items:
+            raise OptionError(f"{where} must be a list of at most {max_items} names, got {value!r}")
+        return [_name(f"{where}[{i}]", v) for i, v in enumerate(value)]
+
+    return check
+
+
+def _shapes(where: str, value: Any) -> dict[str, list[int]]:
+    if not isinstance(value, dict) or len(value) > 64:
+        raise OptionError(f"{where} must be an object {{input name: [sizes]}} of at most 64 inputs, got {value!r}")
+    dim = _int(1, 1 << 20)
+    out = {}
+    for name, dims in value.items():
+        _name(f"{where} key", name)
+        if not isinstance(dims, list) or not 1 <= len(dims) <= 8:
+            raise OptionError(f"{where}[{name!r}] must be a list of 1 to 8 sizes, got {dims!r}")
+        out[name] = [dim(f"{where}[{name!r}]", d) for d in dims]
+    return out
+
+
+_THREADS = _int(0, 1024)
+_DEVICE_ID = _int(0, 63)
+
+#: ONNX Runtime provider options a client may set (plain values); the rest of ONNX Runtime's keys
+#: load libraries, read or write files, or take pointers, and only the server's configuration sets them
+PROVIDER_REMOTE_OPTIONS: dict[str, dict[str, Check]] = {
+    "CPUExecutionProvider": {},
+    "CUDAExecutionProvider": {
+        "device_id": _DEVICE_ID,
+        "gpu_mem_limit": _int(0, 1 << 44),
+        "arena_extend_strategy": _choice("kNextPowerOfTwo", "kSameAsRequested"),
+        "cudnn_conv_algo_search": _choice("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        "do_copy_in_default_stream": _bool,
+        "cudnn_conv_use_max_workspace": _bool,
+        "cudnn_conv1d_pad_to_nc1d": _bool,
+        "enable_cuda_graph": _bool,
+        "enable_skip_layer_norm_strict_mode": _bool,
+        "use_tf32": _bool,
+        "prefer_nhwc": _bool,
+        "use_ep_level_unified_stream": _bool,
+        "tunable_op_enable": _bool,
+        "tunable_op_tuning_enable": _bool,
+        "tunable_op_max_tuning_duration_ms": _int(0, 600_000),
+        "sdpa_kernel": _int(0, 1 << 16),
+        "fuse_conv_bias": _bool,
+    },
+    "TensorrtExecutionProvider": {
+        "device_id": _DEVICE_ID,
+        "trt_max_workspace_size": _int(0, 1 << 44),
+        "trt_max_partition_iterations": _int(1, 100_000),
+        "trt_min_subgraph_size": _int(1, 100_000),
+        "trt_fp16_enable": _bool,
+        "trt_bf16_enable": _bool,
+        "trt_int8_enable": _bool,
+        "trt_dla_enable": _bool,
+        "trt_dla_core": _int(0, 7),
+        "trt_force_sequential_engine_build": _bool,
+        "trt_context_memory_sharing_enable": _bool,
+        "trt_layer_norm_fp32_fallback": _bool,
+        "trt_builder_optimization_level": _int(0, 5),
+        "trt_auxiliary_streams": _int(0, 64),
+        "trt_cuda_graph_enable": _bool,
+        "trt_sparsity_enable": _bool,
+        "trt_build_heuristics_enable": _bool,
+        "trt_detailed_build_log": _bool,
+        "trt_engine_hw_compatible": _bool,
+        "trt_tactic_sources": _pattern(r"[-+A-Za-z_,]{0,256}", "a list like -CUDNN,+CUBLAS"),
+        "trt_profile_min_shapes": _shape_spec,
+        "trt_profile_max_shapes": _shape_spec,
+        "trt_profile_opt_shapes": _shape_spec,
+        "trt_op_types_to_exclude": _pattern(r"[A-Za-z0-9_,]{0,1024}", "op types separated by commas", 1024),
+    },
+}
+
+
+def _providers(where: str, value: Any) -> list[Any]:
+    """``["CPUExecutionProvider", ["CUDAExecutionProvider", {"device_id": 0}], ...]``."""
+    if not isinstance(value, list) or not 1 <= len(value) <= 4:
+        raise OptionError(f"{where} must be a list of 1 to 4 providers, got {value!r}")
+    out: list[Any] = []
+    for i, spec in enumerate(value):
+        name, options = (spec, {}) if isinstance(spec, str) else (spec[0], spec[1]) if _pair(spec) else (None, None)
+        if name is None or not isinstance(options, dict):
+            raise OptionError(f"{where}[{i}] must be a provider name or [name, {{options}}], got {spec!r}")
+        allowed = PROVIDER_REMOTE_OPTIONS.get(name)
+        if allowed is None:
+            raise OptionError(
+                f"{where}[{i}]: provider {name!r} is not served to clients; "
+                f"remote providers: {', '.join(PROVIDER_REMOTE_OPTIONS)}"
+            )
+        checked = {}
+        for key, option in options.items():
+            if key not in allowed:
+                raise OptionError(
+                    f"{where}[{i}]: {name} option {key!r} is not a remote option (options that load libraries, "
+                    "name files or folders on the board, or take pointers come from the server's configuration "
+                    f"only); remote {name} options: {', '.join(sorted(allowed)) or '(none)'}"
+                )
+            checked[key] = allowed[key](f"{where}[{i}] {name} option {key!r}", option)
+        out.append([name, checked] if checked else name)
+    return out
+
+
+def _pair(spec: Any) -> bool:
+    return isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)
+
+
+#: the runner options a client may send, per backend, with their checks
+REMOTE_OPTIONS: dict[str, dict[str, Check]] = {
+    "onnxruntime": {
+        "providers": _providers,
+        "intra_op_threads": _THREADS,
+        "allow_spinning": _bool,
+        "optimization": _choice("disable", "basic", "extended", "all"),
+        "precision": _choice("fp32", "fp16", "bf16", "int8"),
+    },
+    "openvino": {
+        "device": _pattern(
+            r"(CPU|GPU|NPU|AUTO|HETERO|MULTI)([.:,][A-Z0-9.,]{1,32})?", "an OpenVINO device like CPU, GPU.0"
+        ),
+        "intra_op_threads": _THREADS,
+        "exact_fp32": _bool,
+        "performance_hint": _choice("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"),
+    },
+    "tensorrt": {
+        "precision": _choice("fp32", "fp16", "int8"),
+        "check_precision": _bool,
+        "min_fraction": _float(0.0, 1.0),
+        "allow_layers": _names(1024),
+        "fp16_fallback": _bool,
+        "dla_core": _int(0, 7),
+        "allow_gpu_fallback": _bool,
+        "workspace_mib": _int(0, 1 << 20),
+        "shapes": _shapes,
+        "use_spin_wait": _bool,
+        "use_cuda_graph": _bool,
+        "no_data_transfers": _bool,
+        "profiling_verbosity": _choice("detailed", "layer_names_only", "none"),
+    },
+}
+
+#: runner options that name programs, folders or files on the board: the server's configuration
+#: sets them (``[backends.<name>]``); a client that sends one gets a 400 saying so
+SERVER_ONLY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("provider_options",),
+    "openvino": (),
+    "tensorrt": (
+        "executable",
+        "workdir",
+        "timeout_s",
+        "save_engine",
+        "timing_cache",
+        "calibration_cache",
+        "extra_args",
+        "layer_info",
+        "profile",
+        "times",
+        "onnx",
+        "engine",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """The server's own runner options for one backend (``[backends.<name>]`` of its configuration).
+
+    ``options`` are passed to the runner as they are and win over a client's (``executable`` of
+    trtexec, ``timing_cache``, ``extra_args``); ``provider_options`` (ONNX Runtime) are merged into
+    the options of the named provider when a request uses it (``trt_engine_cache_path`` ...).
+    """
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def apply(self, backend: str, client: dict[str, Any]) -> dict[str, Any]:
+        """The runner options of a request: the client's checked options with the server's over them."""
+        merged = {**client, **dict(self.options)}
+        if backend == "onnxruntime" and self.provider_options and "providers" in merged:
+            specs = []
+            for spec in merged["providers"]:
+                name, opts = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+                extra = dict(self.provider_options.get(name, {}))
+                specs.append([name, {**opts, **extra}] if (opts or extra) else name)
+            merged["providers"] = specs
+        return merged
 
 
 @dataclass(frozen=True)
@@ -38,6 +336,9 @@ class WorkOrder:
     config: dict[str, Any] = field(default_factory=dict)
     return_samples: bool = True
     seed: int = 0
+    limits: dict[str, Any] = field(default_factory=lambda: Limits().as_dict())
+    #: address-space limit of the worker in MiB (the server's ``worker_memory_mb``); None = none
+    memory_mb: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,22 +349,92 @@ def _unknown(kind: str, given: set[str], valid: tuple[str, ...] | list[str]) -> 
     return OptionError(f"unknown {kind} {names}; valid {kind}s: {', '.join(sorted(valid)) or '(none)'}")
 
 
-def runner_option_names(backend: str) -> list[str] | None:
-    """Keyword options the backend's runner takes (``path`` and ``name`` are set by the server);
-    None when it accepts any keyword (``**kwargs``)."""
-    load_builtin_backends()
-    cls = backends.get(backend)
-    params = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    allowed = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return [p.name for p in params if p.kind in allowed and p.name not in ("self", "path", "name")]
+def remote_backends(served: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Backends a client may ask for: those with remote options, limited to ``served`` when given."""
+    return tuple(b for b in REMOTE_OPTIONS if served is None or b in served)
 
 
-def validate_request(meta: dict[str, Any], *, default_backend: str, timeout_s: float) -> WorkOrder:
+def runner_option_names(backend: str) -> list[str]:
+    """The runner options a client may send for ``backend`` (``path`` and ``name`` are the server's)."""
+    if backend not in REMOTE_OPTIONS:
+        raise OptionError(f"backend {backend!r} is not served to clients; remote backends: {', '.join(REMOTE_OPTIONS)}")
+    return sorted(REMOTE_OPTIONS[backend])
+
+
+def check_runner_options(backend: str, options: Any) -> dict[str, Any]:
+    """A client's runner options for ``backend``, checked against the allow-list (types and bounds)."""
+    if not isinstance(options, dict):
+        raise OptionError(f"'runner_options' must be an object, got {type(options).__name__}")
+    allowed = REMOTE_OPTIONS[backend]
+    server_only = sorted(set(options) & set(SERVER_ONLY_OPTIONS.get(backend, ())))
+    if server_only:
+        raise OptionError(
+            f"{backend} runner option(s) {', '.join(server_only)} name programs, folders or files on the board "
+            "and come from the server's configuration only ([backends."
+            f"{backend}] of `edgematrix serve --config`); remote {backend} options: {', '.join(sorted(allowed))}"
+        )
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise _unknown(f"{backend} runner option", unknown, list(allowed))
+    return {key: allowed[key](f"{backend} runner option {key!r}", value) for key, value in options.items()}
+
+
+def _check_config(config: Any, limits: Limits, timeout_s: float) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise OptionError(f"'config' must be an object, got {type(config).__name__}")
+    if set(config) - set(CONFIG_KEYS):
+        raise _unknown("config option", set(config) - set(CONFIG_KEYS), CONFIG_KEYS)
+    time_cap = min(limits.max_time_s, timeout_s)
+    bounds: dict[str, tuple[float, float]] = {
+        "warmup": (0, limits.max_warmup),
+        "min_rounds": (1, limits.max_rounds),
+        "max_rounds": (1, math.inf),  # clients ask for generous maxima: capped below
+        "min_time_s": (0.0, time_cap),
+        "max_time_s": (0.0, math.inf),  # capped below
+    }
+    for key, value in config.items():
+        want = bool if key == "disable_gc" else int if key in ("warmup", "min_rounds", "max_rounds") else float
+        if want is bool:
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, want | int) and not isinstance(value, bool) and _finite(value)
+        if not ok:
+            raise OptionError(f"config option {key!r} must be {want.__name__}, got {value!r}")
+        lo, hi = bounds.get(key, (0, 1))
+        if want is not bool and not lo <= value <= hi:
+            raise OptionError(
+                f"config option {key!r} is {value!r}; this server allows {lo:g} to {hi:g} (its limits: warmup <= "
+                f"{limits.max_warmup}, rounds <= {limits.max_rounds}, time <= {time_cap:g} s); ask for less, or "
+                "raise [limits] in the server's configuration"
+            )
+    merged = {**dataclasses.asdict(LatencyConfig()), **DEFAULT_CONFIG, **config}
+    merged["max_rounds"] = min(merged["max_rounds"], limits.max_rounds)
+    merged["max_time_s"] = min(float(merged["max_time_s"]), time_cap)
+    if merged["min_time_s"] >= timeout_s:
+        raise OptionError(
+            f"config min_time_s={merged['min_time_s']} does not fit the server's per-request timeout of "
+            f"{timeout_s:g} s; ask for less, or start the server with a larger --timeout-s"
+        )
+    try:
+        LatencyConfig(**merged)
+    except ValueError as exc:
+        raise OptionError(f"bad latency config: {exc}") from None
+    return merged
+
+
+def validate_request(
+    meta: dict[str, Any],
+    *,
+    default_backend: str,
+    timeout_s: float,
+    limits: Limits | None = None,
+    served: tuple[str, ...] | None = None,
+    allow_engine_files: bool = False,
+) -> WorkOrder:
     """Check a request's ``meta``; raise :class:`OptionError` naming what is wrong and what is valid."""
+    limits = limits or Limits()
     op = meta.get("op")
-    if op not in REQUEST_KEYS:
+    if not isinstance(op, str) or op not in REQUEST_KEYS:
         raise OptionError(f"'op' is {op!r}; valid operations: {', '.join(REQUEST_KEYS)}")
     unknown = set(meta) - set(REQUEST_KEYS[op])
     if unknown:
@@ -71,52 +442,36 @@ def validate_request(meta: dict[str, Any], *, default_backend: str, timeout_s: f
     backend = meta.get("backend") or default_backend
     if not isinstance(backend, str):
         raise OptionError(f"'backend' must be a string, got {backend!r}")
-    try:
-        valid_runner = runner_option_names(backend)
-    except UnknownNameError as exc:
-        raise OptionError(f"{exc}; the server's default is {default_backend!r}") from None
-    runner_options = meta.get("runner_options") or {}
-    if not isinstance(runner_options, dict):
-        raise OptionError(f"'runner_options' must be an object, got {type(runner_options).__name__}")
-    if valid_runner is not None and set(runner_options) - set(valid_runner):
-        raise _unknown(f"{backend} runner option", set(runner_options) - set(valid_runner), valid_runner)
-    suffix = meta.get("model_suffix", ".onnx")
-    if suffix not in MODEL_SUFFIXES:
-        raise OptionError(f"'model_suffix' {suffix!r} is not accepted; valid: {', '.join(MODEL_SUFFIXES)}")
-    config = meta.get("config") or {}
-    if not isinstance(config, dict):
-        raise OptionError(f"'config' must be an object, got {type(config).__name__}")
-    if set(config) - set(CONFIG_KEYS):
-        raise _unknown("config option", set(config) - set(CONFIG_KEYS), CONFIG_KEYS)
-    for key, value in config.items():
-        want = bool if key == "disable_gc" else (int if key.endswith("rounds") or key == "warmup" else float)
-        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
-        if want is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok:
-            raise OptionError(f"config option {key!r} must be {want.__name__}, got {value!r}")
-    merged = {**dataclasses.asdict(LatencyConfig()), **DEFAULT_CONFIG, **config}
-    try:
-        resolved = LatencyConfig(**merged)
-    except ValueError as exc:
-        raise OptionError(f"bad latency config: {exc}") from None
-    if op == "measure" and resolved.min_time_s >= timeout_s:
+    available = remote_backends(served)
+    if backend not in available:
         raise OptionError(
-            f"config min_time_s={resolved.min_time_s} does not fit the server's per-request timeout of "
-            f"{timeout_s:g} s; ask for less, or start the server with a larger --timeout-s"
+            f"unknown backend {backend!r} for this server; it serves: {', '.join(available) or '(none)'} "
+            f"(the server's default is {default_backend!r})"
         )
+    runner_options = check_runner_options(backend, meta.get("runner_options") or {})
+    suffix = meta.get("model_suffix", ".onnx")
+    if not isinstance(suffix, str) or suffix not in MODEL_SUFFIXES:
+        raise OptionError(f"'model_suffix' {suffix!r} is not accepted; valid: {', '.join(MODEL_SUFFIXES)}")
+    if suffix in ENGINE_SUFFIXES and not allow_engine_files:
+        raise OptionError(
+            f"this server does not accept prebuilt TensorRT engines ({suffix}) from clients: an engine is code-like "
+            "input the runtime does not check. Send the ONNX model (the engine is built on the board), or start "
+            "the server with allow_engine_files = true in its configuration"
+        )
+    config = _check_config(meta.get("config") or {}, limits, timeout_s) if op == "measure" else {}
     return_samples = meta.get("return_samples", True)
     seed = meta.get("seed", 0)
     if not isinstance(return_samples, bool):
         raise OptionError(f"'return_samples' must be true or false, got {return_samples!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _INT_MAX:
         raise OptionError(f"'seed' must be an integer >= 0, got {seed!r}")
     return WorkOrder(
         op=op,
         backend=backend,
         model_suffix=suffix,
-        runner_options=dict(runner_options),
-        config=merged if op == "measure" else {},
+        runner_options=runner_options,
+        config=config,
         return_samples=return_samples,
         seed=seed,
+        limits=limits.as_dict(),
     )

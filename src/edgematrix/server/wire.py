@@ -15,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,8 @@ VERSION = 1
 CONTENT_TYPE = "application/vnd.edgematrix.frame"
 _PREFIX = struct.Struct(">4sBI")
 MAX_HEADER_BYTES = 1 << 20
+#: nesting of a frame header's JSON (objects and lists); deeper is refused, not parsed recursively
+MAX_JSON_DEPTH = 16
 _BLOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -52,7 +57,20 @@ def encode_frame(meta: Mapping[str, Any], blobs: Mapping[str, bytes] | None = No
     return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head, *blobs.values()])
 
 
-def decode_frame(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists / dicts (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def decode_frame(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[str, Any], dict[str, bytes]]:
     """``(meta, blobs)`` of a frame; raises :class:`WireFormatError` saying what is wrong with it."""
     if len(data) < _PREFIX.size:
         raise WireFormatError(f"body is {len(data)} bytes, shorter than a frame prefix ({_PREFIX.size} bytes)")
@@ -66,10 +84,15 @@ def decode_frame(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise WireFormatError(f"frame version {version} is not supported; this side speaks version {VERSION}")
     if head_len > MAX_HEADER_BYTES or _PREFIX.size + head_len > len(data):
         raise WireFormatError(f"frame header length {head_len} does not fit the {len(data)}-byte body")
+    too_deep = f"frame header nests objects / lists deeper than {max_depth} levels; send flat options"
     try:
         header = json.loads(data[_PREFIX.size : _PREFIX.size + head_len].decode("utf-8"))
+    except RecursionError:  # the decoder's own guard, far deeper than max_depth
+        raise WireFormatError(too_deep) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireFormatError(f"frame header is not UTF-8 JSON: {exc}") from exc
+        raise WireFormatError(f"frame header is not UTF-8 JSON: {exc}") from None
+    if json_depth(header) > max_depth:
+        raise WireFormatError(too_deep)
     if not isinstance(header, dict) or not isinstance(header.get("meta"), dict):
         raise WireFormatError("frame header must be a JSON object with an object 'meta'")
     entries = header.get("blobs", [])
@@ -110,28 +133,149 @@ def arrays_to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def npz_to_arrays(data: bytes, *, max_bytes: int | None = None, what: str = "npz") -> dict[str, np.ndarray]:
-    """Named arrays of ``.npz`` bytes, read with ``allow_pickle=False``.
+#: numpy dtype kinds an array on the wire may have: bool, signed / unsigned integers, floats
+ARRAY_KINDS = "biuf"
+_EOCD = b"PK\x05\x06"
+_CHUNK = 1 << 20
 
-    ``max_bytes`` bounds the *uncompressed* size (a compressed npz could otherwise expand without limit).
+
+def _npz_entry_count(data: bytes) -> int | None:
+    """Entries the zip's end-of-central-directory record declares (read before zipfile parses them)."""
+    at = data.rfind(_EOCD, max(0, len(data) - 22 - 0xFFFF))
+    if at < 0 or at + 22 > len(data):
+        return None
+    return int(struct.unpack_from("<H", data, at + 10)[0])
+
+
+def _npy_header(fp: Any, what: str, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"npy format version {version} is not accepted (1.0 or 2.0)")
+    except (ValueError, TypeError, SyntaxError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise WireFormatError(f"{what}: member {member!r} is not a readable .npy array: {exc}") from None
+    return tuple(shape), bool(fortran), np.dtype(dtype)
+
+
+@dataclass(frozen=True)
+class NpyMember:
+    """One array of an ``.npz`` as its header declares it (checked against the member's size)."""
+
+    name: str
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    header_bytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _open_npz(data: bytes, what: str, max_arrays: int) -> zipfile.ZipFile:
+    count = _npz_entry_count(data)
+    if count is not None and count > max_arrays:
+        raise WireFormatError(f"{what} has {count} members; the limit is {max_arrays} arrays")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise WireFormatError(f"{what} is not a valid .npz (zip) file: {exc}") from None
+    if len(zf.infolist()) > max_arrays:
+        zf.close()
+        raise WireFormatError(f"{what} has {len(zf.infolist())} members; the limit is {max_arrays} arrays")
+    return zf
+
+
+def _members(zf: zipfile.ZipFile, what: str, max_bytes: int | None, max_ndim: int) -> list[NpyMember]:
+    members: list[NpyMember] = []
+    total = 0
+    for info in zf.infolist():
+        member = info.filename
+        key = member[:-4] if member.endswith(".npy") else ""
+        if not key or info.is_dir() or any(m.name == key for m in members):
+            raise WireFormatError(f"{what}: member {member!r} is not a uniquely named .npy array")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise WireFormatError(f"{what}: member {member!r} uses zip compression {info.compress_type}")
+        try:
+            with zf.open(info) as fp:
+                shape, fortran, dtype = _npy_header(fp, what, member)
+                header = fp.tell()
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as exc:
+            raise WireFormatError(f"{what}: member {member!r} cannot be read: {exc}") from None
+        if dtype.kind not in ARRAY_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype:
+            raise WireFormatError(
+                f"{what}: array {key!r} has dtype {dtype}; only bool, integer and float arrays travel "
+                "(object arrays would need pickle, which is refused)"
+            )
+        if len(shape) > max_ndim or any(not isinstance(d, int) or d < 0 for d in shape):
+            raise WireFormatError(f"{what}: array {key!r} has shape {shape}; at most {max_ndim} sizes >= 0")
+        m = NpyMember(key, info, shape, fortran, dtype, header)
+        if m.nbytes != info.file_size - header:
+            raise WireFormatError(
+                f"{what}: array {key!r} declares {dtype}{list(shape)} ({m.nbytes} bytes) but its member holds "
+                f"{info.file_size - header} bytes of data"
+            )
+        total += m.nbytes
+        if max_bytes is not None and total > max_bytes:
+            raise WireFormatError(
+                f"{what} declares {total} bytes of arrays (array {key!r}: {dtype}{list(shape)}); "
+                f"the limit is {max_bytes} bytes"
+            )
+        members.append(m)
+    return members
+
+
+def npz_members(
+    data: bytes, *, max_bytes: int | None = None, what: str = "npz", max_arrays: int = 256, max_ndim: int = 32
+) -> list[NpyMember]:
+    """The arrays of ``.npz`` bytes as their headers declare them, checked, without reading any data."""
+    with _open_npz(data, what, max_arrays) as zf:
+        return _members(zf, what, max_bytes, max_ndim)
+
+
+def npz_to_arrays(
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    what: str = "npz",
+    max_arrays: int = 256,
+    max_ndim: int = 32,
+) -> dict[str, np.ndarray]:
+    """Named arrays of ``.npz`` bytes, checked before anything is allocated; no pickle anywhere.
+
+    Every member's ``.npy`` header is read first (:func:`npz_members`): its dtype must be bool /
+    integer / float (no object, string or structured dtype), its shape at most ``max_ndim``
+    non-negative sizes, and the bytes the shape declares must be the bytes the member holds.
+    ``max_bytes`` bounds the sum of the arrays (the uncompressed size: a compressed npz cannot expand
+    past it) and ``max_arrays`` the number of members; only then is each array read, into a buffer
+    of exactly its declared size.
     """
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            total = sum(info.file_size for info in zf.infolist())
-    except zipfile.BadZipFile as exc:
-        raise WireFormatError(f"{what} is not a valid .npz (zip) file: {exc}") from exc
-    if max_bytes is not None and total > max_bytes:
-        raise WireFormatError(f"{what} expands to {total} bytes; the limit is {max_bytes}")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except ValueError as exc:  # object arrays: "Object arrays cannot be loaded when allow_pickle=False"
-        raise WireFormatError(
-            f"{what} holds an array numpy can only read with pickle, which is refused: {exc}"
-        ) from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise WireFormatError(f"{what} could not be read: {type(exc).__name__}: {exc}") from exc
-    for name, value in arrays.items():
-        if not isinstance(value, np.ndarray):  # numpy hands back the raw bytes of a member that is no .npy
-            raise WireFormatError(f"{what} could not be read: member {name!r} is not an .npy array")
+    arrays = {}
+    with _open_npz(data, what, max_arrays) as zf:
+        for m in _members(zf, what, max_bytes, max_ndim):
+            buf = bytearray(m.nbytes)
+            view = memoryview(buf)
+            pos = 0
+            try:
+                with zf.open(m.info) as fp:
+                    fp.read(m.header_bytes)
+                    while pos < m.nbytes:
+                        chunk = fp.read(min(_CHUNK, m.nbytes - pos))
+                        if not chunk:
+                            break
+                        view[pos : pos + len(chunk)] = chunk
+                        pos += len(chunk)
+                    trailing = fp.read(1)  # reading to the end checks the member's CRC
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                raise WireFormatError(f"{what}: array {m.name!r} cannot be read: {exc}") from None
+            if pos != m.nbytes or trailing:
+                raise WireFormatError(f"{what}: array {m.name!r} holds {pos} of its {m.nbytes} declared bytes")
+            arrays[m.name] = np.frombuffer(buf, dtype=m.dtype).reshape(m.shape, order="F" if m.fortran else "C")
     return arrays

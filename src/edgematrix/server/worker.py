@@ -11,25 +11,36 @@ A runner with its own ``measure(iterations=..., duration_s=...) -> LatencyReport
 backend, which times engines with trtexec and runs no numpy feeds) is timed that way: ``min_rounds``
 and ``min_time_s`` of the request become its iterations and duration, and its per-inference samples
 go through the same statistics. Every other runner is timed by :func:`~edgematrix.measure.harness.measure_one`.
+
+Everything the worker reads comes from a client and is bounded by the order's ``limits`` before it
+is allocated: the random feed of ``/v1/measure`` and each bundle sample (``max_input_bytes``), the
+outputs of ``/v1/run`` (``max_response_bytes``, checked after every sample). An ONNX model must be
+self-contained (external data would make the runtime read files next to it or elsewhere). Errors a
+client's model or options cause are 4xx answers with a message; the traceback of anything else goes
+to stderr (the server's log), never to the client.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgematrix.backends.base import create_runner
 from edgematrix.errors import BackendError, EdgeMatrixError, ModelError, UnknownNameError, WireFormatError
 from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_one
 from edgematrix.measure.meter import LatencyReport, random_feed
 from edgematrix.server.device import dynamic_facts
-from edgematrix.server.options import DEFAULT_CONFIG
+from edgematrix.server.options import DEFAULT_CONFIG, Limits
 from edgematrix.server.wire import arrays_to_npz, npz_to_arrays
 
 ORDER_FILE, RESULT_FILE, ERROR_FILE, BUNDLE_FILE, OUTPUTS_FILE = (
@@ -45,6 +56,14 @@ EXIT_ORPHANED = 4  # the server went away
 
 class _Orphaned(Exception):
     pass
+
+
+class LimitExceeded(EdgeMatrixError):
+    """A client's model or bundle needs more than the server's limits allow (answered 413 / 422)."""
+
+    def __init__(self, message: str, status: int = 422, kind: str = "over_limit") -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
 
 
 def _check_parent(parent: int) -> None:
@@ -73,14 +92,17 @@ def _measure(order: dict[str, Any], model: Path, parent: int, cap_s: float) -> d
     merged["max_time_s"] = max(merged["min_time_s"], min(merged["max_time_s"], cap_s))
     merged["min_time_s"] = min(merged["min_time_s"], merged["max_time_s"])
     cfg = LatencyConfig(**merged)
+    limits = Limits(**order["limits"])
     t0 = time.perf_counter()
-    with create_runner(order["backend"], path=model, **order["runner_options"]) as runner:
+    with create_runner(order["backend"], path=model, **runner_kwargs(order)) as runner:
         load_s = time.perf_counter() - t0
         self_timed = getattr(runner, "measure", None)
         if callable(self_timed):  # the runner times itself (tensorrt: trtexec --exportTimes)
             samples = _self_timed_samples(self_timed(iterations=cfg.min_rounds, duration_s=cfg.min_time_s))
         else:
-            feed = random_feed(dict(runner.input_metadata()), seed=order["seed"])
+            metadata = dict(runner.input_metadata())
+            check_feed_size(metadata, limits.max_input_bytes)
+            feed = random_feed(metadata, seed=order["seed"])
             samples = measure_one(runner, feed, cfg, progress=lambda _r, _t: _check_parent(parent))
         facts = runner.facts()
     facts.pop("model", None)  # a temporary path on the server, meaningless to the client
@@ -94,17 +116,41 @@ def _measure(order: dict[str, Any], model: Path, parent: int, cap_s: float) -> d
 def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -> dict[str, Any]:
     from edgematrix.server.bundle import stack_outputs
 
-    inputs = npz_to_arrays((folder / BUNDLE_FILE).read_bytes(), what="bundle")
+    limits = Limits(**order["limits"])
+    inputs = npz_to_arrays(
+        (folder / BUNDLE_FILE).read_bytes(),
+        max_bytes=limits.max_bundle_bytes,
+        what="bundle",
+        max_arrays=limits.max_arrays,
+        max_ndim=limits.max_ndim + 1,
+    )
     counts = {n: a.shape[0] if a.ndim else 0 for n, a in inputs.items()}
     if len(set(counts.values())) != 1:
         raise WireFormatError(f"bundle inputs disagree on the number of samples (first axis): {counts}")
     samples = next(iter(counts.values())) if counts else 0
+    per_sample_bytes = sum(a.nbytes // max(1, a.shape[0]) for a in inputs.values())
+    if per_sample_bytes > limits.max_input_bytes:
+        raise LimitExceeded(
+            f"one bundle sample is {per_sample_bytes} bytes of inputs; this server feeds at most "
+            f"{limits.max_input_bytes} bytes per inference ([limits] max_input_bytes)",
+            status=413,
+        )
     t0 = time.perf_counter()
     per_sample = []
-    with create_runner(order["backend"], path=model, **order["runner_options"]) as runner:
+    returned = 0
+    with create_runner(order["backend"], path=model, **runner_kwargs(order)) as runner:
         for i in range(samples):
             _check_parent(parent)
-            per_sample.append(runner.infer({n: inputs[n][i] for n in inputs}))
+            outputs = runner.infer({n: inputs[n][i] for n in inputs})
+            returned += sum(np.asarray(v).nbytes for v in outputs.values())
+            if returned > limits.max_response_bytes:
+                raise LimitExceeded(
+                    f"the outputs of samples 0..{i} are already {returned} bytes; this server returns at most "
+                    f"{limits.max_response_bytes} bytes per request ([limits] max_response_bytes): send fewer "
+                    "samples per request",
+                    kind="response_too_large",
+                )
+            per_sample.append(outputs)
         facts = runner.facts()
     facts.pop("model", None)
     outputs = stack_outputs(per_sample)
@@ -112,7 +158,72 @@ def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -
     return {"samples": samples, "run_s": time.perf_counter() - t0, "facts": {**dynamic_facts(), **facts}}
 
 
+def runner_kwargs(order: Mapping[str, Any]) -> dict[str, Any]:
+    """The order's runner options as the runner takes them (JSON lists of provider pairs become tuples)."""
+    kwargs = dict(order["runner_options"])
+    if order["backend"] == "onnxruntime" and "providers" in kwargs:
+        kwargs["providers"] = [p if isinstance(p, str) else (p[0], dict(p[1])) for p in kwargs["providers"]]
+    return kwargs
+
+
+def check_feed_size(metadata: Mapping[str, Any], max_bytes: int) -> None:
+    """Refuse a model whose inputs (dynamic sizes fed as 1) need more than ``max_bytes`` of random feed."""
+    total = 0
+    for name, meta in metadata.items():
+        shape = [d if isinstance(d, int) and d >= 0 else 1 for d in meta.shape]
+        nbytes = math.prod(shape) * np.dtype(meta.dtype).itemsize
+        total += nbytes
+        if total > max_bytes:
+            raise LimitExceeded(
+                f"the model's input {name!r} is {np.dtype(meta.dtype).name}{list(meta.shape)} ({nbytes} bytes); "
+                f"this server feeds at most {max_bytes} bytes per inference ([limits] max_input_bytes)",
+                status=413,
+            )
+
+
+def check_self_contained(model: Path) -> None:
+    """Refuse an ONNX model that keeps tensors in external files (the runtime would open paths it names)."""
+    if model.suffix != ".onnx":
+        return
+    try:
+        import onnx
+    except ImportError:  # no onnx on this board: ONNX Runtime's own checks apply
+        return
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # not parseable: the runtime refuses it with its own message (422)
+        return
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                raise ModelError(
+                    f"initializer {tensor.name!r} keeps its data in an external file; the server runs "
+                    "self-contained models only (save with onnx.save(model, path, save_as_external_data=False))"
+                )
+        for node in graph.node:
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
+                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                    raise ModelError(f"node {node.name!r} has an attribute tensor in an external file; refused")
+
+
+def _limit_memory(megabytes: int | None) -> None:
+    if megabytes is None:
+        return
+    import resource
+
+    limit = megabytes * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _status_for(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, LimitExceeded):
+        return exc.status, exc.kind
+    if isinstance(exc, MemoryError):
+        return 422, "out_of_memory"
     if isinstance(exc, ModelError):
         return 422, "model_rejected"
     if isinstance(exc, BackendError):
@@ -130,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parent = int(args[1]) if len(args) > 1 else os.getppid()
     cap_s = float(args[2]) if len(args) > 2 else 120.0
     order = json.loads((folder / ORDER_FILE).read_text(encoding="utf-8"))
+    order.setdefault("limits", Limits().as_dict())
     model = folder / f"model{order['model_suffix']}"
     try:
+        _limit_memory(order.get("memory_mb"))
+        check_self_contained(model)
         if order["op"] == "measure":
             result = _measure(order, model, parent, cap_s)
         else:
@@ -141,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         status, kind = _status_for(exc)
         message = f"{type(exc).__name__}: {exc}"
-        if status == 500:
-            message += "\n" + "".join(traceback.format_exception(exc)[-6:])
-        _write_json(folder / ERROR_FILE, {"status": status, "kind": kind, "message": message})
+        if status == 500:  # a bug: the traceback goes to the server's log, not to the client
+            traceback.print_exception(exc, file=sys.stderr)
+            message = f"{type(exc).__name__} in the worker (a bug of edgematrix; the server's log has the traceback)"
+        elif isinstance(exc, MemoryError):
+            message = "the model needed more memory than this worker may use (worker_memory_mb / the board's RAM)"
+        _write_json(folder / ERROR_FILE, {"status": status, "kind": kind, "message": message[:8000]})
         return EXIT_ERROR
     _write_json(folder / RESULT_FILE, result)
     return 0
