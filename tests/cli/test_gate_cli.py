@@ -184,6 +184,8 @@ def test_busy_machine_is_inconclusive_exit_0_and_said(
     busy = Contention(
         wall_s=5.0,
         rounds=60,
+        cpus=2,
+        machine_cpus=2,
         cpu_capacity_s=10.0,
         own_cpu_s=4.0,
         other_cpu_s=5.5,

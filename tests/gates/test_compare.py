@@ -255,6 +255,8 @@ def record(other_cpu_share: float) -> dict:
     return Contention(
         wall_s=4.0,
         rounds=60,
+        cpus=2,
+        machine_cpus=2,
         cpu_capacity_s=8.0,
         own_cpu_s=3.0,
         other_cpu_s=8.0 * other_cpu_share,

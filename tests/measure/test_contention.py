@@ -98,7 +98,7 @@ def test_cpu_bound_neighbours_make_the_machine_busy(tmp_path: Path) -> None:
     assert c.busy and result.busy
     assert c.other_cpu_share is not None and c.other_cpu_share >= THRESHOLDS["other_cpu_share"]
     assert any(r.startswith("other processes' CPU") for r in c.reasons())
-    assert c.runnable_mean is not None and c.runnable_mean >= 1.0
+    assert c.runnable_per_cpu is not None and c.runnable_per_cpu >= 0.5
     assert c.summary().startswith("busy: ")
     assert c.extra_info("m")["machine_state"] == "busy"
 
@@ -110,8 +110,14 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def fake_proc(root: Path, *, stat: list[int], loadavg: str, pressure_us: int, waits: dict[str, int]) -> None:
+    """/proc files of a 4-CPU machine: CPUs 0 and 1 share ``stat`` equally, CPUs 2 and 3 are idle."""
     root.mkdir(exist_ok=True)
-    (root / "stat").write_text("cpu  " + " ".join(map(str, stat)) + "\ncpu0 1 2 3\nprocs_running 3\n")
+    half = " ".join(str(v // 2) for v in stat)
+    idle = "0 0 0 1000 0 0 0 0 0 0"
+    aggregate = " ".join(str(v // 2 * 2 + (1000 if i == 3 else 0) * 2) for i, v in enumerate(stat))
+    (root / "stat").write_text(
+        f"cpu  {aggregate}\ncpu0 {half}\ncpu1 {half}\ncpu2 {idle}\ncpu3 {idle}\nintr 1 2 3\nprocs_running 3\n"
+    )
     (root / "loadavg").write_text(loadavg)
     (root / "pressure").write_text(
         f"some avg10=1.00 avg60=0.50 avg300=0.10 total={pressure_us}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
@@ -130,19 +136,20 @@ def proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(contention, "PROC_LOADAVG", str(root / "loadavg"))
     monkeypatch.setattr(contention, "PROC_PRESSURE_CPU", str(root / "pressure"))
     monkeypatch.setattr(contention, "PROC_TASKS", str(root / "task"))
+    monkeypatch.setattr(contention, "_affinity", lambda: frozenset({0, 1}))  # this process runs on CPUs 0 and 1
     return root
 
 
 def test_known_proc_contents_give_exact_figures(proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     own = iter([10.0, 10.0 + 1.5])  # this process used 1.5 s of CPU during the rounds
     monkeypatch.setattr(contention, "_own_cpu_s", lambda: next(own))
-    #              user nice system idle iowait irq softirq steal guest guest_nice
+    #              user nice system idle iowait irq softirq steal guest guest_nice   (CPUs 0 + 1)
     fake_proc(proc, stat=[1000, 0, 200, 5000, 10, 0, 0, 0, 0, 0], loadavg="0.50 0.40 0.30 1/200 999\n",
               pressure_us=1_000_000, waits={"11": 5_000_000, "12": 0})  # fmt: skip
     probe = ContentionProbe()
     probe.start()
-    # 4 s of a 2-CPU machine = 8 s capacity: busy +4.0 s (of which ours 1.5 s), steal +0.4 s
-    d = [int(3.0 * HZ), 0, int(1.0 * HZ), int(3.55 * HZ), int(0.05 * HZ), 0, 0, int(0.4 * HZ), 0, 0]
+    # 4 s of our 2 CPUs = 8 s capacity: busy +4.0 s (of which ours 1.5 s), steal +0.4 s; CPUs 2, 3 idle
+    d = [int(3.0 * HZ), 0, int(1.0 * HZ), int(3.5 * HZ), int(0.1 * HZ), 0, 0, int(0.4 * HZ), 0, 0]
     end = [a + b for a, b in zip([1000, 0, 200, 5000, 10, 0, 0, 0, 0, 0], d, strict=True)]
     fake_proc(proc, stat=end, loadavg="1.75 0.90 0.40 3/210 1001\n", pressure_us=3_500_000,
               waits={"11": 305_000_000, "12": 100_000_000, "13": 50_000_000})  # fmt: skip
@@ -160,6 +167,8 @@ def test_known_proc_contents_give_exact_figures(proc: Path, monkeypatch: pytest.
     assert c.own_wait_share == pytest.approx(0.45 / (1.5 + 0.45))
     assert c.pressure_s == pytest.approx(2.5)
     assert (c.runnable_mean, c.runnable_max) == (pytest.approx((2 + 0 + 3) / 3), 3)
+    assert (c.cpus, c.machine_cpus) == (2, 4)
+    assert c.runnable_per_cpu == pytest.approx(5 / 3 / 4)
     assert (c.load_1m_start, c.load_1m_end) == (0.5, 1.75)
     assert c.rounds == 5
     assert c.spread == pytest.approx({"a": (0.013 - 0.011) / 0.012, "b": 0.0})
@@ -167,8 +176,23 @@ def test_known_proc_contents_give_exact_figures(proc: Path, monkeypatch: pytest.
         f"other processes' CPU {2.5 / (sum(d) / HZ):.0%} (limit 25%)",
         f"our threads waiting for a CPU {0.45 / 1.95:.0%} (limit 10%)",
         f"CPU steal {0.4 / (sum(d) / HZ):.0%} (limit 5%)",
-        "other runnable tasks 1.67 (limit 1)",
     ]
+    assert c.reasons({"runnable_per_cpu": 0.4}) == ["other runnable tasks per CPU 0.42 (limit 0.40)"]
+
+
+def test_only_the_cpus_this_process_may_use_are_counted(proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other work on CPUs outside our affinity (taskset, cpuset) does not compete with us."""
+    monkeypatch.setattr(contention, "_affinity", lambda: frozenset({2, 3}))  # pinned to the idle CPUs
+    monkeypatch.setattr(contention, "_own_cpu_s", lambda: 0.0)
+    stat = [1000, 0, 200, 5000, 10, 0, 0, 0, 0, 0]
+    fake_proc(proc, stat=stat, loadavg="0.5 0.4 0.3 1/200 9\n", pressure_us=0, waits={})
+    probe = ContentionProbe()
+    probe.start()
+    fake_proc(proc, stat=[v + 400 for v in stat], loadavg="0.5 0.4 0.3 1/200 9\n", pressure_us=0, waits={})
+    (proc / "stat").write_text((proc / "stat").read_text().replace("cpu2 0 0 0 1000", "cpu2 0 0 0 1400"))
+    c = probe.stop({})
+    assert c.cpus == 2 and c.other_cpu_s == 0.0 and c.cpu_capacity_s == pytest.approx(400 / HZ)
+    assert c.other_cpu_share == 0.0
 
 
 def test_missing_proc_files_leave_signals_unknown_not_busy(proc: Path) -> None:
@@ -181,13 +205,13 @@ def test_missing_proc_files_leave_signals_unknown_not_busy(proc: Path) -> None:
     assert c.shares() == dict.fromkeys(THRESHOLDS)
     assert c.pressure_share is None
     assert c.reasons() == [] and not c.busy
-    assert c.summary() == f"quiet (; 5 rounds in {c.wall_s:.1f} s)"
+    assert c.summary() == f"quiet (round spread up to 0.0% of the median; 5 rounds in {c.wall_s:.1f} s)"
     assert Contention.from_dict(json.loads(json.dumps(c.as_dict()))).busy is False
 
 
 def quiet_record(**overrides: object) -> Contention:
     fields = dict(
-        wall_s=5.0, rounds=100, cpu_capacity_s=10.0, own_cpu_s=4.0, other_cpu_s=0.3, steal_s=0.0, own_wait_s=0.1,
+        wall_s=5.0, rounds=100, cpus=2, machine_cpus=2, cpu_capacity_s=10.0, own_cpu_s=4.0, other_cpu_s=0.3, steal_s=0.0, own_wait_s=0.1,
         pressure_s=0.2, runnable_mean=0.2, runnable_max=2, load_1m_start=0.4, load_1m_end=0.5, spread={"a": 0.03},
     )  # fmt: skip
     return Contention(**{**fields, **overrides})  # type: ignore[arg-type]
@@ -195,9 +219,12 @@ def quiet_record(**overrides: object) -> Contention:
 
 def test_thresholds_decide_and_can_be_overridden() -> None:
     c = quiet_record()
-    assert c.reasons() == [] and c.summary().startswith("quiet (other processes' CPU 3%, our threads waiting")
+    assert c.reasons() == [] and c.summary() == (
+        "quiet (other processes' CPU 3%, our threads waiting for a CPU 2%, CPU steal 0%, other runnable tasks per "
+        "CPU 0.10, round spread up to 3.0% of the median; 100 rounds in 5.0 s)"
+    )
     assert c.reasons({"other_cpu_share": 0.02}) == ["other processes' CPU 3% (limit 2%)"]
-    assert quiet_record(runnable_mean=1.4).reasons() == ["other runnable tasks 1.40 (limit 1)"]
+    assert quiet_record(runnable_mean=1.4).reasons() == ["other runnable tasks per CPU 0.70 (limit 0.50)"]
     with pytest.raises(EdgeMatrixError, match=r"unknown contention threshold\(s\) \['load'\]"):
         c.reasons({"load": 1.0})
 

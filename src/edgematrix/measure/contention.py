@@ -10,20 +10,24 @@ verdict: no reason = quiet, one or more = busy, and the gates answer "not compar
 
 Signals (all from ``/proc``; each is ``None`` where the kernel does not offer it):
 
-* ``other_cpu_s`` — CPU time used by *other* processes during the rounds: the machine's busy
-  jiffies (``/proc/stat``: user, nice, system, irq, softirq) minus this process's own CPU time
-  (``getrusage``, every thread). ``other_cpu_share`` divides it by the machine's CPU capacity over
-  the rounds (``/proc/stat``'s total jiffies), so 0.5 = half the machine busy with other work.
+* ``other_cpu_s`` — CPU time used by *other* processes during the rounds on the CPUs this process
+  may run on (its affinity; ``cpus`` of them): their busy jiffies (``/proc/stat``'s ``cpuN``
+  lines: user, nice, system, irq, softirq) minus this process's own CPU time (``getrusage``, every
+  thread). ``other_cpu_share`` divides it by those CPUs' capacity over the rounds (their total
+  jiffies), so 0.5 = half of our CPUs busy with other work. Counting only our CPUs keeps the figure
+  meaningful under ``taskset``/cpusets and on a large host, where other work on CPUs we never use
+  does not compete with us.
 * ``own_wait_s`` — how long this process's threads were runnable but waiting for a CPU (the
   scheduler's run-queue delay, ``/proc/self/task/*/schedstat``); ``own_wait_share`` divides it by
   the time they wanted a CPU at all (their CPU time plus that wait). The most direct signal: *we*
   were kept off a core.
 * ``steal_share`` — CPU time the hypervisor gave to other guests (``/proc/stat`` steal).
 * ``pressure_share`` — share of the wall time some task waited for a CPU (PSI, ``/proc/pressure/cpu``).
-* ``runnable_mean`` / ``runnable_max`` — other runnable tasks, sampled between rounds
-  (``/proc/loadavg``'s running count minus the sampling thread itself); ``load_1m_start`` /
-  ``load_1m_end`` — the 1-minute load average around the rounds (a slow, smoothed signal: recorded,
-  not used to decide).
+* ``runnable_mean`` / ``runnable_max`` — other runnable tasks on the whole machine, sampled between
+  rounds (``/proc/loadavg``'s running count minus the sampling thread itself);
+  ``runnable_per_cpu`` divides the mean by the machine's CPUs (``machine_cpus``).
+  ``load_1m_start`` / ``load_1m_end`` — the 1-minute load average around the rounds (a slow,
+  smoothed signal: recorded, not used to decide).
 * ``spread`` — per runner, the interquartile range of its round times over their median.
 
 Thresholds, measured on the 2-core x86 KVM machine of DESIGN.md (ONNX Runtime + OpenVINO, FP32
@@ -61,8 +65,8 @@ THRESHOLDS: dict[str, float] = {
     "own_wait_share": 0.10,
     # the hypervisor stole this share of the machine's CPU capacity
     "steal_share": 0.05,
-    # on average this many other tasks were runnable at a round boundary
-    "runnable_mean": 1.0,
+    # on average this many other tasks per CPU of the machine were runnable at a round boundary
+    "runnable_per_cpu": 0.5,
 }
 
 
@@ -81,18 +85,40 @@ class _CpuJiffies:
     total: int  # every field of the cpu line except guest/guest_nice (counted in user/nice)
 
 
-def _cpu_jiffies() -> _CpuJiffies | None:
+def _jiffies(fields: list[str]) -> _CpuJiffies:
+    values = [int(v) for v in fields] + [0] * 10
+    user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
+    busy = user + nice + system + irq + softirq
+    return _CpuJiffies(busy, steal, busy + idle + iowait + steal)
+
+
+def _cpu_jiffies(cpus: frozenset[int]) -> tuple[_CpuJiffies, int] | None:
+    """Summed jiffies of the CPUs in ``cpus`` (all CPUs when none of them is listed), and the machine's CPUs."""
     text = _read(PROC_STAT)
     if not text:
         return None
+    whole, mine, online = None, [], 0
     for line in text.splitlines():
-        if line.startswith("cpu "):
-            values = [int(v) for v in line.split()[1:]]
-            values += [0] * (10 - len(values))
-            user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
-            busy = user + nice + system + irq + softirq
-            return _CpuJiffies(busy, steal, busy + idle + iowait + steal)
-    return None
+        parts = line.split()
+        if not parts or not parts[0].startswith("cpu"):
+            continue
+        if parts[0] == "cpu":
+            whole = _jiffies(parts[1:])
+        elif parts[0][3:].isdigit():
+            online += 1
+            if int(parts[0][3:]) in cpus:
+                mine.append(_jiffies(parts[1:]))
+    if mine:
+        summed = _CpuJiffies(*(sum(getattr(j, f) for j in mine) for f in ("busy", "steal", "total")))
+        return summed, online
+    return (whole, online or os.cpu_count() or 1) if whole is not None else None
+
+
+def _affinity() -> frozenset[int]:
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return frozenset(range(os.cpu_count() or 1))
 
 
 def _own_cpu_s() -> float:
@@ -150,7 +176,9 @@ class Contention:
 
     wall_s: float
     rounds: int
-    cpu_capacity_s: float | None  # CPU seconds the whole machine offered during the rounds
+    cpus: int  # CPUs this process may run on (its affinity): the CPUs the shares are of
+    machine_cpus: int  # CPUs of the whole machine
+    cpu_capacity_s: float | None  # CPU seconds our CPUs offered during the rounds
     own_cpu_s: float
     other_cpu_s: float | None
     steal_s: float | None
@@ -180,6 +208,11 @@ class Contention:
         return _share(self.steal_s, self.cpu_capacity_s)
 
     @property
+    def runnable_per_cpu(self) -> float | None:
+        """Other runnable tasks per CPU of the machine, mean over the round boundaries."""
+        return _share(self.runnable_mean, self.machine_cpus)
+
+    @property
     def pressure_share(self) -> float | None:
         """Share of the wall time some task waited for a CPU (PSI)."""
         return _share(self.pressure_s, self.wall_s)
@@ -190,7 +223,7 @@ class Contention:
             "other_cpu_share": self.other_cpu_share,
             "own_wait_share": self.own_wait_share,
             "steal_share": self.steal_share,
-            "runnable_mean": self.runnable_mean,
+            "runnable_per_cpu": self.runnable_per_cpu,
         }
 
     # -- verdict ----------------------------------------------------------------------------
@@ -206,9 +239,7 @@ class Contention:
         for name, limit in limits.items():
             value = values[name]
             if value is not None and value >= limit:
-                shown = f"{value:.2f}" if name == "runnable_mean" else f"{value:.0%}"
-                limit_shown = f"{limit:g}" if name == "runnable_mean" else f"{limit:.0%}"
-                out.append(f"{_LABELS[name]} {shown} (limit {limit_shown})")
+                out.append(f"{_LABELS[name]} {_show(name, value)} (limit {_show(name, limit)})")
         return out
 
     @property
@@ -218,12 +249,10 @@ class Contention:
     def summary(self) -> str:
         """One line for logs and reports: the verdict and the main figures."""
         head = "busy: " + "; ".join(self.reasons()) if self.busy else "quiet"
-        figures = ", ".join(
-            f"{_LABELS[k]} {v:.2f}" if k == "runnable_mean" else f"{_LABELS[k]} {v:.0%}"
-            for k, v in self.shares().items()
-            if v is not None
-        )
-        return f"{head} ({figures}; {self.rounds} rounds in {self.wall_s:.1f} s)"
+        figures = [f"{_LABELS[k]} {_show(k, v)}" for k, v in self.shares().items() if v is not None]
+        if self.spread:
+            figures.append(f"round spread up to {max(self.spread.values()):.1%} of the median")
+        return f"{head} ({', '.join(figures)}; {self.rounds} rounds in {self.wall_s:.1f} s)"
 
     # -- serialisation ----------------------------------------------------------------------
 
@@ -270,8 +299,12 @@ _LABELS = {
     "other_cpu_share": "other processes' CPU",
     "own_wait_share": "our threads waiting for a CPU",
     "steal_share": "CPU steal",
-    "runnable_mean": "other runnable tasks",
+    "runnable_per_cpu": "other runnable tasks per CPU",
 }
+
+
+def _show(name: str, value: float) -> str:
+    return f"{value:.2f}" if name == "runnable_per_cpu" else f"{value:.0%}"
 
 
 def _share(part: float | None, whole: float | None) -> float | None:
@@ -297,7 +330,8 @@ class ContentionProbe:
         self._runnable: list[int] = []
 
     def start(self) -> None:
-        self._jiffies = _cpu_jiffies()
+        self._cpus = _affinity()
+        self._jiffies = _cpu_jiffies(self._cpus)
         self._waits = _own_waits_ns()
         self._pressure = _pressure_some_us()
         self._load = _loadavg()
@@ -318,13 +352,15 @@ class ContentionProbe:
             raise RuntimeError("ContentionProbe.stop() called before start()")
         wall = time.perf_counter() - self._t0
         own = _own_cpu_s() - self._own
-        jiffies, waits, pressure, load = _cpu_jiffies(), _own_waits_ns(), _pressure_some_us(), _loadavg()
+        counted, waits, pressure, load = _cpu_jiffies(self._cpus), _own_waits_ns(), _pressure_some_us(), _loadavg()
         hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         capacity = other = steal = None
-        if self._jiffies is not None and jiffies is not None:
-            capacity = (jiffies.total - self._jiffies.total) / hz
-            other = max(0.0, (jiffies.busy - self._jiffies.busy) / hz - own)
-            steal = (jiffies.steal - self._jiffies.steal) / hz
+        machine_cpus = os.cpu_count() or len(self._cpus)
+        if self._jiffies is not None and counted is not None:
+            (before, _), (after, machine_cpus) = self._jiffies, counted
+            capacity = (after.total - before.total) / hz
+            other = max(0.0, (after.busy - before.busy) / hz - own)
+            steal = (after.steal - before.steal) / hz
         own_wait = None
         if self._waits is not None and waits is not None:
             # threads that started during the rounds count from 0; threads that ended are lost (rare)
@@ -335,6 +371,8 @@ class ContentionProbe:
         return Contention(
             wall_s=wall,
             rounds=len(next(iter(samples.values()))) if samples else len(runnable),
+            cpus=len(self._cpus),
+            machine_cpus=machine_cpus,
             cpu_capacity_s=capacity,
             own_cpu_s=own,
             other_cpu_s=other,
