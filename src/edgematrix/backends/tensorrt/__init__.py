@@ -7,5 +7,9 @@
 - :mod:`.runner`: :func:`run_trtexec`, :class:`TrtexecMeter` (a LatencyMeter) and
   :class:`TensorrtRunner` (registry name ``tensorrt``).
 
-No module here imports TensorRT; see docs/tensorrt.md for what was and was not run on hardware.
+- :mod:`.inprocess` / :mod:`.outputs`: numpy feeds on the built engine, through Polygraphy's
+  TensorRT runner in-process or trtexec ``--loadInputs`` / ``--exportOutput``.
+
+No module here imports TensorRT or Polygraphy at import time; see docs/tensorrt.md for what was and
+was not run on hardware.
 """

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -128,14 +128,14 @@ def decode_tensors(payload: bytes) -> list[tuple[TensorSpec, np.ndarray | None]]
     return out
 
 
-def write_frame(stream: BinaryIO, kind: FrameKind, payload: bytes = b"") -> None:
+def write_frame(stream: IO[bytes], kind: FrameKind, payload: bytes = b"") -> None:
     stream.write(_HEADER.pack(MAGIC, int(kind), len(payload)))
     if payload:
         stream.write(payload)
     stream.flush()
 
 
-def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
+def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
     chunks, got = [], 0
     while got < n:
         chunk = stream.read(n - got)
@@ -146,7 +146,7 @@ def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO) -> tuple[FrameKind, bytes] | None:
+def read_frame(stream: IO[bytes]) -> tuple[FrameKind, bytes] | None:
     """The next frame, or None at a clean end of the stream."""
     first = stream.read(1)
     if not first:
