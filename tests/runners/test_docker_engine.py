@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -54,8 +55,20 @@ def _by_role(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return {(b["extra_info"]["backend"], b["extra_info"]["role"]): b for b in bench["benchmarks"]}
 
 
+def _gate_results(junit: Path) -> dict[str, str]:
+    """Gate name → "passed", or the text of its failure / skip."""
+    out = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        result = next((r for r in case if r.tag in ("failure", "skipped", "error")), None)
+        out[case.get("name", "")] = "passed" if result is None else f"{result.tag}: {result.get('message')}"
+    return out
+
+
 def test_container_run_matches_the_local_run(workspace: Path, x86_image: str, docker_engine: Any) -> None:
-    assert _cli(workspace, results="results-local") == 0
+    # the local run records the baselines; the container run is gated against them (one baseline for
+    # both: the image installs the lock's packages, so the environment keys are equal)
+    assert _cli(workspace, "--update-baseline", results="results-local") == 0
+    assert (workspace / "matrix" / "baselines" / f"{CELL}.json").is_file()
     t0 = time.perf_counter()
     assert _cli(workspace, "--runner", "docker", "--offline-base", results="results-docker") == 0
     assert time.perf_counter() - t0 < 120
@@ -70,11 +83,37 @@ def test_container_run_matches_the_local_run(workspace: Path, x86_image: str, do
         assert (theirs["fp"], theirs["fn"]) == (mine["fp"], mine["fn"]), key
     machine = json.loads((workspace / "results-docker" / CELL / "benchmark.json").read_text())["machine_info"]
     assert machine["container"] is True and machine["container_image"] == x86_image
+    gates = _gate_results(workspace / "results-docker" / CELL / "junit.xml")
+    for backend in ("", "[openvino]"):
+        assert gates[f"accuracy_vs_baseline{backend}"] == "passed", gates
+        assert "another toolchain" not in gates[f"latency_vs_baseline{backend}"], gates
+        assert "no baseline" not in gates[f"latency_vs_baseline{backend}"], gates
     config = json.loads((workspace / "results-docker" / CELL / "config.json").read_text())
     assert config["cell"] == CELL
     # results written by the container belong to the invoking user
     assert (workspace / "results-docker" / CELL / "junit.xml").stat().st_uid == os.getuid()
     assert not docker_engine.containers.list(all=True, filters={"label": f"org.edgematrix.cell={CELL}"})
+
+
+def test_the_container_has_the_environment_key_of_a_locked_local_install(x86_image: str, docker_engine: Any) -> None:
+    """The image's wheelhouse is the lock's: inside, the key baselines are compared by is the one a local
+    Nox session (here: the test session, installed with the same lock) has, whatever glibc the base has."""
+    import io
+
+    from edgematrix.core.toolchain import LOCK_PATH, current_environment, public_version, read_lock
+
+    buf = io.StringIO()
+    script = (
+        "import json; from edgematrix.core.toolchain import current_environment, libc\n"
+        "print(json.dumps(current_environment())); print(libc())\n"
+    )
+    mounts = {str(REPO): {"bind": "/workspace", "mode": "ro"}}
+    assert run_command(docker_engine, x86_image, ["python3", "-c", script], mounts=mounts, environment={}, out=buf) == 0
+    *_, key, libc = buf.getvalue().strip().splitlines()
+    inside = json.loads(key)
+    assert inside == current_environment()
+    assert {k: public_version(v) for k, v in inside.items()} == read_lock(REPO / LOCK_PATH).environment()
+    assert libc == "glibc 2.36"  # Debian 12's, recorded beside a baseline but not keyed
 
 
 def test_second_run_reuses_the_image(workspace: Path, x86_image: str, docker_engine: Any) -> None:
