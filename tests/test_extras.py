@@ -39,7 +39,7 @@ def tiny_onnx(tmp_path: Path) -> Path:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "relu", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path = tmp_path / "relu.onnx"
     onnx.save(model, str(path))
     return path
