@@ -17,6 +17,8 @@ from edgematrix.errors import EdgeMatrixError
 
 #: A folder under ``results/`` is a cell when it holds any of these (what a cell run writes).
 CELL_MARKERS = ("junit.xml", "benchmark.json", "config.json")
+#: a cell's junit.xml is a few kilobytes; results folders are untrusted (a pull request's run wrote them)
+MAX_JUNIT_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,21 @@ def read_junit(path: str | os.PathLike[str]) -> JUnitXml:
         raise EdgeMatrixError(
             f"JUnit file {str(path)!r} is missing: the cell's run did not finish writing its results; "
             "re-run the cell (its artifacts are written even when a gate fails)"
+        )
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(MAX_JUNIT_BYTES + 1)
+    except OSError as exc:
+        raise EdgeMatrixError(f"cannot read JUnit file {str(path)!r}: {exc}") from None
+    if size > MAX_JUNIT_BYTES:
+        raise EdgeMatrixError(
+            f"JUnit file {str(path)!r} is {size} bytes; a cell's gates fit in far less than {MAX_JUNIT_BYTES} bytes"
+        )
+    if b"<!DOCTYPE" in head.upper() or b"<!ENTITY" in head.upper():
+        raise EdgeMatrixError(
+            f"JUnit file {str(path)!r} declares a DTD or entities, which edgematrix never writes; refused "
+            "(results folders are untrusted input)"
         )
     try:
         xml = JUnitXml.fromfile(str(path))

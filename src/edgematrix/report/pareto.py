@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.report.markdown import md_text
 
 _DIRECTIONS = ("higher", "lower")
 
@@ -169,14 +170,14 @@ def pareto_markdown(group: ParetoGroup) -> str:
     better = "higher" if group.direction == "higher" else "lower"
     unit = " (%)" if group.metric == "accuracy" else ""
     lines = [
-        f"| recipe | {group.metric}{unit} ({better} is better) | p50 (ms) | speedup vs FP32 | size | on front |",
+        f"| recipe | {md_text(group.metric)}{unit} ({better} is better) | p50 (ms) | speedup vs FP32 | size | on front |",
         "|---|---:|---:|---:|---:|:---:|",
     ]
     order = sorted(zip(group.points, group.front, strict=True), key=lambda pf: pf[0].p50_ms)
     for p, on in order:
         speed = f"{p.speedup:.2f}×" if p.speedup is not None else "–"
         lines.append(
-            f"| {p.label} | {_fmt_metric(p.metric, group.metric)} | {p.p50_ms:.3f} | {speed} | {_size(p.model_bytes)} "
+            f"| {md_text(p.label)} | {_fmt_metric(p.metric, group.metric)} | {p.p50_ms:.3f} | {speed} | {_size(p.model_bytes)} "
             f"| {'yes' if on else 'no'} |"
         )
     return "\n".join(lines)
@@ -296,9 +297,9 @@ def write_pareto_reports(
         png = plot_pareto(group, out / f"pareto-{_slug(model)}-{_slug(target)}.png")
         paths[f"pareto:{model}:{target}"] = png
         sections += [
-            f"#### {model} on {target}",
+            f"#### {md_text(model)} on {md_text(target)}",
             "",
-            f"![{model} on {target}]({out.name}/{png.name})",
+            f"![{md_text(model)} on {md_text(target)}]({out.name}/{png.name})",
             "",
             pareto_markdown(group),
             "",

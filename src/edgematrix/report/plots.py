@@ -33,8 +33,33 @@ def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw: Any
     return fig, axes
 
 
+def _plain_text(fig: Any) -> None:
+    """Text from a results folder (backend, cell and model names) shows as it is: matplotlib would parse
+    ``$...$`` in it as mathtext (and fail on what it cannot parse). Titles, legends and annotations
+    stop parsing math; tick labels given as text get their ``$`` escaped (matplotlib re-creates tick
+    labels when drawing); matplotlib's numeric tick labels keep their mathtext (log axes: ``$10^{2}$``)."""
+    from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter, FuncFormatter
+
+    def escaped(formatter: Any) -> Any:
+        return FuncFormatter(lambda x, pos: str(formatter(x, pos)).replace("$", r"\$"))
+
+    ticks = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), FixedFormatter | FuncFormatter):
+                axis.set_major_formatter(escaped(axis.get_major_formatter()))
+            if isinstance(axis.get_minor_formatter(), FixedFormatter | FuncFormatter):
+                axis.set_minor_formatter(escaped(axis.get_minor_formatter()))
+            ticks |= {id(t) for t in axis.get_ticklabels(which="both")}
+    for text in fig.findobj(Text):
+        if id(text) not in ticks:
+            text.set_parse_math(False)
+
+
 def _save(fig: Any, out_png: str | os.PathLike[str]) -> Path:
     """Render to a temporary PNG next to ``out_png`` and rename it into place."""
+    _plain_text(fig)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)

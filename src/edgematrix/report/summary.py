@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.report.markdown import md_text
 from edgematrix.report.merge import GateResult, find_cells, read_gates
 
 COMMENT_MARKER = "<!-- edgematrix-report -->"
@@ -237,7 +238,9 @@ def build_summary(
     for cell_dir in find_cells(results_dir):
         gates = read_gates(cell_dir)
         all_gates += gates
-        alerts += [f"{MARK_FAILED} **{g.cell}** `{g.gate}`: {_md(g.message)}" for g in gates if g.failed]
+        alerts += [
+            f"{MARK_FAILED} **{md_text(g.cell)}** {md_text(g.gate)}: {md_text(g.message)}" for g in gates if g.failed
+        ]
         run = _read_cell_run(cell_dir)
         if run is None or not run.benches:
             notes.append(f"{cell_dir.name}: no candidate in benchmark.json; only its gates are shown")
@@ -273,19 +276,18 @@ def build_summary(
                 _compare_with_baseline(row, cand, run, Path(baselines_dir))
             if row.latency_status in REGRESSION_STATUSES:
                 detail = row.latency_message or f"p50 {_pct(row.d_p50)} {_ci(row)}".strip()
-                alerts.append(f"{MARK_FAILED} **{row.cell}** ({row.backend}) latency vs base: {_md(detail)}")
+                alerts.append(
+                    f"{MARK_FAILED} **{md_text(row.cell)}** ({md_text(row.backend)}) latency vs base: {md_text(detail)}"
+                )
             rows.append(row)
-    label = f"base run `{base_root}`" if base_root is not None else ("reviewed baselines" if baselines_dir else "")
+    label = (
+        f"base run {md_text(base_root)}" if base_root is not None else ("reviewed baselines" if baselines_dir else "")
+    )
     return Summary(rows, all_gates, alerts, notes, label)
 
 
 # ----------------------------------------------------------------------------------------------
 # rendering
-
-
-def _md(text: str) -> str:
-    """Text safe inside a table cell or list item: one line, no pipes, no raw HTML."""
-    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
 
 
 def _f(value: float | None, fmt: str = ".2f") -> str:
@@ -316,7 +318,7 @@ def _mark_text(row: SummaryRow) -> str:
 
 
 def _row_line(row: SummaryRow) -> str:
-    backend = f"**{row.backend}** (selected)" if row.selected else row.backend
+    backend = f"**{md_text(row.backend)}** (selected)" if row.selected else md_text(row.backend)
     d_acc = "—" if row.d_accuracy is None else _signed(row.d_accuracy, 2)
     d_p50 = " ".join(x for x in (_pct(row.d_p50), _ci(row)) if x)
     if row.latency_status in REGRESSION_STATUSES:
@@ -325,9 +327,9 @@ def _row_line(row: SummaryRow) -> str:
     if row.base_speedup is not None:
         speedup += f" ({row.compared_with} {row.base_speedup:.2f}×)"
     cells = [
-        row.cell,
+        md_text(row.cell),
         backend,
-        row.precision or "—",
+        md_text(row.precision) or "—",
         _f(row.accuracy),
         d_acc,
         _f(row.p50),
@@ -340,7 +342,7 @@ def _row_line(row: SummaryRow) -> str:
         row.compared_with or "—",
         _mark_text(row),
     ]
-    return "| " + " | ".join(_md(c) if i < 3 else c for i, c in enumerate(cells)) + " |"
+    return "| " + " | ".join(cells) + " |"
 
 
 TABLE_HEADER = [
@@ -386,7 +388,7 @@ def render_summary(summary: Summary) -> str:
     lines = [*_headline(summary), "", *_alerts_section(summary)]
     lines += ["", "### Results", "", *TABLE_HEADER, *(_row_line(r) for r in summary.rows)]
     if summary.notes:
-        lines += ["", "### Notes", "", *(f"- {_md(n)}" for n in summary.notes)]
+        lines += ["", "### Notes", "", *(f"- {md_text(n, 2000)}" for n in summary.notes)]
     lines += [
         "",
         "<sub>Δ p50/p90/p99: relative to the comparison run (⚠️ = regression beyond its confidence interval); "
