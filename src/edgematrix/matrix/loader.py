@@ -105,7 +105,12 @@ def _format_validation(path: Path, err: ValidationError) -> str:
 
 def load_file(path: Path) -> MatrixFile:
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise MatrixError(
+            f"{path}: not UTF-8 text (byte {e.start}, line {line}: {e.reason}); TOML files are UTF-8, save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise MatrixError(f"{path}: invalid TOML: {e}") from None
     except OSError as e:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 Arch = Literal["x86_64", "aarch64"]
@@ -29,7 +30,7 @@ class Target(_Strict):
     precisions: list[Precision]
     device: str = Field("", description="device model, e.g. 'NVIDIA Jetson AGX Orin 64GB'")
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = the cores available to the process")
-    image: str = Field("", description="folder under docker/ with the target's image recipe")
+    image: str = Field("", description="folder under docker/ with the target's image recipe (one folder name)")
     image_args: dict[str, str] = Field(
         default_factory=dict,
         description="pinned build args of docker/<image>/Dockerfile (base image, SDK and package versions)",
@@ -51,6 +52,16 @@ class Target(_Strict):
     )
     extras: list[str] = Field(default_factory=list, description="pyproject extras the session installs")
     system_site_packages: bool = Field(False, description="let the session see vendor Python packages (JetPack)")
+
+    @field_validator("image")
+    @classmethod
+    def _image_in_docker(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", value):
+            raise ValueError(
+                f"image {value!r} must name one folder under docker/ (letters, digits, '_', '-'), "
+                "e.g. 'jetson'; a path would leave docker/"
+            )
+        return value
 
     @model_validator(mode="after")
     def _backends(self) -> Target:
