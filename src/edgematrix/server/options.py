@@ -275,6 +275,7 @@ REMOTE_OPTIONS: dict[str, dict[str, Check]] = {
         "use_cuda_graph": _bool,
         "no_data_transfers": _bool,
         "profiling_verbosity": _choice("detailed", "layer_names_only", "none"),
+        "inference": _choice("polygraphy", "trtexec", "none"),
     },
 }
 
