@@ -27,7 +27,7 @@ OpenVINO's plugins, ATen); the base only provides the interpreter and glibc, whi
 need at a minimum version and do not compute with. Measured on this project's 2-core x86 host: a
 cell in its Debian 12 container scored the same accuracy as the local run on the same cache, with
 same-run p50 ratios within 3% (README, "Measured"). Keying glibc would split GitHub's Ubuntu 24.04
-runners (glibc 2.39) from the Debian 12 image (2.36) and gate neither against one baseline.
+runners (glibc 2.39) from the Debian 12 image (2.36): no one baseline could gate both.
 :func:`libc` is recorded beside the key, for the reader of a baseline, not compared.
 
 So a local run and a ``--runner docker --offline-base`` run with the lock's packages have the same
