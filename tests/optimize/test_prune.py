@@ -1,4 +1,5 @@
-"""Structured pruning (torch-pruning) and the latency-aware ratio search, on tiny models and fake meters."""
+"""Structured pruning (torch-pruning), the candidate architectures, the sealed latency cache and the search
+on a monotone latency model (fake meter). Non-monotone tables, noise and real ONNX Runtime runs: test_prune_search.py."""
 
 from __future__ import annotations
 
@@ -10,30 +11,20 @@ from typing import Any
 
 import pytest
 import torch
+from prune_fakes import SHAPE, ArchMeter, example, mac_latency, search, tiny
 
+from edgematrix.core.cache import SEAL_SUFFIX
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.measure.meter import LatencyMeter, LatencyReport
-from edgematrix.models.ufld import UFLDv2
+from edgematrix.measure.meter import LatencyMeter
 from edgematrix.optimize.prune import (
     LatencyCache,
     PruneSettings,
     architecture_key,
+    candidate_ratios,
     channel_counts,
+    paired_speedup,
     prune_model,
-    search_pruning_ratio,
-    within,
 )
-
-SHAPE = (1, 3, 64, 160)
-
-
-def tiny(width: int = 16, aux: bool = True) -> UFLDv2:
-    torch.manual_seed(0)
-    return UFLDv2((64, 160), width=width, mlp_mid_dim=32, use_aux=aux).eval()
-
-
-def example() -> torch.Tensor:
-    return torch.randn(*SHAPE, generator=torch.Generator().manual_seed(1))
 
 
 def test_prune_rounds_channels_and_keeps_ignored_layers() -> None:
@@ -103,154 +94,204 @@ def test_architecture_key_covers_what_determines_latency() -> None:
     assert len({key, *others}) == 6
 
 
-# ------------------------------------------------------------------------------ search
+# ------------------------------------------------------------------------------ candidates
 
 
-class FakeMeter:
-    """Latency = fixed overhead + cost per multiply-accumulate of the backbone's 3×3 / 1×1 convolutions
-    (channel counts read from what ``deploy`` wrote): a known, monotone latency-vs-channels curve."""
+def test_candidates_are_exactly_the_architectures_of_the_ratios() -> None:
+    model = tiny(width=16, aux=False)
+    cands = candidate_ratios(model, round_to=8, ignored_layers=("pool", "cls"), max_ratio=0.9)
+    assert cands == sorted(cands) and cands[0] > 0 and cands[-1] < 0.9
+    # the widest stage (128) changes width every 8/128 of the ratio: 14 steps below 0.9, plus the interval up to it
+    assert len(cands) == 15
 
-    backend = "fake"
+    def arch(ratio: float) -> str:
+        pruned = prune_model(copy.deepcopy(model), example(), ratio, round_to=8, ignored_layers=("pool", "cls"))
+        return json.dumps(channel_counts(pruned), sort_keys=True)
 
-    def __init__(self, overhead_ms: float = 1.0, per_mac_ms: float = 2e-6) -> None:
-        self.overhead_ms, self.per_mac_ms = overhead_ms, per_mac_ms
-        self.calls: list[Path] = []
-
-    def latency(self, counts: dict[str, list[int]]) -> float:
-        macs = sum(
-            cin * cout * (9 if "conv" in name else 1)
-            for name, (cin, cout) in counts.items()
-            if name.startswith("backbone")
-        )
-        return self.overhead_ms + self.per_mac_ms * macs
-
-    def measure(self, model: Path, *, options: dict[str, Any] | None = None) -> LatencyReport:
-        self.calls.append(model)
-        ms = self.latency(json.loads(model.read_text()))
-        return LatencyReport("fake", ms, ms, ms, ms, 1, (ms,))
-
-
-def deploy_json(model: torch.nn.Module, folder: Path) -> Path:
-    path = folder / "arch.json"
-    path.write_text(json.dumps(channel_counts(model)))
-    return path
+    # one candidate per architecture: all distinct ...
+    by_candidate = [arch(r) for r in cands]
+    assert len(set(by_candidate)) == len(cands)
+    # ... and every ratio on a grid gives one of them (torch-pruning's rounding, predicted exactly)
+    grid = {arch(r) for r in [i / 25 for i in range(1, 23)]}
+    assert grid <= set(by_candidate)
+    with pytest.raises(EdgeMatrixError, match="round_to"):
+        candidate_ratios(model, round_to=0)
+    assert (
+        candidate_ratios(model, round_to=128, ignored_layers=("pool", "cls")) == []
+    )  # no layer can lose 128 channels and keep any
 
 
-def _search(tmp_path: Path, meter: FakeMeter, speedup: float, **kw: Any):
-    settings = PruneSettings(speedup=speedup, round_to=kw.pop("round_to", 4), **kw)
-    return search_pruning_ratio(
-        tiny(width=32, aux=False), input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy_json,
-        cache=LatencyCache(tmp_path / "latency.json"), work_dir=tmp_path / "work", backend="fake", precision="int8",
-    )  # fmt: skip
+def test_ignored_layers_add_no_candidates() -> None:
+    model = tiny(width=32, aux=False)
+    everything = candidate_ratios(model, round_to=8, ignored_layers=(), max_ratio=0.9)
+    kept_head = candidate_ratios(model, round_to=8, ignored_layers=("pool", "cls"), max_ratio=0.9)
+    # cls.0 (Linear, 32 outputs) and cls.2 add steps of their own when they are not ignored
+    assert set(kept_head) != set(everything) and len(everything) > len(kept_head)
+
+
+# ------------------------------------------------------------------------------ paired speedup
+
+
+def test_paired_speedup_is_the_median_with_a_bootstrap_interval() -> None:
+    est, low, high = paired_speedup([2.0] * 6, 0.9)
+    assert est == pytest.approx(2.0) and low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    ratios = [1.9, 2.0, 2.05, 2.1, 2.2, 2.4]
+    est, low, high = paired_speedup(ratios, 0.9)
+    assert est == pytest.approx((2.05 * 2.1) ** 0.5)  # median of the logs: the geometric middle
+    assert 1.9 <= low < est < high <= 2.4
+    assert paired_speedup(ratios, 0.9) == (est, low, high)  # seeded by the data: reproducible
+    wide = paired_speedup(ratios, 0.99)
+    assert wide[1] <= low and wide[2] >= high
+    with pytest.raises(EdgeMatrixError, match="positive, finite"):
+        paired_speedup([2.0, 0.0, 1.0])
+
+
+# ------------------------------------------------------------------------------ search, monotone
 
 
 def test_fake_meter_is_a_latency_meter() -> None:
-    assert isinstance(FakeMeter(), LatencyMeter)
+    assert isinstance(ArchMeter(mac_latency()), LatencyMeter)
 
 
 @pytest.mark.parametrize("speedup", [2.0, 3.0])
 def test_search_lands_within_tolerance_and_records_every_probe(tmp_path: Path, speedup: float) -> None:
-    meter = FakeMeter()
-    res = _search(tmp_path, meter, speedup, tolerance=0.1, max_probes=8)
-    assert res.landed and res.chosen is not None
-    # bound "at_least" (the default): N× is a floor, the landing range is [N, N × 1.1]
-    assert speedup <= res.chosen.speedup <= speedup * 1.1
-    assert res.target_ms == pytest.approx(res.baseline_ms / (speedup * 1.05))
+    meter = ArchMeter(mac_latency())
+    res = search(tmp_path, meter, speedup, tolerance=0.1, max_probes=8)
+    assert res.landed and res.stop == "landed" and res.chosen is not None
+    # bound "at_least" (the default): N× is a floor, the landing range is [N, N × 1.1], and the whole
+    # interval is inside it (a noiseless meter: the interval is the point)
+    assert speedup <= res.chosen.low <= res.chosen.speedup <= res.chosen.high <= speedup * 1.1
+    assert res.chosen.verdict == "inside" and res.reason.startswith("landed: ratio")
     # the chosen probe's speedup is what the meter says for that architecture
-    assert res.chosen.speedup == pytest.approx(res.baseline_ms / res.chosen.latency_ms)
-    assert res.baseline_ms == pytest.approx(meter.latency(channel_counts(tiny(width=32, aux=False))))
-    assert 1 <= len(res.probes) <= 8
-    # the baseline once, then each new architecture in 2 pairs alternating with the unpruned model
-    # (A B, B A); a monotone meter needs no re-pairing
-    assert len(meter.calls) == res.measurements == 1 + 4 * len({p.arch_key for p in res.probes})
-    assert sum(1 for c in meter.calls if c.parent.name == "unpruned") == 1 + 2 * len({p.arch_key for p in res.probes})
-    assert all(p.remeasured == 0 for p in res.probes)
-    # monotone: more pruning, more speed
+    assert res.chosen.speedup == pytest.approx(res.chosen.baseline_ms / res.chosen.latency_ms)
+    assert res.baseline_ms == pytest.approx(mac_latency()(channel_counts(tiny(width=32, aux=False))))
+    assert 1 <= len(res.probes) <= 8 and res.chosen is res.probes[-1]
+    # every probe: `pairs` blocks of two calls, unpruned and pruned alternating their order (AB, BA, ...)
+    assert all(p.blocks == 8 and p.remeasured == 0 and not p.cached for p in res.probes)
+    assert len(meter.calls) == 2 * res.measurements == 2 * 8 * len(res.probes)
+    first = [c.parent.name == "unpruned" for c in meter.calls[:16]]
+    assert first == [True, False, False, True] * 4
+    # no architecture twice, more pruning is more speed on a monotone meter
+    assert len({p.arch_key for p in res.probes}) == len(res.probes)
     ordered = sorted(res.probes, key=lambda p: p.ratio)
     assert all(a.speedup <= b.speedup for a, b in itertools.pairwise(ordered))
     saved = res.as_dict()
-    assert saved["landed"] and len(saved["probes"]) == len(res.probes) and saved["target_ms"] == res.target_ms
+    assert saved["landed"] and len(saved["probes"]) == len(res.probes) and saved["reason"] == res.reason
+    assert saved["landing"] == [speedup, pytest.approx(speedup * 1.1)]
 
 
 def test_nearest_bound_lands_on_either_side(tmp_path: Path) -> None:
     settings = PruneSettings(speedup=2.0, tolerance=0.1, bound="nearest")
-    assert settings.landing == (2.0, 0.1)
-    centre, half = PruneSettings(speedup=2.0, tolerance=0.1).landing
-    assert centre * (1 - half) == pytest.approx(2.0) and centre * (1 + half) == pytest.approx(2.2)
-    res = _search(tmp_path, FakeMeter(), 2.0, tolerance=0.1, bound="nearest")
-    assert res.landed and res.chosen is not None and within(res.chosen.speedup, 2.0, 0.1)
+    assert settings.landing == (pytest.approx(1.8), pytest.approx(2.2))
+    assert PruneSettings(speedup=2.0, tolerance=0.1).landing == (2.0, pytest.approx(2.2))
+    res = search(tmp_path, ArchMeter(mac_latency()), 2.0, tolerance=0.1, bound="nearest")
+    assert res.landed and res.chosen is not None and 1.8 <= res.chosen.low <= res.chosen.high <= 2.2
     with pytest.raises(EdgeMatrixError, match="bound must be 'at_least' or 'nearest'"):
-        _search(tmp_path, FakeMeter(), 2.0, bound="floor")
+        search(tmp_path, ArchMeter(mac_latency()), 2.0, bound="floor")
 
 
-def test_cache_hits_do_not_remeasure(tmp_path: Path) -> None:
-    first = FakeMeter()
-    res1 = _search(tmp_path, first, 2.0)
-    assert len(first.calls) >= 2
-    second = FakeMeter()
-    res2 = _search(tmp_path, second, 2.0)
-    assert second.calls == []
-    assert res2.baseline_cached and all(p.cached for p in res2.probes)
-    assert res2.chosen is not None and res1.chosen is not None and res2.chosen.ratio == res1.chosen.ratio
-    # another target on the same cache reuses the baseline measurement
-    third = FakeMeter()
-    res3 = _search(tmp_path, third, 3.0)
-    assert res3.baseline_cached and len(third.calls) == 4 * sum(1 for p in res3.probes if not p.cached)
-    stored = json.loads((tmp_path / "latency.json").read_text())
-    assert len(stored) == len(LatencyCache(tmp_path / "latency.json"))
-    assert all({"p50_ms", "channels", "backend", "precision", "meter"} <= set(r) for r in stored.values())
-    probes = [r for r in stored.values() if "speedup" in r]
-    assert probes and all(r["speedup"] == pytest.approx(r["baseline_p50_ms"] / r["p50_ms"]) for r in probes)
-
-
-def test_unreachable_speedup_stops_and_does_not_land(tmp_path: Path) -> None:
-    meter = FakeMeter(overhead_ms=50.0)  # overhead dominates: 10x is out of reach
-    res = _search(tmp_path, meter, 10.0, max_probes=5, max_ratio=0.8)
-    assert not res.landed and len(res.probes) <= 5
-    assert res.chosen is not None and res.chosen.ratio == max(p.ratio for p in res.probes) <= 0.8
+def test_unreachable_speedup_says_the_largest_ratio_and_its_speedup(tmp_path: Path) -> None:
+    meter = ArchMeter(mac_latency(overhead_ms=50.0))  # overhead dominates: 10x is out of reach
+    res = search(tmp_path, meter, 10.0, max_probes=8, max_ratio=0.8)
+    assert not res.landed and res.stop == "unreachable" and len(res.probes) < 8
+    largest = max(res.probes, key=lambda p: p.ratio)
+    # the most pruned candidate was measured to be sure, and it is the one chosen (nearest the range)
+    assert (
+        largest.ratio
+        == candidate_ratios(tiny(width=32, aux=False), round_to=4, ignored_layers=("pool", "cls"), max_ratio=0.8)[-1]
+    )
+    assert res.chosen is largest and largest.speedup < 2
+    assert (
+        f"10× is out of reach within max_ratio 0.8: the most pruned architecture measures {largest.speedup:.2f}×"
+        in (res.reason)
+    )
+    assert f"largest ratio tried {largest.ratio:.3f}" in res.reason and "noise of the pairs ±0.0%" in res.reason
 
 
 def test_search_validates_settings(tmp_path: Path) -> None:
+    meter = ArchMeter(mac_latency())
     with pytest.raises(EdgeMatrixError, match="speedup must be > 1"):
-        _search(tmp_path, FakeMeter(), 1.0)
+        search(tmp_path, meter, 1.0)
     with pytest.raises(EdgeMatrixError, match="tolerance"):
-        _search(tmp_path, FakeMeter(), 2.0, tolerance=1.5)
+        search(tmp_path, meter, 2.0, tolerance=1.5)
+    with pytest.raises(EdgeMatrixError, match="pairs must be >= 3"):
+        search(tmp_path, meter, 2.0, pairs=2)
+    with pytest.raises(EdgeMatrixError, match="confidence"):
+        search(tmp_path, meter, 2.0, confidence=1.0)
     with pytest.raises(EdgeMatrixError, match="ignored_layers names 'nope'"):
-        _search(tmp_path, FakeMeter(), 2.0, ignored_layers=("nope",))
+        search(tmp_path, meter, 2.0, ignored_layers=("nope",))
+    with pytest.raises(EdgeMatrixError, match="nothing to prune"):
+        search(tmp_path, meter, 2.0, round_to=512)
+    assert meter.calls == []
 
 
-def test_corrupt_cache_is_reported(tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------ the cache
+
+
+def test_cache_hits_do_not_remeasure(tmp_path: Path) -> None:
+    first = ArchMeter(mac_latency())
+    res1 = search(tmp_path, first, 2.0)
+    assert len(first.calls) == 2 * res1.measurements > 0 and not res1.baseline_cached
+    second = ArchMeter(mac_latency())
+    res2 = search(tmp_path, second, 2.0)
+    assert second.calls == [] and res2.measurements == 0
+    assert res2.baseline_cached and all(p.cached for p in res2.probes)
+    assert res2.chosen is not None and res1.chosen is not None and res2.chosen.ratio == res1.chosen.ratio
+    assert [p.arch_key for p in res2.probes] == [p.arch_key for p in res1.probes]  # the same decisions
+    # another target on the same cache reuses the architectures both searches probe
+    third = ArchMeter(mac_latency())
+    res3 = search(tmp_path, third, 3.0)
+    assert len(third.calls) == 2 * 8 * sum(1 for p in res3.probes if not p.cached)
+    # a sealed entry of raw blocks; the speedup is recomputed from them, never stored
     path = tmp_path / "latency.json"
-    path.write_text("{not json")
-    with pytest.raises(EdgeMatrixError, match="delete it"):
-        LatencyCache(path)
+    assert (tmp_path / f"latency.json{SEAL_SUFFIX}").is_file()
+    stored = json.loads(path.read_text())
+    assert len(stored) == len(LatencyCache(path))
+    assert all({"channels", "input", "backend", "precision", "meter", "blocks"} <= set(r) for r in stored.values())
+    for p in res1.probes:
+        blocks = stored[p.arch_key]["blocks"]
+        assert len(blocks) == 8 and p.speedup == pytest.approx(blocks[0]["unpruned_ms"] / blocks[0]["pruned_ms"])
 
 
-class BusyHostMeter(FakeMeter):
-    """The first measurement of every pruned model lands on a busy host: 5× slower than it is."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def measure(self, model: Path, *, options: dict[str, Any] | None = None) -> LatencyReport:
-        report = super().measure(model, options=options)
-        text = model.read_text()
-        if "unpruned" in str(model) or text in self.seen:
-            return report
-        self.seen.add(text)
-        slow = report.p50_ms * 5
-        return LatencyReport("fake", slow, slow, slow, slow, 1, (slow,))
+def test_more_pairs_measure_only_the_missing_blocks(tmp_path: Path) -> None:
+    res1 = search(tmp_path, ArchMeter(mac_latency()), 2.0, pairs=3)
+    meter = ArchMeter(mac_latency())
+    res2 = search(tmp_path, meter, 2.0, pairs=5)
+    shared = {p.arch_key for p in res1.probes} & {p.arch_key for p in res2.probes}
+    assert shared and all(p.blocks == 5 for p in res2.probes)
+    new = sum(5 - (3 if p.arch_key in shared else 0) for p in res2.probes)
+    assert res2.measurements == new and len(meter.calls) == 2 * new
 
 
-def test_a_measurement_inflated_by_a_busy_host_is_measured_again(tmp_path: Path) -> None:
-    meter = BusyHostMeter()
-    res = _search(tmp_path, meter, 2.0, tolerance=0.1, max_probes=8)
-    # every first measurement was slower than the baseline: re-measured once, the faster p50 kept
-    assert all(p.remeasured >= 1 for p in res.probes if not p.cached)
-    assert res.landed and res.chosen is not None
-    stored = json.loads((tmp_path / "latency.json").read_text())
-    for p in res.probes:
-        assert stored[p.arch_key]["p50_ms"] == pytest.approx(p.latency_ms)
-    assert res.chosen.latency_ms == pytest.approx(stored[res.chosen.arch_key]["p50_ms"])
-    assert len(meter.calls) == res.measurements
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda p: p.write_text(p.read_text()[:40]), "bytes, sealed with"),
+        (lambda p: p.write_text(p.read_text().replace('"blocks"', '"blocks"', 1).replace("1", "2", 1)), "sha256"),
+        (lambda p: Path(f"{p}{SEAL_SUFFIX}").unlink(), "no seal"),
+    ],
+    ids=["truncated", "corrupted", "unsealed"],
+)
+def test_damaged_cache_is_deleted_reported_and_rebuilt(tmp_path: Path, capsys: Any, damage: Any, why: str) -> None:
+    search(tmp_path, ArchMeter(mac_latency()), 2.0)
+    path = tmp_path / "latency.json"
+    damage(path)
+    capsys.readouterr()
+    meter = ArchMeter(mac_latency())
+    res = search(tmp_path, meter, 2.0)
+    err = capsys.readouterr().err
+    assert f"pruning latency cache {path}" in err and why in err and "deleted, rebuilding" in err
+    assert len(err.strip().splitlines()) == 1
+    # measured again from scratch, and sealed again
+    assert res.landed and meter.calls and all(not p.cached for p in res.probes)
+    assert len(LatencyCache(path)) == len(res.probes)
+
+
+def test_a_sealed_cache_that_is_not_an_object_is_rebuilt(tmp_path: Path, capsys: Any) -> None:
+    from edgematrix.core.cache import write_json_entry
+
+    path = tmp_path / "latency.json"
+    write_json_entry(path, [1, 2, 3])
+    cache = LatencyCache(path)
+    assert len(cache) == 0 and not path.exists()
+    assert "a JSON object of measurements expected, found list" in capsys.readouterr().err

@@ -402,10 +402,8 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     assert p is not None
     settings = PruneSettings(
         speedup=p.speedup, round_to=p.round_to, ignored_layers=tuple(p.ignored_layers), importance=p.importance,
-        tolerance=p.tolerance, max_probes=p.max_probes, max_ratio=p.max_ratio, remeasure=p.remeasure,
-        aim=p.aim,
-        pairs=p.pairs,
-        bound=p.bound,
+        tolerance=p.tolerance, max_probes=p.max_probes, max_ratio=p.max_ratio, pairs=p.pairs,
+        remeasure=p.remeasure, confidence=p.confidence, bound=p.bound,
     )  # fmt: skip
     int8 = recipe.quantize is not None
     task = get_task(cell.model.task)
@@ -429,9 +427,9 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     def on_probe(pr: Any) -> None:
         src = "cached" if pr.cached else "measured"
         console.print(
-            f"      ratio {pr.ratio:.3f}: {pr.latency_ms:.2f} ms vs unpruned {pr.baseline_ms:.2f} ms in the same pairs "
-            f"({src}), speedup {pr.speedup:.2f}×, "
-            f"widths {pr.channels}, {pr.params / 1e6:.1f} M params"
+            f"      ratio {pr.ratio:.3f}: {pr.latency_ms:.2f} ms vs unpruned {pr.baseline_ms:.2f} ms in the same blocks "
+            f"({src}), speedup {pr.speedup:.2f}× ({p.confidence:.0%} interval {pr.low:.2f}..{pr.high:.2f}×, "
+            f"{pr.blocks} blocks: {pr.verdict}), widths {pr.channels}, {pr.params / 1e6:.1f} M params"
         )
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -443,10 +441,9 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     chosen = search.chosen
     assert chosen is not None
     stages.done(
-        f"ratio {chosen.ratio:.3f}: {chosen.speedup:.2f}× (requested {p.speedup:g}×, "
-        f"{'landed' if search.landed else 'NOT landed'} {p.bound.replace('_', ' ')}, tolerance {p.tolerance:.0%}), {chosen.latency_ms:.2f} vs unpruned "
-        f"{chosen.baseline_ms:.2f} ms in the same pairs, "
-        f"{len(search.probes)} probes, {search.measurements} measured"
+        f"ratio {chosen.ratio:.3f}: {chosen.speedup:.2f}× (requested {p.speedup:g}× {p.bound.replace('_', ' ')}, "
+        f"tolerance {p.tolerance:.0%}), {chosen.latency_ms:.2f} vs unpruned {chosen.baseline_ms:.2f} ms in the same "
+        f"blocks, {len(search.probes)} probes, {search.measurements} blocks measured; {search.reason}"
     )
 
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -465,6 +462,9 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         "prune_ratio": float(chosen.ratio),
         "prune_search_speedup": round(chosen.speedup, 4),
         "prune_search_landed": int(search.landed),
+        "prune_search_low": round(chosen.low, 4),
+        "prune_search_high": round(chosen.high, 4),
+        "prune_search_noise": round(search.noise, 4),
         "prune_tolerance": float(p.tolerance),
         "prune_probes": len(search.probes),
         "prune_widths": chosen.channels,

@@ -169,17 +169,20 @@ class PruneSection(_Strict):
     )
     max_probes: int = Field(8, ge=1, le=50)
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest uniform pruning ratio tried")
-    remeasure: int = Field(
-        2, ge=0, description="re-pairings of a probe whose speedup is not monotone with the others (busy host)"
-    )
-    aim: float = Field(0.5, gt=0, le=1, description="keep refining until within aim × tolerance (probes permitting)")
     pairs: int = Field(
-        2,
-        ge=1,
-        description="measurements of each probe alternating with the unpruned model; speedup = ratio of medians",
+        8,
+        ge=3,
+        description="paired blocks (unpruned and pruned in the same interleaved rounds) per probe; its speedup is "
+        "the median of the blocks' ratios, with a bootstrap interval",
     )
-    probe_rounds: int = Field(30, ge=5, description="latency rounds per probe (at least)")
-    probe_min_time_s: float = Field(2.0, ge=0, description="seconds of latency rounds per probe (at least)")
+    remeasure: int = Field(
+        2,
+        ge=0,
+        description="more batches of `pairs` blocks for a probe inside the range whose interval crosses its edge",
+    )
+    confidence: float = Field(0.9, ge=0.5, lt=1, description="a probe lands when this interval lies inside the range")
+    probe_rounds: int = Field(30, ge=5, description="latency rounds per paired block (at least)")
+    probe_min_time_s: float = Field(2.0, ge=0, description="seconds of latency rounds per paired block (at least)")
 
 
 class FinetuneSection(_Strict):

@@ -2,22 +2,60 @@
 
 :func:`prune_model` removes whole channels with torch-pruning: its dependency graph keeps every
 coupled layer consistent (residual adds, BatchNorm, the flatten into a Linear), so no channel
-surgery is written here. Channel counts are rounded to a hardware-friendly multiple (``round_to``);
-layers named in ``ignored_layers`` (heads) keep their output channels.
+surgery is written here. Channel counts are rounded down to a multiple of ``round_to``; layers
+named in ``ignored_layers`` (heads) keep their output channels.
 
-:func:`search_pruning_ratio` looks for the uniform per-layer pruning ratio whose *measured* latency
-on the target is ``baseline / speedup`` (within ``tolerance``). Latency is measured on the model as
-deployed (the caller's ``deploy`` exports it, e.g. FP32 ONNX then INT8 QDQ), through a
-:class:`~edgematrix.measure.meter.LatencyMeter`: a local backend now, the device's latency server
-through the same interface. Measurements are cached by architecture (per-layer channel counts,
-input shape, backend, precision, meter), so a repeated search or a probe that rounds to an
-architecture already measured costs no measurement. Every probe is recorded.
+:func:`search_pruning_ratio` looks for a uniform pruning ratio whose model, as deployed (the
+caller's ``deploy``: e.g. FP32 ONNX then INT8 QDQ), measures ``speedup``× faster than the unpruned
+model on the target. Three facts of real targets shape it:
+
+- **The ratios form a finite set of architectures.** With widths rounded to ``round_to``, every
+  layer's width is a step function of the ratio; :func:`candidate_ratios` lists one ratio per
+  distinct architecture (the midpoints between the steps), and the search only ever probes those,
+  never the same architecture twice.
+- **Latency is not monotone in the ratio.** Widths that suit the kernels (INT8 GEMM tiles) run
+  faster than their narrower neighbours, so bisection, which assumes a monotone curve, can bracket
+  the target between two probes and stop next to a width that would have landed. The search keeps
+  a monotone *trend* of the measured speedups (isotonic fit of log speedup against
+  -log(1 - ratio); the power law of FLOPs before anything is measured), predicts every
+  unmeasured architecture from it, and probes the one predicted closest to the landing range. It
+  stops at the first probe whose interval lies inside the range, when no unmeasured architecture
+  is predicted within reach of the range (the trend's distance, widened by the largest bump measured
+  so far and by the measurement noise), or after ``max_probes``.
+- **One measurement is not a ratio.** Every probe is measured in paired *blocks* with the
+  unpruned model: with a :class:`~edgematrix.measure.meter.LocalMeter`, both models in the same
+  interleaved rounds (as the cell's same-run check measures them); with any other meter (a device's
+  latency server), one call of each, alternating their order. A block gives one ratio; the probe's
+  speedup is the median of its blocks' ratios and its interval the bootstrap percentile interval
+  of that median (``confidence``). A probe lands only when its whole interval lies in the landing
+  range; a probe whose estimate is inside but whose interval crosses an edge is measured again
+  (``remeasure`` more batches of ``pairs`` blocks) before it is judged.
+
+**A busy machine biases, it does not only add noise.** With other processes on the cores, every
+operator waits for a CPU, whatever its size, so the pruned model gains less: on the 2-core machine
+with five other runnable tasks the same architectures measured 1.55× and 1.94× that measured 1.71×
+and 2.19× on the quiet machine (ONNX Runtime INT8, UFLD ResNet-18). A narrower interval does not
+cure that. Each block therefore carries the harness's contention record
+(:mod:`edgematrix.measure.contention`; a meter's report may say ``facts["machine_state"]``); a
+probe measured mostly on a busy machine is measured again, and if it stays busy it cannot land: the
+search stops and says the machine was busy. Busy blocks are never reused from the cache.
+
+When nothing lands, :attr:`SearchResult.reason` says why in one sentence: the largest ratio tried
+and its speedup, the architectures on either side of the range, the noise of the pairs, and how
+many blocks ran on a busy machine.
+
+Measurements are cached by architecture (per-layer channel counts, input shape, backend,
+precision, meter) as a sealed cache entry (:func:`edgematrix.core.cache.write_json_entry`): a
+repeated search costs no measurement, and a damaged cache file is deleted, reported in one line,
+and rebuilt. A cached probe keeps its blocks, so a later search that wants more of them measures
+only the difference.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -26,6 +64,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
 
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.fileio import atomic_write_text
@@ -49,19 +89,18 @@ class PruneSettings:
     - ``ignored_layers``: module names (``model.get_submodule``) whose output channels stay.
     - ``importance``: channel ranking, data-free: ``magnitude`` (L2 of the coupled group), ``fpgm``
       (geometric median) or ``lamp``.
-    - ``tolerance``: the search stops when the measured speedup is within ``speedup * (1 ± tolerance)``.
-    - ``max_probes``: at most this many pruned architectures are tried (cache hits included).
+    - ``tolerance`` and ``bound``: the landing range. ``at_least`` (default) is
+      ``[speedup, speedup * (1 + tolerance)]`` ("2× faster" is a floor, as a user asking for it
+      means it); ``nearest`` is ``speedup * (1 ± tolerance)``.
+    - ``max_probes``: at most this many architectures are tried (cache hits included).
     - ``max_ratio``: the largest uniform pruning ratio tried.
-    - ``pairs``: each probe is measured ``pairs`` times alternating with the unpruned model (A B, B A,
-      ...); its speedup is the ratio of the medians, so drift of a shared host cancels, as in the
-      cell's interleaved rounds. A remote meter pays 2 × ``pairs`` requests per probe.
-    - ``remeasure``: a probe whose speedup is not monotone with the others (below a less-pruned
-      model's, above a more-pruned one's, or <= 1) is paired again up to this many times.
-    - ``aim``: the search keeps refining until a probe is within ``aim`` × the landing range's half
-      width of its centre (or the probes run out); a probe just inside the range may fall outside it
-      in the next run's noise.
-    - ``bound``: ``at_least`` (default) lands in ``[speedup, speedup * (1 + tolerance)]``: "2× faster"
-      is a floor, as a user asking for it means it; ``nearest`` lands in ``speedup * (1 ± tolerance)``.
+    - ``pairs``: paired blocks measured for every probe (each one ratio unpruned / pruned; see the
+      module docstring). At least 3: the interval of a median needs a spread.
+    - ``remeasure``: a probe whose estimate is inside the landing range but whose interval crosses
+      its edge, or whose blocks were measured mostly on a busy machine, gets up to this many more
+      batches of ``pairs`` blocks before it is judged.
+    - ``confidence``: the level of each probe's bootstrap interval; a probe lands only when this
+      interval lies inside the landing range.
     """
 
     speedup: float
@@ -71,18 +110,22 @@ class PruneSettings:
     tolerance: float = 0.10
     max_probes: int = 8
     max_ratio: float = 0.9
+    pairs: int = 8
     remeasure: int = 2
-    aim: float = 0.5
-    pairs: int = 2
+    confidence: float = 0.90
     bound: Literal["at_least", "nearest"] = "at_least"
 
     @property
     def landing(self) -> tuple[float, float]:
-        """(centre, relative half width) of the speedups the search accepts."""
-        if self.bound == "nearest":
-            return self.speedup, self.tolerance
-        centre = self.speedup * (1 + self.tolerance / 2)
-        return centre, (self.tolerance / 2) / (1 + self.tolerance / 2)
+        """(lowest, highest) speedup the search accepts (see ``bound``)."""
+        low = self.speedup * (1 - self.tolerance) if self.bound == "nearest" else self.speedup
+        return low, self.speedup * (1 + self.tolerance)
+
+    @property
+    def centre(self) -> float:
+        """The middle of the landing range on a log scale (what the search aims at)."""
+        low, high = self.landing
+        return math.sqrt(low * high)
 
     def validate(self) -> None:
         if not self.speedup > 1:
@@ -95,12 +138,12 @@ class PruneSettings:
             raise EdgeMatrixError(f"prune tolerance must be in (0, 1), e.g. 0.1 for ±10%; got {self.tolerance}")
         if self.max_probes < 1:
             raise EdgeMatrixError(f"prune max_probes must be >= 1; got {self.max_probes}")
-        if not 0 < self.aim <= 1:
-            raise EdgeMatrixError(f"prune aim must be in (0, 1] (a fraction of the tolerance); got {self.aim}")
-        if self.pairs < 1:
-            raise EdgeMatrixError(f"prune pairs must be >= 1; got {self.pairs}")
+        if self.pairs < 3:
+            raise EdgeMatrixError(f"prune pairs must be >= 3 (an interval needs a spread of blocks); got {self.pairs}")
         if self.remeasure < 0:
             raise EdgeMatrixError(f"prune remeasure must be >= 0; got {self.remeasure}")
+        if not 0.5 <= self.confidence < 1:
+            raise EdgeMatrixError(f"prune confidence must be in [0.5, 1), e.g. 0.9; got {self.confidence}")
         if not 0 < self.max_ratio < 1:
             raise EdgeMatrixError(f"prune max_ratio must be in (0, 1); got {self.max_ratio}")
         if self.bound not in ("at_least", "nearest"):
@@ -237,36 +280,95 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# ----------------------------------------------------------------------------- candidates
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def candidate_ratios(
+    model: nn.Module, *, round_to: int, ignored_layers: Sequence[str] = (), max_ratio: float = 0.9
+) -> list[float]:
+    """One uniform pruning ratio per distinct architecture in ``(0, max_ratio]``, ascending.
+
+    torch-pruning keeps ``int(C * (1 - ratio))`` of a ``C``-channel group, rounded down to a multiple
+    of ``round_to``, so a ``C``-wide layer changes width at ``ratio = 1 - k / C`` (``k`` a multiple of
+    ``round_to``). Between two consecutive steps of any layer the architecture is constant; the
+    midpoint of each interval stands for it (a midpoint, so float rounding never crosses a step).
+    Layers in ``ignored_layers`` (and their submodules) keep their widths and add no steps.
+    """
+    if round_to < 1:
+        raise EdgeMatrixError(f"round_to must be >= 1; got {round_to}")
+    if not 0 < max_ratio < 1:
+        raise EdgeMatrixError(f"max_ratio must be in (0, 1); got {max_ratio}")
+    widths = {cout for name, (_cin, cout) in channel_counts(model).items() if not _under(name, ignored_layers)}
+    steps = set()
+    for c in widths:
+        for k in range(round_to, c, round_to):
+            step = 1 - k / c
+            if 0 < step < max_ratio:
+                steps.add(step)
+    if not steps:
+        return []  # no layer can lose a multiple of round_to below max_ratio
+    edges = [0.0, *sorted(steps), max_ratio]
+    return [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+
+
 # ------------------------------------------------------------------------------ the cache
 
 
+def _parse_cache(path: Path) -> dict[str, Any]:
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"a JSON object of measurements expected, found {type(doc).__name__}")
+    return doc
+
+
 class LatencyCache:
-    """Latency measurements by architecture key, persisted as JSON (atomic writes)."""
+    """Paired latency blocks by architecture key: one sealed cache entry (``edgematrix.core.cache``).
+
+    The file is verified when it is opened: a truncated, corrupt or unsealed file (or one that is
+    not a JSON object) is deleted with a one-line message and the search measures again. Every
+    :meth:`put` rewrites it atomically with a new seal.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from edgematrix.core.cache import reuse
+
         self.path = Path(path)
         self._data: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            try:
-                raw = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise EdgeMatrixError(
-                    f"latency cache {self.path} is unreadable ({exc}); delete it and the search re-measures"
-                ) from None
-            if not isinstance(raw, dict):
-                raise EdgeMatrixError(f"latency cache {self.path} is not a JSON object; delete it")
-            self._data = raw
+        if reuse(self.path, "pruning latency cache", check=_parse_cache):
+            self._data = _parse_cache(self.path)
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self._data.get(key)
 
     def put(self, key: str, record: dict[str, Any]) -> None:
+        from edgematrix.core.cache import write_json_entry
+
         self._data[key] = record
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(self._data, indent=1, sort_keys=True))
+        write_json_entry(self.path, self._data)
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def _cached_blocks(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The valid paired blocks of a cache record ([] for a missing record or one of an older format)."""
+    blocks = record.get("blocks") if isinstance(record, dict) else None
+    if not isinstance(blocks, list):
+        return []
+    out = []
+    for b in blocks:
+        if not isinstance(b, dict):
+            return []
+        u, p = b.get("unpruned_ms"), b.get("pruned_ms")
+        if not (isinstance(u, int | float) and isinstance(p, int | float) and u > 0 and p > 0):
+            return []
+        out.append(b)
+    return out
 
 
 def meter_identity(meter: Any) -> str:
@@ -284,62 +386,245 @@ def meter_identity(meter: Any) -> str:
     return "|".join(parts)
 
 
+# ------------------------------------------------------------------------- paired measurement
+
+
+def paired_speedup(ratios: Sequence[float], confidence: float = 0.90) -> tuple[float, float, float]:
+    """(estimate, low, high) of a speedup measured in paired blocks, one ratio unpruned / pruned each.
+
+    The estimate is the median of the blocks' ratios (one block taken on a busy moment moves it
+    little); ``low..high`` is the bootstrap percentile interval of that median at ``confidence``,
+    resampling whole blocks (the rounds inside a block are not independent of each other). The
+    resampling is seeded by the data, so the same blocks always give the same interval.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.size == 0 or not np.all(np.isfinite(r) & (r > 0)):
+        raise EdgeMatrixError(f"a paired speedup needs positive, finite block ratios; got {list(ratios)}")
+    x = np.log(r)
+    estimate = float(np.median(x))
+    seed = int.from_bytes(hashlib.sha256(x.tobytes()).digest()[:8], "little")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(4000, x.size))
+    medians = np.median(x[idx], axis=1)
+    low, high = np.quantile(medians, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return math.exp(estimate), math.exp(float(low)), math.exp(float(high))
+
+
+def _measure_blocks(meter: Any, base: Path, cand: Path, n: int, first: int) -> list[dict[str, Any]]:
+    """``n`` paired blocks of the unpruned model ``base`` and the pruned ``cand`` (see the module docstring)."""
+    from edgematrix.measure.meter import LocalMeter
+
+    if isinstance(meter, LocalMeter):
+        return _interleaved_blocks(meter, base, cand, n)
+    out = []
+    for i in range(first, first + n):
+        order = (("unpruned", base), ("pruned", cand)) if i % 2 == 0 else (("pruned", cand), ("unpruned", base))
+        reports = {role: meter.measure(path) for role, path in order}
+        block: dict[str, Any] = {"unpruned_ms": reports["unpruned"].p50_ms, "pruned_ms": reports["pruned"].p50_ms}
+        states = [r.facts.get("machine_state") for r in reports.values() if "machine_state" in r.facts]
+        if states:  # the meter says what the machine was doing (the contention record's verdict)
+            block["busy"] = "busy" in states
+        out.append(block)
+    return out
+
+
+def _interleaved_blocks(meter: Any, base: Path, cand: Path, n: int) -> list[dict[str, Any]]:
+    """Blocks of interleaved rounds of both models (AB, BA, ...), one session each, opened once."""
+    from edgematrix.backends.base import create_runner
+    from edgematrix.measure.harness import measure_interleaved
+    from edgematrix.measure.meter import random_feed
+
+    for path in (base, cand):
+        if not Path(path).is_file():
+            raise EdgeMatrixError(
+                f"model file {path} does not exist; the deploy callback must return the file it wrote"
+            )
+    out = []
+    with (
+        create_runner(meter.backend, path=base, **meter.runner_options) as unpruned,
+        create_runner(meter.backend, path=cand, **meter.runner_options) as pruned,
+    ):
+        runners = {"unpruned": unpruned, "pruned": pruned}
+        feeds = {k: random_feed(dict(r.input_metadata())) for k, r in runners.items()}
+        for _ in range(n):
+            rounds = measure_interleaved(runners, feeds, meter.config)
+            block: dict[str, Any] = {"unpruned_ms": rounds["unpruned"].p50_ms, "pruned_ms": rounds["pruned"].p50_ms}
+            block["busy"] = rounds.contention.busy  # what the machine was doing during these rounds
+            if block["busy"]:
+                block["machine"] = "; ".join(rounds.contention.reasons())
+            out.append(block)
+    return out
+
+
 # ------------------------------------------------------------------------------ the search
+
+Verdict = Literal["inside", "below", "above", "crosses"]
 
 
 @dataclass(frozen=True)
 class Probe:
-    """One architecture tried by the search."""
+    """One architecture tried by the search, measured in paired blocks with the unpruned model."""
 
     ratio: float
-    latency_ms: float  # median p50 of the pruned model's measurements
-    speedup: float  # median p50 of the unpruned model measured alternately with it / latency_ms
+    latency_ms: float  # median of the pruned model's block p50s
+    speedup: float  # median of the blocks' ratios unpruned / pruned
+    low: float  # the bootstrap interval of ``speedup`` (settings.confidence)
+    high: float
+    verdict: Verdict  # the interval vs the landing range: inside, below, above, or crosses an edge
+    blocks: int  # paired blocks behind the figures
     params: int
     channels: str  # backbone widths, e.g. "32/72/152/304"
     arch_key: str
-    cached: bool
-    remeasured: int = 0  # extra pairings because the first was not monotone with the others
-    baseline_ms: float = 0.0  # the unpruned model's median p50 in the same pairs
+    cached: bool  # every block came from the cache
+    remeasured: int = 0  # extra batches of blocks because the interval crossed an edge of the range
+    baseline_ms: float = 0.0  # median of the unpruned model's block p50s (same blocks)
+    busy_blocks: int = 0  # blocks the harness recorded as measured on a busy machine
+    machine: str = ""  # the contention record of the first busy block ("" when none was busy)
+
+    @property
+    def noise(self) -> float:
+        """Relative half width of the interval (0.03 = ±3%)."""
+        return math.sqrt(self.high / self.low) - 1
+
+    @property
+    def contended(self) -> bool:
+        """Most of the blocks were measured on a busy machine: the speedup is biased, whatever its interval."""
+        return 2 * self.busy_blocks > self.blocks
+
+
+def _verdict(low: float, high: float, landing: tuple[float, float]) -> Verdict:
+    lo, hi = landing
+    if lo <= low and high <= hi:
+        return "inside"
+    if high < lo:
+        return "below"
+    if low > hi:
+        return "above"
+    return "crosses"
+
+
+def _log_distance(speedup: float, landing: tuple[float, float]) -> float:
+    """How far ``speedup`` is outside the landing range, in log units (0 inside)."""
+    lo, hi = landing
+    return max(math.log(lo / speedup), math.log(speedup / hi), 0.0)
 
 
 @dataclass
 class SearchResult:
     settings: PruneSettings
-    baseline_ms: float
-    baseline_cached: bool
     probes: list[Probe] = field(default_factory=list)
     chosen: Probe | None = None
-
-    @property
-    def target_ms(self) -> float:
-        return self.baseline_ms / self.settings.landing[0]
+    candidates: int = 0  # distinct architectures the ratios in (0, max_ratio] give
+    stop: Literal["landed", "busy", "max_probes", "exhausted", "unreachable", ""] = ""
+    measured_blocks: int = 0  # paired blocks measured by this search (cache hits cost none)
 
     @property
     def landed(self) -> bool:
-        """The chosen probe's measured speedup is in the landing range (see ``PruneSettings.bound``)."""
-        centre, half = self.settings.landing
-        return self.chosen is not None and within(self.chosen.speedup, centre, half)
+        """The chosen probe's whole interval lies in the landing range (see ``PruneSettings.bound``),
+        measured mostly on a quiet machine."""
+        return self.chosen is not None and self.chosen.verdict == "inside" and not self.chosen.contended
+
+    @property
+    def baseline_ms(self) -> float:
+        """The unpruned model's latency: median over the probes' paired blocks."""
+        return statistics.median(p.baseline_ms for p in self.probes) if self.probes else 0.0
+
+    @property
+    def baseline_cached(self) -> bool:
+        """Nothing was measured: every probe came from the cache."""
+        return bool(self.probes) and self.measured_blocks == 0
+
+    @property
+    def target_ms(self) -> float:
+        return self.baseline_ms / self.settings.centre
 
     @property
     def measurements(self) -> int:
-        """Meter calls made by this search (cache hits cost none)."""
-        probes = sum(2 * self.settings.pairs * (1 + p.remeasured) for p in self.probes if not p.cached)
-        return probes + (0 if self.baseline_cached else 1)
+        """Paired blocks measured by this search (cache hits cost none)."""
+        return self.measured_blocks
+
+    @property
+    def noise(self) -> float:
+        """Median relative half width of the probes' intervals: the noise of the pairs on this machine."""
+        return statistics.median(p.noise for p in self.probes) if self.probes else 0.0
+
+    @property
+    def busy_blocks(self) -> tuple[int, int]:
+        """(blocks recorded as measured on a busy machine, all blocks) over the probes."""
+        return sum(p.busy_blocks for p in self.probes), sum(p.blocks for p in self.probes)
+
+    @property
+    def reason(self) -> str:
+        """One sentence: why the search landed, or exactly why it did not."""
+        s, c = self.settings, self.chosen
+        if c is None:
+            return "no probe was measured"
+        lo, hi = s.landing
+        conf = f"{s.confidence:.0%}"
+        rng = f"{lo:.2f}..{hi:.2f}×"
+        largest = max(self.probes, key=lambda p: p.ratio)
+        busy, blocks = self.busy_blocks
+        facts = (
+            f"largest ratio tried {largest.ratio:.3f} (widths {largest.channels}): {largest.speedup:.2f}×; "
+            f"noise of the pairs ±{self.noise:.1%} (median half width of the {conf} intervals)"
+            + (f"; {busy} of {blocks} blocks measured on a busy machine" if busy else "")
+        )
+        if self.landed:
+            return (
+                f"landed: ratio {c.ratio:.3f} measures {c.speedup:.2f}× ({conf} interval {c.low:.2f}..{c.high:.2f}×, "
+                f"{c.blocks} paired blocks) inside {rng} after {len(self.probes)} probes; {facts}"
+            )
+        if self.stop == "busy":
+            head = (
+                f"not landed: the machine was busy: ratio {c.ratio:.3f} measures {c.speedup:.2f}× ({conf} interval "
+                f"{c.low:.2f}..{c.high:.2f}×), but {c.busy_blocks} of its {c.blocks} blocks ran while other work held "
+                f"the CPUs ({c.machine}); contention lowers speedups, so this figure would not hold on a quiet host: "
+                "re-run when the machine is quiet"
+            )
+        elif c.verdict == "crosses" and lo <= c.speedup <= hi:
+            head = (
+                f"not landed: ratio {c.ratio:.3f} measures {c.speedup:.2f}×, inside {rng}, but its {conf} interval "
+                f"{c.low:.2f}..{c.high:.2f}× crosses the edge after {c.blocks} paired blocks: the pairs are too noisy "
+                "on this machine to tell (measure on a quiet host or raise pairs / remeasure)"
+            )
+        elif self.stop == "unreachable":
+            head = (
+                f"not landed: {s.speedup:g}× is out of reach within max_ratio {s.max_ratio:g}: the most pruned "
+                f"architecture measures {largest.speedup:.2f}× ({conf} interval {largest.low:.2f}..{largest.high:.2f}×)"
+            )
+        else:
+            below = [p for p in self.probes if p.speedup < lo]
+            above = [p for p in self.probes if p.speedup > hi]
+            near = []
+            if below:
+                b = max(below, key=lambda p: p.speedup)
+                near.append(f"nearest below: ratio {b.ratio:.3f} {b.speedup:.2f}× (widths {b.channels})")
+            if above:
+                a = min(above, key=lambda p: p.speedup)
+                near.append(f"nearest above: ratio {a.ratio:.3f} {a.speedup:.2f}× (widths {a.channels})")
+            why = (
+                f"max_probes ({s.max_probes}) reached"
+                if self.stop == "max_probes"
+                else f"every architecture predicted within reach of {rng} was measured (round_to {s.round_to})"
+            )
+            head = f"not landed: {why}; " + ("; ".join(near) or f"closest: ratio {c.ratio:.3f} {c.speedup:.2f}×")
+        return f"{head}; {facts}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "settings": asdict(self.settings),
+            "landing": list(self.settings.landing),
             "baseline_ms": self.baseline_ms,
             "baseline_cached": self.baseline_cached,
             "target_ms": self.target_ms,
             "landed": self.landed,
+            "stop": self.stop,
+            "reason": self.reason,
+            "noise": self.noise,
+            "candidates": self.candidates,
+            "measured_blocks": self.measured_blocks,
             "chosen": asdict(self.chosen) if self.chosen else None,
             "probes": [asdict(p) for p in self.probes],
         }
-
-
-def within(speedup: float, target: float, tolerance: float) -> bool:
-    return abs(speedup / target - 1) <= tolerance
 
 
 def width_summary(counts: dict[str, list[int]]) -> str:
@@ -349,6 +634,73 @@ def width_summary(counts: dict[str, list[int]]) -> str:
         if cout not in seen:
             seen.append(cout)
     return "/".join(str(c) for c in seen[:6])
+
+
+def _isotonic(y: Sequence[float]) -> list[float]:
+    """Pool adjacent violators: the non-decreasing sequence closest to ``y`` in least squares."""
+    pools: list[list[float]] = []  # [sum, count]
+    for v in y:
+        pools.append([v, 1.0])
+        while len(pools) > 1 and pools[-2][0] / pools[-2][1] > pools[-1][0] / pools[-1][1]:
+            total, count = pools.pop()
+            pools[-1][0] += total
+            pools[-1][1] += count
+    out: list[float] = []
+    for total, count in pools:
+        out += [total / count] * int(count)
+    return out
+
+
+class _Trend:
+    """The monotone trend of log(speedup) against x = -log(1 - ratio), through (0, 0).
+
+    Measured points are fitted isotonically (more pruning is never predicted slower) and joined
+    linearly; beyond the last point the trend follows the power law through it (speedup =
+    (1 - ratio)^-p). With nothing measured, p = 2 (FLOPs of a conv net go with the square of its
+    width). ``bump`` is the largest distance of a measured point from the trend: how far the
+    non-monotone part (kernel-friendly widths) has been seen to reach.
+    """
+
+    def __init__(self, points: Sequence[tuple[float, float]]) -> None:
+        pts = sorted((-math.log1p(-r), math.log(s)) for r, s in points)
+        self.xs = [0.0] + [x for x, _ in pts]
+        ys = [0.0] + [y for _, y in pts]
+        self.fit = _isotonic(ys)
+        self.bump = max(abs(y - f) for y, f in zip(ys, self.fit, strict=True))
+
+    def predict(self, ratio: float) -> float:
+        x = -math.log1p(-ratio)
+        if len(self.xs) == 1:
+            return 2.0 * x
+        if x <= self.xs[-1]:
+            return float(np.interp(x, self.xs, self.fit))
+        return max(self.fit[-1], 0.0) / self.xs[-1] * x
+
+
+def _next_candidate(
+    candidates: Sequence[float], tried: set[float], probes: Sequence[Probe], s: PruneSettings
+) -> float | None:
+    """The untried ratio predicted closest to the landing range's centre, among those within reach;
+    None when no untried architecture can be expected to land."""
+    untried = [r for r in candidates if r not in tried]
+    if not untried:
+        return None
+    trend = _Trend([(p.ratio, p.speedup) for p in probes])
+    noise = statistics.median(math.log(p.high / p.low) / 2 for p in probes) if probes else 0.0
+    # within reach: predicted no further from the range than the bumps and the noise seen so far, plus
+    # twice the range's own width: a kernel-friendly width can run that much faster than the trend
+    # through its neighbours, even where the probes so far happened to be monotone
+    slack = max(trend.bump, noise) + math.log(1 + 2 * s.tolerance)
+    lo, hi = s.landing
+    window = (math.log(lo) - slack, math.log(hi) + slack)
+    target = math.log(s.centre)
+    predicted = {r: trend.predict(r) for r in untried}
+    reach = [r for r in untried if window[0] <= predicted[r] <= window[1]]
+    if reach:
+        return min(reach, key=lambda r: (abs(predicted[r] - target), r))
+    if probes and all(p.speedup < lo for p in probes) and candidates[-1] in untried:
+        return candidates[-1]  # nothing predicted to reach the range: measure the most pruned to be sure
+    return None
 
 
 Deploy = Callable[["nn.Module", Path], Path]
@@ -367,24 +719,31 @@ def search_pruning_ratio(
     precision: str,
     on_probe: Callable[[Probe], None] | None = None,
 ) -> SearchResult:
-    """Find the pruning ratio whose deployed model measures ``baseline / settings.speedup``.
+    """Find a pruning ratio whose deployed model measures ``settings.speedup``× the unpruned one.
 
     ``model`` (trained, unpruned) is not modified: every probe prunes a copy. ``deploy(model,
     folder)`` writes the model as deployed (ONNX in the recipe's precision) into ``folder`` and
-    returns the file; ``meter`` measures it. The search brackets the target and interpolates
-    log(speedup) linearly in the ratio (regula falsi, kept inside the bracket), which needs fewer
-    probes than plain bisection on a smooth curve. It stops at the first probe within
-    ``aim * tolerance``, after ``max_probes``, or when the bracket is narrower than one ``round_to`` step changes;
-    the chosen probe is the one closest to the target in log space.
+    returns the file; ``meter`` measures it (see the module docstring for the candidates, the
+    trend, the paired blocks and the stopping rule). The result's ``chosen`` probe is the landed
+    one, else the one nearest the landing range; ``reason`` says which and why.
     """
     settings.validate()
     if len(input_shape) < 2 or any(int(d) < 1 for d in input_shape):
         raise EdgeMatrixError(f"input_shape must be positive dims, e.g. [1, 3, 288, 800]; got {list(input_shape)}")
     resolve_layers(model, settings.ignored_layers)  # fail early on a bad name
+    candidates = candidate_ratios(
+        model, round_to=settings.round_to, ignored_layers=settings.ignored_layers, max_ratio=settings.max_ratio
+    )
+    if not candidates:
+        raise EdgeMatrixError(
+            f"no layer of {type(model).__name__} outside ignored_layers is wider than round_to {settings.round_to}: "
+            "nothing to prune; lower round_to or ignore fewer layers"
+        )
     return _search_impl(
         model,
         tuple(int(d) for d in input_shape),
         settings,
+        candidates,
         meter,
         deploy,
         cache,
@@ -399,6 +758,7 @@ def _search_impl(
     model: nn.Module,
     input_shape: tuple[int, ...],
     settings: PruneSettings,
+    candidates: list[float],
     meter: LatencyMeter,
     deploy: Deploy,
     cache: LatencyCache,
@@ -411,21 +771,9 @@ def _search_impl(
 
     meter_id = meter_identity(meter)
     example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-
-    def record(key: str, counts: dict[str, list[int]], ms: list[float], base: list[float]) -> dict[str, Any]:
-        rec: dict[str, Any] = {
-            "p50_ms": statistics.median(ms), "p50_ms_all": ms, "channels": counts, "backend": backend,
-            "precision": precision, "meter": meter_id,
-        }  # fmt: skip
-        if base:  # paired with the unpruned model: the speedup is a ratio of measurements taken together
-            base_p50 = statistics.median(base)
-            rec.update({"baseline_p50_ms": base_p50, "baseline_p50_ms_all": base, "speedup": base_p50 / rec["p50_ms"]})
-        cache.put(key, rec)
-        return rec
-
+    result = SearchResult(settings, candidates=len(candidates))
+    landing = settings.landing
     base_model = copy.deepcopy(model).eval()
-    base_counts = channel_counts(base_model)
-    base_key = architecture_key(base_counts, input_shape, backend, precision, meter_id)
     base_path: list[Path] = []  # deployed lazily: only when a probe has to be measured
 
     def base_file() -> Path:
@@ -435,35 +783,12 @@ def _search_impl(
             base_path.append(deploy(base_model, folder))
         return base_path[0]
 
-    base_rec = cache.get(base_key)
-    base_cached = base_rec is not None
-    if base_rec is None:
-        base_rec = record(base_key, base_counts, [meter.measure(base_file()).p50_ms], [])
-    base_ms = float(base_rec["p50_ms"])
-    if not base_ms > 0:
-        raise EdgeMatrixError(f"the meter reported p50 {base_ms} ms for the unpruned model; cannot search")
-    result = SearchResult(settings, base_ms, base_cached)
-    lo, hi = (0.0, 1.0), None  # (ratio, speedup) bracket: lo below the target, hi above
-    seen: dict[str, Probe] = {}
-    bracket_keys = ["", ""]  # architectures of lo and hi
+    tried: set[float] = set()
+    measured: set[str] = set()
 
-    def paired(path: Path, ms: list[float], base: list[float]) -> None:
-        """``settings.pairs`` alternating measurements of the unpruned model and ``path`` (A B, B A, ...)."""
-        for i in range(settings.pairs):
-            order = (base_file(), path) if i % 2 == 0 else (path, base_file())
-            for f in order:
-                (base if f == base_file() else ms).append(meter.measure(f).p50_ms)
-
-    def implausible(ratio: float, speedup: float) -> bool:
-        """Not faster than the unpruned model, or not monotone with the probes measured so far."""
-        if speedup <= 1:
-            return True
-        return any(
-            (q.ratio < ratio and speedup <= q.speedup) or (q.ratio > ratio and speedup >= q.speedup)
-            for q in seen.values()
-        )
-
-    def probe(ratio: float) -> Probe:
+    def probe(ratio: float) -> Probe | None:
+        """Measure the architecture of ``ratio``; None when an earlier probe already measured it."""
+        tried.add(ratio)
         pruned = prune_model(
             copy.deepcopy(model),
             example,
@@ -474,86 +799,96 @@ def _search_impl(
         )
         counts = channel_counts(pruned)
         key = architecture_key(counts, input_shape, backend, precision, meter_id)
-        rec = cache.get(key)
-        cached, remeasured = rec is not None and "speedup" in rec, 0
-        if rec is None or not cached:
-            folder = work_dir / f"ratio-{ratio:.4f}"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = deploy(pruned, folder)
-            ms: list[float] = []
-            base: list[float] = []
-            paired(path, ms, base)
-            rec = record(key, counts, ms, base)
-            while remeasured < settings.remeasure and implausible(ratio, float(rec["speedup"])):
-                # not monotone with what was measured: another process most likely took the CPU
-                # during one of the measurements; pair again and take the median of all
-                paired(path, ms, base)
-                remeasured += 1
-                rec = record(key, counts, ms, base)
-        ms_value, speedup, paired_base = float(rec["p50_ms"]), float(rec["speedup"]), float(rec["baseline_p50_ms"])
+        if key in measured:
+            return None
+        measured.add(key)
+        blocks = [b for b in _cached_blocks(cache.get(key)) if not b.get("busy")]  # busy ones: measured again
+        deployed: list[Path] = []
+        new = 0
+
+        def measure_up_to(n: int) -> None:
+            nonlocal new
+            if len(blocks) >= n:
+                return
+            if not deployed:
+                folder = work_dir / f"ratio-{ratio:.5f}"
+                folder.mkdir(parents=True, exist_ok=True)
+                deployed.append(deploy(pruned, folder))
+            more = _measure_blocks(meter, base_file(), deployed[0], n - len(blocks), len(blocks))
+            blocks.extend(more)
+            new += len(more)
+            record = {
+                "channels": counts, "input": list(input_shape), "backend": backend, "precision": precision,
+                "meter": meter_id, "blocks": blocks,
+            }  # fmt: skip
+            cache.put(key, record)
+
+        # the same decisions as the search that filled the cache: each stage judges its first n blocks
+        n, extra = settings.pairs, 0
+        while True:
+            measure_up_to(n)
+            used = blocks[:n]
+            est, low, high = paired_speedup([b["unpruned_ms"] / b["pruned_ms"] for b in used], settings.confidence)
+            verdict = _verdict(low, high, landing)
+            contended = 2 * sum(1 for b in used if b.get("busy")) > len(used)
+            undecided = verdict == "crosses" or contended
+            if not (landing[0] <= est <= landing[1] and undecided) or extra >= settings.remeasure:
+                break
+            extra += 1
+            n += settings.pairs
+        result.measured_blocks += new
         p = Probe(
-            ratio=round(ratio, 4),
-            latency_ms=ms_value,
-            speedup=speedup,
+            ratio=ratio,
+            latency_ms=statistics.median(b["pruned_ms"] for b in used),
+            speedup=est,
+            low=low,
+            high=high,
+            verdict=verdict,
+            blocks=len(used),
             params=parameter_count(pruned),
             channels=width_summary(counts),
             arch_key=key,
-            cached=cached or key in seen,
-            remeasured=remeasured,
-            baseline_ms=paired_base,
+            cached=new == 0,
+            remeasured=extra,
+            baseline_ms=statistics.median(b["unpruned_ms"] for b in used),
+            busy_blocks=sum(1 for b in used if b.get("busy")),
+            machine=next((str(b.get("machine", "busy")) for b in used if b.get("busy")), ""),
         )
         result.probes.append(p)
-        seen[key] = p
         if on_probe:
             on_probe(p)
         return p
 
-    target, half = settings.landing
-    # first guess: latency ~ FLOPs ~ (1 - ratio)^2
-    ratio = min(settings.max_ratio, 1 - 1 / math.sqrt(target))
-    for _ in range(settings.max_probes):
+    while len(result.probes) < settings.max_probes:
+        ratio = _next_candidate(candidates, tried, result.probes, settings)
+        if ratio is None:
+            result.stop = "exhausted"
+            break
         p = probe(ratio)
-        if within(p.speedup, target, half * settings.aim):
+        if p is not None and p.verdict == "inside" and not p.contended:
+            result.stop = "landed"
             break
-        if p.arch_key in bracket_keys:
-            break  # rounds to an architecture that already bounds the bracket: nothing finer to find
-        if p.speedup < target:
-            lo = (p.ratio, p.speedup)
-            bracket_keys[0] = p.arch_key
-        else:
-            hi = (p.ratio, p.speedup)
-            bracket_keys[1] = p.arch_key
-        if hi is None:
-            if lo[0] >= settings.max_ratio:
-                break  # even the largest ratio is too slow
-            nxt = _extrapolate(lo, target, settings.max_ratio)
-        else:
-            nxt = _interpolate(lo, hi, target)
-        if abs(nxt - p.ratio) < 1e-3 or (hi is not None and hi[0] - lo[0] < 2e-3):
+        if p is not None and p.contended and landing[0] <= p.speedup <= landing[1]:
+            result.stop = "busy"  # in the range, but on a busy machine: no probe here can be trusted to land
             break
-        ratio = nxt
-    result.chosen = min(result.probes, key=lambda q: abs(math.log(q.speedup / target)))
+    else:
+        result.stop = "max_probes"
+    if result.stop == "exhausted" and all(p.speedup < landing[0] for p in result.probes) and candidates[-1] in tried:
+        result.stop = "unreachable"
+    if not result.probes:
+        raise EdgeMatrixError(
+            f"none of the {len(candidates)} candidate ratios changed the architecture of {type(model).__name__} "
+            f"(round_to {settings.round_to}, ignored {', '.join(settings.ignored_layers) or 'none'}); nothing to search"
+        )
+    landed = [p for p in result.probes if p.verdict == "inside" and not p.contended]
+    result.chosen = (
+        landed[0]
+        if landed
+        else result.probes[-1]
+        if result.stop == "busy"
+        else min(result.probes, key=lambda q: (_log_distance(q.speedup, landing), q.high / q.low, q.ratio))
+    )
     return result
-
-
-def _interpolate(lo: tuple[float, float], hi: tuple[float, float], target: float) -> float:
-    """Ratio where log(speedup) reaches log(target) on the line through lo and hi, kept inside
-    the middle 80% of the bracket (safeguarded regula falsi)."""
-    (r0, s0), (r1, s1) = lo, hi
-    width = r1 - r0
-    if s1 <= s0 or width <= 0:  # noisy, non-monotone measurements: bisect
-        return (r0 + r1) / 2
-    t = (math.log(target) - math.log(s0)) / (math.log(s1) - math.log(s0))
-    t = min(0.9, max(0.1, t))
-    return r0 + t * width
-
-
-def _extrapolate(lo: tuple[float, float], target: float, max_ratio: float) -> float:
-    """No probe above the target yet: step out, assuming latency ~ (1 - ratio)^2 from ``lo``."""
-    r0, s0 = lo
-    # (1 - r)^2 / (1 - r0)^2 = s0 / target
-    guess = 1 - (1 - r0) * math.sqrt(max(s0, 1e-6) / target)
-    return min(max_ratio, max(guess, r0 + 0.05))
 
 
 def save_search(result: SearchResult, path: str | os.PathLike[str]) -> None:
