@@ -10,14 +10,23 @@ exactly as the ``x86_cpu_prune_x*_int8`` cells do: each probe is exported, quant
 CPU provider. The measurement cache (``--cache``/prune/latency.json) is the cells' own when
 ``--cache`` is the cells' cache folder.
 
+Each probe is measured in paired blocks with the unpruned model (both in the same interleaved
+rounds; ``--pairs`` blocks of at least ``--block-time`` seconds, more near the range's edges) and
+lands only when the bootstrap interval of its median ratio lies inside the landing range, measured
+on a quiet machine (the harness's contention record). Every probe line says its interval, its
+blocks and how many of them ran on a busy machine; the search ends with its reason.
+
 Then the unpruned FP32, unpruned INT8 and every chosen pruned INT8 model are measured again in the
-*same interleaved rounds* (spinning off), and the table prints requested vs achieved speedups:
-the search's own figure and the same-run one. Claims are those same-run ratios.
+*same interleaved rounds* (spinning off), in ``--check-blocks`` blocks, and the table prints
+requested vs achieved speedups: the search's own figure and the same-run one with its interval.
+Claims are those same-run ratios. The machine's load (``/proc/loadavg``) and the contention
+verdicts of the blocks are printed with each figure: on a busy machine they are not claims.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -32,7 +41,13 @@ from edgematrix.measure.harness import LatencyConfig, measure_interleaved
 from edgematrix.measure.meter import LocalMeter
 from edgematrix.models.ufld import OUTPUT_NAMES, UFLDv2
 from edgematrix.optimize.graph import pad_input_channels
-from edgematrix.optimize.prune import LatencyCache, PruneSettings, prune_model, search_pruning_ratio
+from edgematrix.optimize.prune import (
+    LatencyCache,
+    PruneSettings,
+    paired_speedup,
+    prune_model,
+    search_pruning_ratio,
+)
 from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
 
 SIZE = (288, 800)
@@ -84,15 +99,29 @@ def deploy_fn(precision: str, calib: np.ndarray):
     return deploy
 
 
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages and the runnable / all tasks, as /proc/loadavg says."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:4])
+    except OSError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speedups", default="2,3", help="requested speedups, comma-separated (default 2,3)")
     parser.add_argument("--precision", choices=("int8", "fp32"), default="int8")
     parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--bound", choices=("at_least", "nearest"), default="at_least")
     parser.add_argument("--max-probes", type=int, default=8)
     parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=8, help="paired blocks per probe (default 8)")
+    parser.add_argument("--remeasure", type=int, default=2, help="more batches of --pairs blocks near an edge")
+    parser.add_argument("--confidence", type=float, default=0.90, help="level of each probe's interval")
+    parser.add_argument("--block-time", type=float, default=2.0, help="seconds of rounds per paired block (at least)")
     parser.add_argument("--cache", type=Path, default=Path(".cache/edgematrix"), help="cache folder (prune/ inside)")
-    parser.add_argument("--rounds", type=int, default=40, help="interleaved verification rounds")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds per verification block")
+    parser.add_argument("--check-blocks", type=int, default=10, help="blocks of the same-run verification")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     speedups = [float(s) for s in args.speedups.split(",") if s.strip()]
@@ -102,33 +131,38 @@ def main(argv: list[str] | None = None) -> int:
     runner_options = {"providers": ("CPUExecutionProvider",), "intra_op_threads": 0}  # as the x86_cpu cells
     meter = LocalMeter(
         "onnxruntime",
-        LatencyConfig(warmup=5, min_rounds=30, max_rounds=400, min_time_s=2.0, max_time_s=30.0),
+        LatencyConfig(warmup=5, min_rounds=30, max_rounds=400, min_time_s=args.block_time, max_time_s=30.0),
         runner_options,
     )
     cache = LatencyCache(args.cache / "prune" / "latency.json")
     deploy = deploy_fn(args.precision, images)
     rows = []
+    searches = {}
     with tempfile.TemporaryDirectory(prefix="prune-search-") as tmp_dir:
         tmp = Path(tmp_dir)
         chosen = {}
         for n in speedups:
             settings = PruneSettings(
-                speedup=n, round_to=args.round_to, tolerance=args.tolerance, max_probes=args.max_probes
-            )
-            print(f"search {n:g}x ({args.precision}, ±{args.tolerance:.0%}):", flush=True)
+                speedup=n, round_to=args.round_to, tolerance=args.tolerance, max_probes=args.max_probes,
+                pairs=args.pairs, remeasure=args.remeasure, confidence=args.confidence, bound=args.bound,
+            )  # fmt: skip
+            lo, hi = settings.landing
+            print(f"search {n:g}x ({args.precision}, {args.bound}: {lo:.2f}..{hi:.2f}x), load {load()}:", flush=True)
             res = search_pruning_ratio(
                 model, input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy, cache=cache,
                 work_dir=tmp / f"x{n:g}", backend="onnxruntime", precision=args.precision,
                 on_probe=lambda p: print(
-                    f"  ratio {p.ratio:.3f}: {p.latency_ms:7.2f} ms vs unpruned {p.baseline_ms:7.2f} ms (same pairs)  "
-                    f"{p.speedup:5.2f}x  widths {p.channels}"
-                    f"{'  (cached)' if p.cached else ''}", flush=True,
+                    f"  ratio {p.ratio:.3f}: {p.latency_ms:7.2f} ms vs unpruned {p.baseline_ms:7.2f} ms (same blocks)  "
+                    f"{p.speedup:5.2f}x [{p.low:.2f}..{p.high:.2f}] {p.verdict:7s} {p.blocks} blocks"
+                    f"{f', {p.busy_blocks} busy' if p.busy_blocks else ''}  widths {p.channels}"
+                    f"{'  (cached)' if p.cached else ''}  load {load()}", flush=True,
                 ),
             )  # fmt: skip
             assert res.chosen is not None
             chosen[n] = res
-            print(f"  chosen ratio {res.chosen.ratio:.3f} ({res.chosen.speedup:.2f}x), landed={res.landed}")
-        # same-run verification: unpruned FP32, unpruned deployed, each chosen pruned model
+            searches[n] = res.as_dict()
+            print(f"  {res.reason}", flush=True)
+        # same-run verification: unpruned FP32, unpruned deployed, each chosen pruned model, in blocks
         import torch
 
         example = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(0))
@@ -146,31 +180,55 @@ def main(argv: list[str] | None = None) -> int:
             paths[f"x{n:g}"] = deploy(pruned, folder)
         runners = {k: create_runner("onnxruntime", path=p, **runner_options) for k, p in paths.items()}
         feed = {"input": images[:1]}
-        cfg = LatencyConfig(warmup=5, min_rounds=args.rounds, max_rounds=args.rounds * 4, min_time_s=5.0)
-        samples = measure_interleaved(runners, feed, cfg)
-    base, fp32 = samples["unpruned"].p50_ms, samples["unpruned_fp32"].p50_ms
-    print(f"\nsame run, {len(paths)} models interleaved, {samples['unpruned'].rounds} rounds:")
-    print(f"  unpruned FP32 {fp32:.2f} ms, unpruned {args.precision} {base:.2f} ms ({fp32 / base:.2f}x FP32)")
-    header = f"{'requested':>9} | {'ratio':>5} | {'search':>7} | {'same-run':>8} | {'vs FP32':>7} | within ±{args.tolerance:.0%}"
+        cfg = LatencyConfig(warmup=5, min_rounds=args.rounds, max_rounds=args.rounds * 4, min_time_s=args.block_time)
+        print(
+            f"\nsame-run check: {len(paths)} models interleaved, {args.check_blocks} blocks, load {load()}", flush=True
+        )
+        blocks = []
+        with contextlib.ExitStack() as stack:
+            for r in runners.values():
+                stack.enter_context(r)
+            for _ in range(args.check_blocks):
+                m = measure_interleaved(runners, feed, cfg)
+                blocks.append(({k: s.p50_ms for k, s in m.items()}, m.contention))
+        check_load = load()
+    busy = sum(1 for _, c in blocks if c.busy)
+    base = float(np.median([b["unpruned"] for b, _ in blocks]))
+    fp32 = float(np.median([b["unpruned_fp32"] for b, _ in blocks]))
+    print(
+        f"  unpruned FP32 {fp32:.2f} ms, unpruned {args.precision} {base:.2f} ms ({fp32 / base:.2f}x FP32), "
+        f"medians of the blocks' p50; {busy} of {len(blocks)} blocks busy; load {check_load}"
+    )
+    if busy:
+        print(f"  busy: {'; '.join(next(c for _, c in blocks if c.busy).reasons())}")
+    header = (
+        f"{'requested':>9} | {'ratio':>5} | {'search':>7} | {'landed':>6} | {'same-run':>8} | "
+        f"{args.confidence:.0%} interval | {'vs FP32':>7} | in range"
+    )
     print(header)
     print("-" * len(header))
     for n, res in chosen.items():
-        p50 = samples[f"x{n:g}"].p50_ms
-        achieved = base / p50
-        ok = abs(achieved / n - 1) <= args.tolerance
+        key = f"x{n:g}"
+        achieved, low, high = paired_speedup([b["unpruned"] / b[key] for b, _ in blocks], args.confidence)
+        vs_fp32 = paired_speedup([b["unpruned_fp32"] / b[key] for b, _ in blocks], args.confidence)[0]
+        lo, hi = res.settings.landing
+        ok = lo <= achieved <= hi
         rows.append(
-            {"requested": n, "ratio": res.chosen.ratio, "search_speedup": res.chosen.speedup, "same_run_speedup": achieved,
-             "speedup_vs_fp32": fp32 / p50, "p50_ms": p50, "within": ok, "search_landed": res.landed,
-             "probes": [p.__dict__ for p in res.probes]}
+            {"requested": n, "ratio": res.chosen.ratio, "search_speedup": res.chosen.speedup,
+             "search_interval": [res.chosen.low, res.chosen.high], "search_landed": res.landed,
+             "search_reason": res.reason, "same_run_speedup": achieved, "same_run_interval": [low, high],
+             "speedup_vs_fp32": vs_fp32, "p50_ms": float(np.median([b[key] for b, _ in blocks])), "within": ok}
         )  # fmt: skip
         print(
-            f"{n:>8g}x | {res.chosen.ratio:5.3f} | {res.chosen.speedup:6.2f}x | {achieved:7.2f}x | "
-            f"{fp32 / p50:6.2f}x | {'yes' if ok else 'NO'}"
+            f"{n:>8g}x | {res.chosen.ratio:5.3f} | {res.chosen.speedup:6.2f}x | {'yes' if res.landed else 'NO':>6} | "
+            f"{achieved:7.2f}x | {low:.2f}..{high:.2f}x{'':6} | {vs_fp32:6.2f}x | {'yes' if ok else 'NO'}"
         )
     if args.json:
-        args.json.write_text(
-            json.dumps({"precision": args.precision, "fp32_ms": fp32, "base_ms": base, "rows": rows}, indent=2)
-        )
+        doc = {
+            "precision": args.precision, "fp32_ms": fp32, "base_ms": base, "rows": rows, "searches": searches,
+            "check_blocks": [{"p50_ms": b, "contention": c.as_dict()} for b, c in blocks], "load": check_load,
+        }  # fmt: skip
+        args.json.write_text(json.dumps(doc, indent=2))
     return 0
 
 
