@@ -16,9 +16,12 @@ lands only when the bootstrap interval of its median ratio lies inside the landi
 on a quiet machine (the harness's contention record). Every probe line says its interval, its
 blocks and how many of them ran on a busy machine; the search ends with its reason.
 
-Then the unpruned FP32, unpruned INT8 and every chosen pruned INT8 model are measured again in the
-*same interleaved rounds* (spinning off), in ``--check-blocks`` blocks, and the table prints
-requested vs achieved speedups: the search's own figure and the same-run one with its interval.
+The search's blocks run the unpruned FP32 model, the unpruned and the probed model in the same
+rounds, in that order, as the check does: what else runs in the rounds changes the ratio. Then
+the chosen model is pruned and deployed again and measured with the unpruned FP32 and unpruned
+deployed models in the *same interleaved rounds* (spinning off), in ``--check-blocks`` blocks, and
+the table prints requested vs achieved speedups: the search's own figure and the same-run one with
+its interval.
 Claims are those same-run ratios. The machine's load (``/proc/loadavg``) and the contention
 verdicts of the blocks are printed with each figure: on a busy machine they are not claims.
 """
@@ -32,8 +35,10 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from edgematrix.backends.base import create_runner
 from edgematrix.export.onnx_export import export_onnx
@@ -44,6 +49,7 @@ from edgematrix.optimize.graph import pad_input_channels
 from edgematrix.optimize.prune import (
     LatencyCache,
     PruneSettings,
+    RoundMember,
     paired_speedup,
     prune_model,
     search_pruning_ratio,
@@ -136,11 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     cache = LatencyCache(args.cache / "prune" / "latency.json")
     deploy = deploy_fn(args.precision, images)
+    cfg = LatencyConfig(warmup=5, min_rounds=args.rounds, max_rounds=args.rounds * 4, min_time_s=args.block_time)
+    example = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(0))
     rows = []
-    searches = {}
+    doc: dict[str, Any] = {"precision": args.precision, "rows": rows}
     with tempfile.TemporaryDirectory(prefix="prune-search-") as tmp_dir:
         tmp = Path(tmp_dir)
-        chosen = {}
+        fp32_path = tmp / "u32" / "fp32.onnx"
+        fp32_path.parent.mkdir()
+        export_onnx(model, SHAPE, fp32_path, output_names=OUTPUT_NAMES, input_name="input")
+        (tmp / "ud").mkdir()
+        unpruned_path = deploy(copy.deepcopy(model), tmp / "ud")
+        # the rounds of the search's blocks and of the check: the unpruned FP32 model, the unpruned and
+        # the pruned deployed model, in this order (what else runs in the rounds changes the ratio)
+        rounds = [
+            RoundMember("unpruned_fp32", "onnxruntime", fp32_path, runner_options),
+            RoundMember("unpruned", "onnxruntime", "unpruned", runner_options),
+            RoundMember("pruned", "onnxruntime", "probe", runner_options),
+        ]
         for n in speedups:
             settings = PruneSettings(
                 speedup=n, round_to=args.round_to, tolerance=args.tolerance, max_probes=args.max_probes,
@@ -150,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"search {n:g}x ({args.precision}, {args.bound}: {lo:.2f}..{hi:.2f}x), load {load()}:", flush=True)
             res = search_pruning_ratio(
                 model, input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy, cache=cache,
-                work_dir=tmp / f"x{n:g}", backend="onnxruntime", precision=args.precision,
+                work_dir=tmp / f"x{n:g}", backend="onnxruntime", precision=args.precision, rounds=rounds,
                 on_probe=lambda p: print(
                     f"  ratio {p.ratio:.3f}: {p.latency_ms:7.2f} ms vs unpruned {p.baseline_ms:7.2f} ms (same blocks)  "
                     f"{p.speedup:5.2f}x [{p.low:.2f}..{p.high:.2f}] {p.verdict:7s} {p.blocks} blocks"
@@ -159,75 +178,59 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )  # fmt: skip
             assert res.chosen is not None
-            chosen[n] = res
-            searches[n] = res.as_dict()
             print(f"  {res.reason}", flush=True)
-        # same-run verification: unpruned FP32, unpruned deployed, each chosen pruned model, in blocks
-        import torch
 
-        example = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(0))
-        paths = {"unpruned_fp32": tmp / "u32" / "fp32.onnx"}
-        (tmp / "u32").mkdir()
-        export_onnx(model, SHAPE, paths["unpruned_fp32"], output_names=OUTPUT_NAMES, input_name="input")
-        (tmp / "ud").mkdir()
-        paths["unpruned"] = deploy(copy.deepcopy(model), tmp / "ud")
-        for n, res in chosen.items():
+            # same-run check of the chosen ratio, pruned and deployed again, in fresh blocks of the same rounds
             folder = tmp / f"final-x{n:g}"
             folder.mkdir()
             pruned = prune_model(
                 copy.deepcopy(model), example, res.chosen.ratio, round_to=args.round_to, ignored_layers=("pool", "cls")
             )
-            paths[f"x{n:g}"] = deploy(pruned, folder)
-        runners = {k: create_runner("onnxruntime", path=p, **runner_options) for k, p in paths.items()}
-        feed = {"input": images[:1]}
-        cfg = LatencyConfig(warmup=5, min_rounds=args.rounds, max_rounds=args.rounds * 4, min_time_s=args.block_time)
-        print(
-            f"\nsame-run check: {len(paths)} models interleaved, {args.check_blocks} blocks, load {load()}", flush=True
-        )
-        blocks = []
-        with contextlib.ExitStack() as stack:
-            for r in runners.values():
-                stack.enter_context(r)
-            for _ in range(args.check_blocks):
-                m = measure_interleaved(runners, feed, cfg)
-                blocks.append(({k: s.p50_ms for k, s in m.items()}, m.contention))
-        check_load = load()
-    busy = sum(1 for _, c in blocks if c.busy)
-    base = float(np.median([b["unpruned"] for b, _ in blocks]))
-    fp32 = float(np.median([b["unpruned_fp32"] for b, _ in blocks]))
-    print(
-        f"  unpruned FP32 {fp32:.2f} ms, unpruned {args.precision} {base:.2f} ms ({fp32 / base:.2f}x FP32), "
-        f"medians of the blocks' p50; {busy} of {len(blocks)} blocks busy; load {check_load}"
-    )
-    if busy:
-        print(f"  busy: {'; '.join(next(c for _, c in blocks if c.busy).reasons())}")
+            paths = {"unpruned_fp32": fp32_path, "unpruned": unpruned_path, "pruned": deploy(pruned, folder)}
+            runners = {k: create_runner("onnxruntime", path=p, **runner_options) for k, p in paths.items()}
+            print(f"  same-run check: {' + '.join(paths)} interleaved, {args.check_blocks} blocks, load {load()}")
+            blocks = []
+            with contextlib.ExitStack() as stack:
+                for r in runners.values():
+                    stack.enter_context(r)
+                for _ in range(args.check_blocks):
+                    m = measure_interleaved(runners, {"input": images[:1]}, cfg)
+                    blocks.append(({k: s.p50_ms for k, s in m.items()}, m.contention))
+            busy = sum(1 for _, c in blocks if c.busy)
+            base = float(np.median([b["unpruned"] for b, _ in blocks]))
+            fp32 = float(np.median([b["unpruned_fp32"] for b, _ in blocks]))
+            achieved, low, high = paired_speedup([b["unpruned"] / b["pruned"] for b, _ in blocks], args.confidence)
+            vs_fp32 = paired_speedup([b["unpruned_fp32"] / b["pruned"] for b, _ in blocks], args.confidence)[0]
+            print(
+                f"  unpruned FP32 {fp32:.2f} ms, unpruned {args.precision} {base:.2f} ms ({fp32 / base:.2f}x FP32), "
+                f"medians of the blocks' p50; {busy} of {len(blocks)} blocks busy; load {load()}"
+            )
+            if busy:
+                print(f"  busy: {'; '.join(next(c for _, c in blocks if c.busy).reasons())}")
+            rows.append(
+                {"requested": n, "ratio": res.chosen.ratio, "widths": res.chosen.channels,
+                 "search_speedup": res.chosen.speedup, "search_interval": [res.chosen.low, res.chosen.high],
+                 "search_landed": res.landed, "search_probes": len(res.probes), "search_reason": res.reason,
+                 "same_run_speedup": achieved, "same_run_interval": [low, high], "speedup_vs_fp32": vs_fp32,
+                 "unpruned_fp32_ms": fp32, "unpruned_ms": base, "p50_ms": float(np.median([b["pruned"] for b, _ in blocks])),
+                 "within": lo <= achieved <= hi, "check_busy_blocks": busy, "search": res.as_dict(),
+                 "check_blocks": [{"p50_ms": b, "contention": c.as_dict()} for b, c in blocks]}
+            )  # fmt: skip
     header = (
         f"{'requested':>9} | {'ratio':>5} | {'search':>7} | {'landed':>6} | {'same-run':>8} | "
         f"{args.confidence:.0%} interval | {'vs FP32':>7} | in range"
     )
+    print()
     print(header)
     print("-" * len(header))
-    for n, res in chosen.items():
-        key = f"x{n:g}"
-        achieved, low, high = paired_speedup([b["unpruned"] / b[key] for b, _ in blocks], args.confidence)
-        vs_fp32 = paired_speedup([b["unpruned_fp32"] / b[key] for b, _ in blocks], args.confidence)[0]
-        lo, hi = res.settings.landing
-        ok = lo <= achieved <= hi
-        rows.append(
-            {"requested": n, "ratio": res.chosen.ratio, "search_speedup": res.chosen.speedup,
-             "search_interval": [res.chosen.low, res.chosen.high], "search_landed": res.landed,
-             "search_reason": res.reason, "same_run_speedup": achieved, "same_run_interval": [low, high],
-             "speedup_vs_fp32": vs_fp32, "p50_ms": float(np.median([b[key] for b, _ in blocks])), "within": ok}
-        )  # fmt: skip
+    for row in rows:
+        low, high = row["same_run_interval"]
         print(
-            f"{n:>8g}x | {res.chosen.ratio:5.3f} | {res.chosen.speedup:6.2f}x | {'yes' if res.landed else 'NO':>6} | "
-            f"{achieved:7.2f}x | {low:.2f}..{high:.2f}x{'':6} | {vs_fp32:6.2f}x | {'yes' if ok else 'NO'}"
+            f"{row['requested']:>8g}x | {row['ratio']:5.3f} | {row['search_speedup']:6.2f}x | "
+            f"{'yes' if row['search_landed'] else 'NO':>6} | {row['same_run_speedup']:7.2f}x | {low:.2f}..{high:.2f}x"
+            f"{'':6} | {row['speedup_vs_fp32']:6.2f}x | {'yes' if row['within'] else 'NO'}"
         )
     if args.json:
-        doc = {
-            "precision": args.precision, "fp32_ms": fp32, "base_ms": base, "rows": rows, "searches": searches,
-            "check_blocks": [{"p50_ms": b, "contention": c.as_dict()} for b, c in blocks], "load": check_load,
-        }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=2))
     return 0
 

@@ -89,9 +89,10 @@ def table_latency(speedups: dict[int, float], base_ms: float = 10.0) -> Callable
 def search(
     tmp_path: Path, meter: Any, speedup: float, *, model: UFLDv2 | None = None, cache: str = "latency.json", **kw: Any
 ) -> SearchResult:
+    rounds = kw.pop("rounds", ())
     settings = PruneSettings(speedup=speedup, round_to=kw.pop("round_to", 4), **kw)
     return search_pruning_ratio(
         model if model is not None else tiny(width=32, aux=False), input_shape=SHAPE, settings=settings, meter=meter,
         deploy=deploy_json, cache=LatencyCache(tmp_path / cache), work_dir=tmp_path / "work", backend="fake",
-        precision="int8",
+        precision="int8", rounds=rounds,
     )  # fmt: skip

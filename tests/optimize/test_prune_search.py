@@ -13,6 +13,7 @@ import pytest
 import torch
 from prune_fakes import LAYER4, SHAPE, ArchMeter, example, mac_latency, search, table_latency, tiny
 
+from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure import harness
 from edgematrix.measure.harness import LatencyConfig
 from edgematrix.measure.meter import LocalMeter
@@ -82,6 +83,22 @@ def test_no_width_in_range_is_reported_with_its_neighbours(tmp_path: Path) -> No
     assert widths == [128, 136, 144, 152, 160, 168, 176]
     # the chosen one is the nearest to the range: 1.93× is 3.6% short, 2.25× is 2.3% over
     assert res.chosen is not None and res.chosen.speedup == pytest.approx(2.25)
+
+
+@pytest.mark.parametrize(("at_160", "chosen"), [(2.01, 2.09), (2.19, 2.19)])
+def test_a_landing_near_an_edge_gets_one_probe_aimed_at_the_centre(
+    tmp_path: Path, at_160: float, chosen: float
+) -> None:
+    # round_to 4: the last stage steps 164, 160, 156, 152; the range is 2.00..2.20x, its centre 2.10x
+    table = {w: (256 / w) ** 1.5 for w in range(4, 257, 4)} | {176: 1.70, 164: 1.90, 160: at_160, 156: 2.09, 152: 2.3}
+    res = search(tmp_path, ArchMeter(table_latency(table)), 2.0, round_to=4, tolerance=0.1, max_probes=8)
+    widths = [int(p.channels.split("/")[3]) for p in res.probes]
+    # 160 lands, but in the outer half of the range (2.01 or 2.19): one more probe, predicted nearer the
+    # centre (156 when 160 measured low, 164 when it measured high), and the nearer landed probe is chosen
+    assert widths == [176, 152, 160, 156 if at_160 < 2.1 else 164]
+    assert (
+        res.landed and res.stop == "landed" and res.chosen is not None and res.chosen.speedup == pytest.approx(chosen)
+    )
 
 
 def _check_stages(res: SearchResult, cache_path: Path) -> None:
@@ -266,3 +283,59 @@ def test_real_contention_refuses_to_land(tmp_path: Path) -> None:
     assert 0.12 <= p.speedup <= 2.28 and p.contended and p.busy_blocks == p.blocks == 6 and p.remeasured == 1
     assert res.stop == "busy" and not res.landed and res.reason.startswith("not landed: the machine was busy")
     assert "limit" in p.machine  # the contention record's reasons, e.g. "other processes' CPU 95% (limit 25%)"
+
+
+def test_rounds_run_the_companions_in_order_and_key_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search told to measure as the check does: the FP32 reference in every round, before the pair."""
+    from edgematrix.export.onnx_export import export_onnx
+    from edgematrix.optimize.prune import RoundMember
+
+    model = tiny(width=16, aux=False)
+    outputs = ("loc_row", "loc_col", "exist_row", "exist_col")
+
+    def deploy(m: torch.nn.Module, folder: Path) -> Path:
+        path = folder / "fp32.onnx"
+        export_onnx(m, SHAPE, path, output_names=outputs)
+        return path
+
+    reference = tmp_path / "reference.onnx"
+    export_onnx(model, SHAPE, reference, output_names=outputs)
+    opts = {"providers": ("CPUExecutionProvider",), "intra_op_threads": 1}
+    rounds = [
+        RoundMember("reference", "onnxruntime", reference, opts),
+        RoundMember("candidate", "onnxruntime", "probe", opts),
+        RoundMember("unpruned", "onnxruntime", "unpruned", opts),
+    ]
+    orders: list[list[str]] = []
+    measure = harness.measure_interleaved
+
+    def spy(runners: Any, feeds: Any, config: Any, progress: Any = None) -> Any:
+        orders.append(list(runners))
+        return measure(runners, feeds, config, progress)
+
+    monkeypatch.setattr(harness, "measure_interleaved", spy)
+    config = LatencyConfig(warmup=1, min_rounds=5, max_rounds=40, min_time_s=0.05, max_time_s=2.0)
+    meter = LocalMeter("onnxruntime", config, opts)
+    settings = PruneSettings(speedup=1.3, round_to=4, tolerance=0.5, max_probes=1, pairs=3, remeasure=0)
+
+    def run(members: list[RoundMember]) -> SearchResult:
+        return search_pruning_ratio(
+            model, input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy,
+            cache=LatencyCache(tmp_path / "latency.json"), work_dir=tmp_path / "work", backend="onnxruntime",
+            precision="fp32", rounds=members,
+        )  # fmt: skip
+
+    with_reference = run(rounds)
+    assert orders == [["reference", "candidate", "unpruned"]] * 3 and with_reference.measurements == 3
+    # the same probe measured as a pair alone is another measurement: what runs beside it is in the key
+    orders.clear()
+    alone = run([])
+    assert orders == [["unpruned", "pruned"]] * 3 and alone.measurements == 3
+    assert alone.probes[0].ratio == with_reference.probes[0].ratio
+    assert alone.probes[0].arch_key != with_reference.probes[0].arch_key
+    with pytest.raises(EdgeMatrixError, match="need an 'unpruned' and a 'probe' member"):
+        run(rounds[:2])
+    with pytest.raises(EdgeMatrixError, match="does not exist"):
+        run([RoundMember("reference", "onnxruntime", tmp_path / "missing.onnx", opts), *rounds[1:]])
+    with pytest.raises(EdgeMatrixError, match="rounds need a LocalMeter"):
+        search(tmp_path, ArchMeter(mac_latency()), 2.0, rounds=rounds)

@@ -386,9 +386,11 @@ def _prune_stages(ctx: _RecipeContext) -> None:
 
     from edgematrix.bench.tasks import TrainOutcome, get_task
     from edgematrix.core.cache import code_hash, content_key, file_sha256
+    from edgematrix.measure.meter import LocalMeter
     from edgematrix.optimize.prune import (
         LatencyCache,
         PruneSettings,
+        RoundMember,
         channel_counts,
         parameter_count,
         prune_model,
@@ -432,11 +434,29 @@ def _prune_stages(ctx: _RecipeContext) -> None:
             f"{pr.blocks} blocks: {pr.verdict}), widths {pr.channels}, {pr.params / 1e6:.1f} M params"
         )
 
+    meter = _search_meter(cell, ctx.options, p)
+    rounds: list[RoundMember] = []
+    if isinstance(meter, LocalMeter) and "torch" not in cell.target.all_backends:
+        # each probe runs among the models the latency stage interleaves with the candidate, in _measure's
+        # order (what else runs in the rounds changes the ratio), so the search measures what the same-run
+        # check will: the FP32 reference and the candidate on every backend, then the unpruned INT8 model
+        primary = cell.target.backend
+        for b in cell.target.all_backends:
+            ref = RoundMember(
+                f"{b}:reference", b, "unpruned" if b == primary and not int8 else art.fp32_path,
+                _runner_kwargs(b, cell, "reference"),
+            )  # fmt: skip
+            rounds.append(ref)
+            rounds.append(RoundMember(f"{b}:candidate", b, "probe", _runner_kwargs(b, cell, "candidate")))
+        if int8:
+            rounds.append(
+                RoundMember(f"{primary}:unpruned", primary, "unpruned", _runner_kwargs(primary, cell, "unpruned"))
+            )
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgematrix-prune-", dir=cache_dir) as work:
         search = search_pruning_ratio(
-            art.model, input_shape=shape, settings=settings, meter=_search_meter(cell, ctx.options, p), deploy=deploy,
-            cache=cache, work_dir=work, backend=cell.target.backend, precision=recipe.precision, on_probe=on_probe,
+            art.model, input_shape=shape, settings=settings, meter=meter, deploy=deploy, cache=cache, work_dir=work,
+            backend=cell.target.backend, precision=recipe.precision, on_probe=on_probe, rounds=rounds,
         )  # fmt: skip
     chosen = search.chosen
     assert chosen is not None

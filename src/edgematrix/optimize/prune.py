@@ -7,7 +7,7 @@ named in ``ignored_layers`` (heads) keep their output channels.
 
 :func:`search_pruning_ratio` looks for a uniform pruning ratio whose model, as deployed (the
 caller's ``deploy``: e.g. FP32 ONNX then INT8 QDQ), measures ``speedup``× faster than the unpruned
-model on the target. Three facts of real targets shape it:
+model on the target. Four facts of real targets shape it:
 
 - **The ratios form a finite set of architectures.** With widths rounded to ``round_to``, every
   layer's width is a step function of the ratio; :func:`candidate_ratios` lists one ratio per
@@ -22,20 +22,30 @@ model on the target. Three facts of real targets shape it:
   stops at the first probe whose interval lies inside the range, when no unmeasured architecture
   is predicted within reach of the range (the trend's distance, widened by the largest bump measured
   so far and by the measurement noise), or after ``max_probes``.
+- **The ratio depends on what else runs in the rounds.** The models of one process share the
+  caches: the same two INT8 models (UFLD ResNet-18 unpruned and pruned to 24/56/112/224, one
+  thread, the 2-core x86 machine) measured 2.4× each alone, 2.2× interleaved as a pair and 2.1×
+  with the FP32 model in the rounds, which evicts the weights of both (two threads: 2.06× as a
+  pair, 2.0× with the FP32 model). A cell's same-run check measures its candidate among the FP32
+  reference and the other backends' models, so a search that is to land that check lists the
+  same models in the same order (``rounds``, a sequence of :class:`RoundMember`); by default a
+  probe's rounds are the pair alone.
 - **One measurement is not a ratio.** Every probe is measured in paired *blocks* with the
   unpruned model: with a :class:`~edgematrix.measure.meter.LocalMeter`, both models in the same
-  interleaved rounds (as the cell's same-run check measures them); with any other meter (a device's
-  latency server), one call of each, alternating their order. A block gives one ratio; the probe's
+  interleaved rounds; with any other meter (a device's latency server), one call of each,
+  alternating their order. A block gives one ratio; the probe's
   speedup is the median of its blocks' ratios and its interval the bootstrap percentile interval
   of that median (``confidence``). A probe lands only when its whole interval lies in the landing
   range; a probe whose estimate is inside but whose interval crosses an edge is measured again
-  (``remeasure`` more batches of ``pairs`` blocks) before it is judged.
+  (``remeasure`` more batches of ``pairs`` blocks) before it is judged. A probe that lands in the
+  outer half of the range gets one more probe aimed at the centre (the same-run check that follows
+  is another measurement); the landed probe nearer the centre is chosen.
 
-**A busy machine biases, it does not only add noise.** With other processes on the cores, every
-operator waits for a CPU, whatever its size, so the pruned model gains less: on the 2-core machine
-with five other runnable tasks the same architectures measured 1.55× and 1.94× that measured 1.71×
-and 2.19× on the quiet machine (ONNX Runtime INT8, UFLD ResNet-18). A narrower interval does not
-cure that. Each block therefore carries the harness's contention record
+**A busy machine is not measured.** With five other runnable tasks on the 2-core machine (our
+threads waiting for a CPU 45-70% of the rounds) the blocks of one pair ranged 1.57..2.32× where
+quiet blocks agree within ±0.4%, and runtimes react to contention differently (an OpenVINO model
+lost 31% to its ONNX Runtime reference, issue 14), so a figure measured there is not a claim,
+however narrow its interval. Each block carries the harness's contention record
 (:mod:`edgematrix.measure.contention`; a meter's report may say ``facts["machine_state"]``); a
 probe measured mostly on a busy machine is measured again, and if it stays busy it cannot land: the
 search stops and says the machine was busy. Busy blocks are never reused from the cache.
@@ -389,6 +399,50 @@ def meter_identity(meter: Any) -> str:
 # ------------------------------------------------------------------------- paired measurement
 
 
+@dataclass(frozen=True)
+class RoundMember:
+    """One model of the interleaved rounds every probe is measured in (see the module docstring).
+
+    ``model`` is a file (a companion: measured in the rounds, its time unused), ``"unpruned"`` (the
+    unpruned model as deployed) or ``"probe"`` (the probe as deployed). The first ``"unpruned"`` and
+    the first ``"probe"`` member are the pair whose ratio is taken; ``backend`` and ``options`` make
+    each member's runner (``create_runner(backend, path=..., **options)``).
+    """
+
+    name: str
+    backend: str
+    model: Path | Literal["unpruned", "probe"]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What of this member the cache key covers: a companion file by its content."""
+        from edgematrix.core.cache import file_sha256
+
+        model = self.model if isinstance(self.model, str) else file_sha256(Path(self.model))
+        return {"name": self.name, "backend": self.backend, "model": model, "options": self.options}
+
+
+def pair_rounds(meter: Any) -> list[RoundMember]:
+    """The default rounds: the unpruned model and the probe alone, on the meter's backend."""
+    options = dict(getattr(meter, "runner_options", {}) or {})
+    backend = str(getattr(meter, "backend", ""))
+    return [RoundMember("unpruned", backend, "unpruned", options), RoundMember("pruned", backend, "probe", options)]
+
+
+def _check_rounds(rounds: Sequence[RoundMember]) -> None:
+    names = [m.name for m in rounds]
+    if len(set(names)) != len(names):
+        raise EdgeMatrixError(f"prune search rounds name a member twice: {names}")
+    kinds = [m.model for m in rounds]
+    if "unpruned" not in kinds or "probe" not in kinds:
+        raise EdgeMatrixError(
+            f"prune search rounds need an 'unpruned' and a 'probe' member (the pair whose ratio is taken); got {names}"
+        )
+    for m in rounds:
+        if not isinstance(m.model, str) and not Path(m.model).is_file():
+            raise EdgeMatrixError(f"prune search round member {m.name!r}: model file {m.model} does not exist")
+
+
 def paired_speedup(ratios: Sequence[float], confidence: float = 0.90) -> tuple[float, float, float]:
     """(estimate, low, high) of a speedup measured in paired blocks, one ratio unpruned / pruned each.
 
@@ -409,12 +463,14 @@ def paired_speedup(ratios: Sequence[float], confidence: float = 0.90) -> tuple[f
     return math.exp(estimate), math.exp(float(low)), math.exp(float(high))
 
 
-def _measure_blocks(meter: Any, base: Path, cand: Path, n: int, first: int) -> list[dict[str, Any]]:
+def _measure_blocks(
+    meter: Any, rounds: Sequence[RoundMember], base: Path, cand: Path, n: int, first: int
+) -> list[dict[str, Any]]:
     """``n`` paired blocks of the unpruned model ``base`` and the pruned ``cand`` (see the module docstring)."""
     from edgematrix.measure.meter import LocalMeter
 
     if isinstance(meter, LocalMeter):
-        return _interleaved_blocks(meter, base, cand, n)
+        return _interleaved_blocks(meter.config, rounds, base, cand, n)
     out = []
     for i in range(first, first + n):
         order = (("unpruned", base), ("pruned", cand)) if i % 2 == 0 else (("pruned", cand), ("unpruned", base))
@@ -427,8 +483,12 @@ def _measure_blocks(meter: Any, base: Path, cand: Path, n: int, first: int) -> l
     return out
 
 
-def _interleaved_blocks(meter: Any, base: Path, cand: Path, n: int) -> list[dict[str, Any]]:
-    """Blocks of interleaved rounds of both models (AB, BA, ...), one session each, opened once."""
+def _interleaved_blocks(
+    config: Any, members: Sequence[RoundMember], base: Path, cand: Path, n: int
+) -> list[dict[str, Any]]:
+    """Blocks of interleaved rounds of ``members`` (in order, then reversed, ...), each runner opened once."""
+    import contextlib
+
     from edgematrix.backends.base import create_runner
     from edgematrix.measure.harness import measure_interleaved
     from edgematrix.measure.meter import random_feed
@@ -438,16 +498,21 @@ def _interleaved_blocks(meter: Any, base: Path, cand: Path, n: int) -> list[dict
             raise EdgeMatrixError(
                 f"model file {path} does not exist; the deploy callback must return the file it wrote"
             )
+    files = {"unpruned": base, "probe": cand}
+    timed_base = next(m.name for m in members if m.model == "unpruned")
+    timed_cand = next(m.name for m in members if m.model == "probe")
     out = []
-    with (
-        create_runner(meter.backend, path=base, **meter.runner_options) as unpruned,
-        create_runner(meter.backend, path=cand, **meter.runner_options) as pruned,
-    ):
-        runners = {"unpruned": unpruned, "pruned": pruned}
+    with contextlib.ExitStack() as stack:
+        runners = {
+            m.name: stack.enter_context(
+                create_runner(m.backend, path=files[m.model] if isinstance(m.model, str) else m.model, **m.options)
+            )
+            for m in members
+        }
         feeds = {k: random_feed(dict(r.input_metadata())) for k, r in runners.items()}
         for _ in range(n):
-            rounds = measure_interleaved(runners, feeds, meter.config)
-            block: dict[str, Any] = {"unpruned_ms": rounds["unpruned"].p50_ms, "pruned_ms": rounds["pruned"].p50_ms}
+            rounds = measure_interleaved(runners, feeds, config)
+            block: dict[str, Any] = {"unpruned_ms": rounds[timed_base].p50_ms, "pruned_ms": rounds[timed_cand].p50_ms}
             block["busy"] = rounds.contention.busy  # what the machine was doing during these rounds
             if block["busy"]:
                 block["machine"] = "; ".join(rounds.contention.reasons())
@@ -678,10 +743,15 @@ class _Trend:
 
 
 def _next_candidate(
-    candidates: Sequence[float], tried: set[float], probes: Sequence[Probe], s: PruneSettings
+    candidates: Sequence[float],
+    tried: set[float],
+    probes: Sequence[Probe],
+    s: PruneSettings,
+    closer_than: float | None = None,
 ) -> float | None:
-    """The untried ratio predicted closest to the landing range's centre, among those within reach;
-    None when no untried architecture can be expected to land."""
+    """The untried ratio predicted closest to the landing range's centre, among those within reach
+    (and predicted within ``closer_than`` of the centre, in log units, when given); None when no
+    untried architecture can be expected to land."""
     untried = [r for r in candidates if r not in tried]
     if not untried:
         return None
@@ -696,6 +766,8 @@ def _next_candidate(
     target = math.log(s.centre)
     predicted = {r: trend.predict(r) for r in untried}
     reach = [r for r in untried if window[0] <= predicted[r] <= window[1]]
+    if closer_than is not None:
+        return min((r for r in reach if abs(predicted[r] - target) < closer_than), default=None)
     if reach:
         return min(reach, key=lambda r: (abs(predicted[r] - target), r))
     if probes and all(p.speedup < lo for p in probes) and candidates[-1] in untried:
@@ -718,19 +790,32 @@ def search_pruning_ratio(
     backend: str,
     precision: str,
     on_probe: Callable[[Probe], None] | None = None,
+    rounds: Sequence[RoundMember] = (),
 ) -> SearchResult:
     """Find a pruning ratio whose deployed model measures ``settings.speedup``× the unpruned one.
 
     ``model`` (trained, unpruned) is not modified: every probe prunes a copy. ``deploy(model,
     folder)`` writes the model as deployed (ONNX in the recipe's precision) into ``folder`` and
     returns the file; ``meter`` measures it (see the module docstring for the candidates, the
-    trend, the paired blocks and the stopping rule). The result's ``chosen`` probe is the landed
-    one, else the one nearest the landing range; ``reason`` says which and why.
+    trend, the paired blocks and the stopping rule). ``rounds`` lists the models every block runs,
+    in order, when the search is to reproduce a check that measures among other models (a
+    :class:`~edgematrix.measure.meter.LocalMeter` only: it gives the rounds' length); by default the
+    unpruned model and the probe alone. The result's ``chosen`` probe is the landed one, else the
+    one nearest the landing range; ``reason`` says which and why.
     """
     settings.validate()
     if len(input_shape) < 2 or any(int(d) < 1 for d in input_shape):
         raise EdgeMatrixError(f"input_shape must be positive dims, e.g. [1, 3, 288, 800]; got {list(input_shape)}")
     resolve_layers(model, settings.ignored_layers)  # fail early on a bad name
+    if rounds:
+        from edgematrix.measure.meter import LocalMeter
+
+        if not isinstance(meter, LocalMeter):
+            raise EdgeMatrixError(
+                f"prune search rounds need a LocalMeter (models interleaved in one process); {type(meter).__name__} "
+                "measures one model per call: leave rounds empty"
+            )
+        _check_rounds(rounds)
     candidates = candidate_ratios(
         model, round_to=settings.round_to, ignored_layers=settings.ignored_layers, max_ratio=settings.max_ratio
     )
@@ -744,6 +829,7 @@ def search_pruning_ratio(
         tuple(int(d) for d in input_shape),
         settings,
         candidates,
+        list(rounds) or pair_rounds(meter),
         meter,
         deploy,
         cache,
@@ -759,6 +845,7 @@ def _search_impl(
     input_shape: tuple[int, ...],
     settings: PruneSettings,
     candidates: list[float],
+    rounds: list[RoundMember],
     meter: LatencyMeter,
     deploy: Deploy,
     cache: LatencyCache,
@@ -769,7 +856,11 @@ def _search_impl(
 ) -> SearchResult:
     import torch
 
+    from edgematrix.measure.meter import LocalMeter
+
     meter_id = meter_identity(meter)
+    if isinstance(meter, LocalMeter):  # what else runs in the rounds changes the ratio: part of the key
+        meter_id += "|rounds:" + json.dumps([m.identity() for m in rounds], sort_keys=True, default=str)
     example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     result = SearchResult(settings, candidates=len(candidates))
     landing = settings.landing
@@ -814,7 +905,7 @@ def _search_impl(
                 folder = work_dir / f"ratio-{ratio:.5f}"
                 folder.mkdir(parents=True, exist_ok=True)
                 deployed.append(deploy(pruned, folder))
-            more = _measure_blocks(meter, base_file(), deployed[0], n - len(blocks), len(blocks))
+            more = _measure_blocks(meter, rounds, base_file(), deployed[0], n - len(blocks), len(blocks))
             blocks.extend(more)
             new += len(more)
             record = {
@@ -859,20 +950,36 @@ def _search_impl(
             on_probe(p)
         return p
 
+    def off_centre(q: Probe) -> float:
+        return abs(math.log(q.speedup / settings.centre))
+
+    # a landing in the outer half of the range gets one more probe, aimed at the centre: the same-run
+    # check that follows is another measurement, and a figure just inside an edge may fall outside it
+    inner = math.log(landing[1] / landing[0]) / 4
+    first: Probe | None = None  # the first landed probe, when it landed in the outer half
     while len(result.probes) < settings.max_probes:
-        ratio = _next_candidate(candidates, tried, result.probes, settings)
+        closer = off_centre(first) if first is not None else None
+        ratio = _next_candidate(candidates, tried, result.probes, settings, closer_than=closer)
         if ratio is None:
-            result.stop = "exhausted"
+            result.stop = "landed" if first is not None else "exhausted"
             break
         p = probe(ratio)
-        if p is not None and p.verdict == "inside" and not p.contended:
-            result.stop = "landed"
+        if p is None:
+            continue
+        if first is not None:
+            result.stop = "landed"  # the one probe aimed at the centre was measured; the nearer one is chosen
             break
-        if p is not None and p.contended and landing[0] <= p.speedup <= landing[1]:
+        if p.verdict == "inside" and not p.contended:
+            if off_centre(p) <= inner:
+                result.stop = "landed"
+                break
+            first = p
+            continue
+        if p.contended and landing[0] <= p.speedup <= landing[1]:
             result.stop = "busy"  # in the range, but on a busy machine: no probe here can be trusted to land
             break
     else:
-        result.stop = "max_probes"
+        result.stop = "landed" if first is not None else "max_probes"
     if result.stop == "exhausted" and all(p.speedup < landing[0] for p in result.probes) and candidates[-1] in tried:
         result.stop = "unreachable"
     if not result.probes:
@@ -882,7 +989,7 @@ def _search_impl(
         )
     landed = [p for p in result.probes if p.verdict == "inside" and not p.contended]
     result.chosen = (
-        landed[0]
+        min(landed, key=off_centre)
         if landed
         else result.probes[-1]
         if result.stop == "busy"
