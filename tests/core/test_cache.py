@@ -101,7 +101,9 @@ def test_a_generated_dataset_is_reused_for_its_key_only(tmp_path: Path) -> None:
     ],
     ids=["changed-image", "missing-image", "extra-file", "no-manifest"],
 )
-def test_a_damaged_dataset_folder_is_deleted(tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, reason) -> None:
+def test_a_damaged_dataset_folder_is_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, reason
+) -> None:
     root = _tree(tmp_path)
     damage(root)
     assert reuse_generated(root, "k1", "synthetic dataset") is False
