@@ -214,12 +214,12 @@ def test_an_interval_that_spans_the_min_effect_is_within_noise_and_says_so() -> 
 
 
 def test_busy_machine_is_inconclusive_not_a_regression() -> None:
-    reasons = ("candidate: other processes' CPU 61% (limit 25%)",)
+    reasons = ("candidate: other processes' CPU 61% (limit 3%)",)
     v = compare_latency(samples(1), samples(2, 1.30), busy=reasons)
     assert v.status == "inconclusive" and v.inconclusive and not v.failed
     assert v.busy == reasons
     assert v.ratio == pytest.approx(float(np.median(samples(2, 1.30)) / np.median(samples(1))))
-    assert v.message.startswith(f"{BUSY_PREFIX} — re-measure (candidate: other processes' CPU 61% (limit 25%))")
+    assert v.message.startswith(f"{BUSY_PREFIX} — re-measure (candidate: other processes' CPU 61% (limit 3%))")
     assert "measured +" in v.message and "slower (95% CI" in v.message
     # a quiet machine, the same samples: a regression
     assert compare_latency(samples(1), samples(2, 1.30)).status == "regression"
@@ -268,9 +268,11 @@ def test_latency_difference_below_the_min_effect_is_not_decidable() -> None:
 
 def test_latency_difference_on_a_busy_machine_is_not_decidable() -> None:
     s = paired(1, {"openvino": 0.70, "onnxruntime": 1.0})
-    d = latency_difference("openvino", s["openvino"], "onnxruntime", s["onnxruntime"], busy=["steal 12% (limit 5%)"])
-    assert not d.decidable and d.busy == ("steal 12% (limit 5%)",)
-    assert f"not decided, {BUSY_PREFIX} — re-measure (steal 12% (limit 5%))" in d.message
+    d = latency_difference(
+        "openvino", s["openvino"], "onnxruntime", s["onnxruntime"], busy=["CPU steal 12% (limit 3%)"]
+    )
+    assert not d.decidable and d.busy == ("CPU steal 12% (limit 3%)",)
+    assert f"not decided, {BUSY_PREFIX} — re-measure (CPU steal 12% (limit 3%))" in d.message
 
 
 def test_latency_difference_needs_the_same_rounds() -> None:
@@ -292,9 +294,12 @@ def test_select_fastest_decides_keeps_the_preferred_or_abstains() -> None:
     assert (kept.selected, kept.status) == ("onnxruntime", "kept preferred")
     assert "onnxruntime kept: no other backend decidably faster" in kept.message
 
-    busy = select_fastest(clear, preferred=["onnxruntime"], busy=["other runnable tasks 2.10 (limit 1)"])
+    busy = select_fastest(clear, preferred=["onnxruntime"], busy=["other runnable tasks per CPU 1.05 (limit 0.50)"])
     assert (busy.selected, busy.status, busy.decisions) == ("", "machine busy", ())
-    assert busy.message == f"no backend selected: {BUSY_PREFIX} — re-measure (other runnable tasks 2.10 (limit 1))"
+    assert (
+        busy.message
+        == f"no backend selected: {BUSY_PREFIX} — re-measure (other runnable tasks per CPU 1.05 (limit 0.50))"
+    )
 
     only = select_fastest({"openvino": clear["openvino"]}, preferred=["onnxruntime"])
     assert (only.selected, only.status) == ("openvino", "only one")

@@ -143,7 +143,7 @@ def test_latency_gate_on_per_round_ratios_is_family_wise() -> None:
 
 def test_busy_run_makes_the_latency_gate_inconclusive() -> None:
     """+30% measured beside CPU-bound processes is neither a regression nor a pass."""
-    reasons = ("other processes' CPU 58% (limit 25%)",)
+    reasons = ("other processes' CPU 58% (limit 3%)",)
     v = _by_gate(
         evaluate_gates(
             Gates(), REF, _cand_ratios(1.30, busy=reasons), _ratio_baseline(), same_artifact=False, baseline_hint="h"
@@ -153,7 +153,7 @@ def test_busy_run_makes_the_latency_gate_inconclusive() -> None:
     assert lat.status == "inconclusive" and not lat.failed
     assert lat.message.startswith(
         "candidate/reference ratio vs baseline's: not comparable: machine busy — re-measure "
-        "(other processes' CPU 58% (limit 25%)); measured +"
+        "(other processes' CPU 58% (limit 3%)); measured +"
     )
     assert v["accuracy_vs_baseline"].status == "passed"  # accuracy does not depend on the machine's load
     # without per-round ratios (an old baseline) a busy run is inconclusive too
@@ -162,4 +162,4 @@ def test_busy_run_makes_the_latency_gate_inconclusive() -> None:
         "latency_vs_baseline"
     ]
     assert lat.status == "inconclusive"
-    assert lat.message.startswith("not comparable: machine busy — re-measure (other processes' CPU 58% (limit 25%))")
+    assert lat.message.startswith("not comparable: machine busy — re-measure (other processes' CPU 58% (limit 3%))")
