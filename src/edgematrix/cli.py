@@ -160,6 +160,7 @@ def _fraction(text: str, what: str) -> float:
 
 def _cmd_gate_compare(args: argparse.Namespace) -> int:
     from edgematrix.gates.compare import compare_benchmark_files
+    from edgematrix.gates.latency import BUSY_PREFIX
 
     min_effect = _fraction(args.min_effect, "--min-effect")
     confidence = _fraction(args.confidence, "--confidence")
@@ -171,20 +172,26 @@ def _cmd_gate_compare(args: argparse.Namespace) -> int:
         args.base, args.cand, min_effect=min_effect, confidence=confidence, accuracy_budget=budget
     )
     width = max(len(row.name) for row in result.rows)
-    level = f"{confidence:.0%}"
+    level = f"{result.rows[0].latency.level * 100:.4g}%"  # family-wise: one interval level for every row
+    print(f"base rounds: {result.base_machine}")
+    print(f"candidate rounds: {result.cand_machine}")
     for row in result.rows:
         lat = row.latency
         delta = row.accuracy_delta
         accuracy = "accuracy n/a" if delta is None else f"accuracy {delta:+.2f} pts"
+        flag = "FAIL" if row.failed else "BUSY" if row.inconclusive else "ok"
         print(
             f"{row.name:<{width}}  ratio {lat.ratio:.3f}  {level} CI {lat.ci_low:.3f}..{lat.ci_high:.3f}  "
-            f"p={lat.p_value:.2g}  {accuracy}  {'FAIL' if row.failed else 'ok'}: {row.verdict}"
+            f"p={lat.p_value:.2g}  {accuracy}  {flag}: {row.verdict}"
         )
     for name in result.only_in_base:
         print(f"{name:<{width}}  only in base ({args.base}): not compared")
     for name in result.only_in_candidate:
         print(f"{name:<{width}}  only in candidate ({args.cand}): not compared")
-    settings = f"min effect {min_effect:.1%}, confidence {level}, accuracy budget {budget:.2f} pts"
+    settings = (
+        f"min effect {min_effect:.1%}, confidence {confidence:.0%} over {len(result.rows)} benchmark(s) "
+        f"(each interval {level}), accuracy budget {budget:.2f} pts"
+    )
     if result.failed:
         details = "; ".join(
             f"{row.name}: {row.latency.message if row.latency.failed else row.accuracy_message}"
@@ -192,6 +199,13 @@ def _cmd_gate_compare(args: argparse.Namespace) -> int:
             for row in result.failures
         )
         raise GateFailure(f"{len(result.failures)} of {len(result.rows)} benchmark(s) failed ({settings}): {details}")
+    if result.inconclusive:
+        busy = result.rows[0].latency.busy
+        print(
+            f"{len(result.rows)} benchmark(s) compared, none failed, latency not judged: "
+            f"{BUSY_PREFIX} — re-measure ({'; '.join(busy)}) ({settings})"
+        )
+        return EXIT_OK
     print(f"{len(result.rows)} benchmark(s) compared, none failed ({settings})")
     return EXIT_OK
 
