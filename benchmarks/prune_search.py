@@ -17,7 +17,8 @@ on a quiet machine (the harness's contention record). Every probe line says its 
 blocks and how many of them ran on a busy machine; the search ends with its reason.
 
 The search's blocks run the unpruned FP32 model, the unpruned and the probed model in the same
-rounds, in that order, as the check does: what else runs in the rounds changes the ratio. Then
+rounds, in that order, on the same lane frame, as the check does: what else runs in the rounds,
+and on what input, changes the ratio. Then
 the chosen model is pruned and deployed again and measured with the unpruned FP32 and unpruned
 deployed models in the *same interleaved rounds* (spinning off), in ``--check-blocks`` blocks, and
 the table prints requested vs achieved speedups: the search's own figure and the same-run one with
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             res = search_pruning_ratio(
                 model, input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy, cache=cache,
                 work_dir=tmp / f"x{n:g}", backend="onnxruntime", precision=args.precision, rounds=rounds,
+                feed={"input": images[:1]},
                 on_probe=lambda p: print(
                     f"  ratio {p.ratio:.3f}: {p.latency_ms:7.2f} ms vs unpruned {p.baseline_ms:7.2f} ms (same blocks)  "
                     f"{p.speedup:5.2f}x [{p.low:.2f}..{p.high:.2f}] {p.verdict:7s} {p.blocks} blocks"

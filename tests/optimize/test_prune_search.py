@@ -318,11 +318,11 @@ def test_rounds_run_the_companions_in_order_and_key_the_cache(tmp_path: Path, mo
     meter = LocalMeter("onnxruntime", config, opts)
     settings = PruneSettings(speedup=1.3, round_to=4, tolerance=0.5, max_probes=1, pairs=3, remeasure=0)
 
-    def run(members: list[RoundMember]) -> SearchResult:
+    def run(members: list[RoundMember], feed: dict[str, Any] | None = None) -> SearchResult:
         return search_pruning_ratio(
             model, input_shape=SHAPE, settings=settings, meter=meter, deploy=deploy,
             cache=LatencyCache(tmp_path / "latency.json"), work_dir=tmp_path / "work", backend="onnxruntime",
-            precision="fp32", rounds=members,
+            precision="fp32", rounds=members, feed=feed,
         )  # fmt: skip
 
     with_reference = run(rounds)
@@ -333,9 +333,17 @@ def test_rounds_run_the_companions_in_order_and_key_the_cache(tmp_path: Path, mo
     assert orders == [["unpruned", "pruned"]] * 3 and alone.measurements == 3
     assert alone.probes[0].ratio == with_reference.probes[0].ratio
     assert alone.probes[0].arch_key != with_reference.probes[0].arch_key
+    # so is the input the rounds run: a given frame (as the check runs it) is another key again
+    frame = {"input": example().numpy()}
+    on_frame = run(rounds, frame)
+    assert on_frame.measurements == 3
+    assert on_frame.probes[0].arch_key not in {alone.probes[0].arch_key, with_reference.probes[0].arch_key}
+    # the same frame again: from the cache (but for blocks measured on a busy machine, which are redone)
+    stored = json.loads((tmp_path / "latency.json").read_text())[on_frame.probes[0].arch_key]["blocks"]
+    assert run(rounds, {"input": example().numpy()}).measurements == sum(1 for b in stored if b["busy"])
     with pytest.raises(EdgeMatrixError, match="need an 'unpruned' and a 'probe' member"):
         run(rounds[:2])
     with pytest.raises(EdgeMatrixError, match="does not exist"):
         run([RoundMember("reference", "onnxruntime", tmp_path / "missing.onnx", opts), *rounds[1:]])
-    with pytest.raises(EdgeMatrixError, match="rounds need a LocalMeter"):
+    with pytest.raises(EdgeMatrixError, match="rounds and feed need a LocalMeter"):
         search(tmp_path, ArchMeter(mac_latency()), 2.0, rounds=rounds)

@@ -436,10 +436,12 @@ def _prune_stages(ctx: _RecipeContext) -> None:
 
     meter = _search_meter(cell, ctx.options, p)
     rounds: list[RoundMember] = []
+    feed = None
     if isinstance(meter, LocalMeter) and "torch" not in cell.target.all_backends:
         # each probe runs among the models the latency stage interleaves with the candidate, in _measure's
-        # order (what else runs in the rounds changes the ratio), so the search measures what the same-run
-        # check will: the FP32 reference and the candidate on every backend, then the unpruned INT8 model
+        # order, on its input (both change the ratio), so the search measures what the same-run check
+        # will: the FP32 reference and the candidate on every backend, then the unpruned INT8 model
+        feed = {"input": task.preprocess(art.test.images[0:1])}
         primary = cell.target.backend
         for b in cell.target.all_backends:
             ref = RoundMember(
@@ -456,7 +458,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
     with tempfile.TemporaryDirectory(prefix="edgematrix-prune-", dir=cache_dir) as work:
         search = search_pruning_ratio(
             art.model, input_shape=shape, settings=settings, meter=meter, deploy=deploy, cache=cache, work_dir=work,
-            backend=cell.target.backend, precision=recipe.precision, on_probe=on_probe, rounds=rounds,
+            backend=cell.target.backend, precision=recipe.precision, on_probe=on_probe, rounds=rounds, feed=feed,
         )  # fmt: skip
     chosen = search.chosen
     assert chosen is not None

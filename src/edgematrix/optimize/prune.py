@@ -464,13 +464,19 @@ def paired_speedup(ratios: Sequence[float], confidence: float = 0.90) -> tuple[f
 
 
 def _measure_blocks(
-    meter: Any, rounds: Sequence[RoundMember], base: Path, cand: Path, n: int, first: int
+    meter: Any,
+    rounds: Sequence[RoundMember],
+    feed: dict[str, np.ndarray] | None,
+    base: Path,
+    cand: Path,
+    n: int,
+    first: int,
 ) -> list[dict[str, Any]]:
     """``n`` paired blocks of the unpruned model ``base`` and the pruned ``cand`` (see the module docstring)."""
     from edgematrix.measure.meter import LocalMeter
 
     if isinstance(meter, LocalMeter):
-        return _interleaved_blocks(meter.config, rounds, base, cand, n)
+        return _interleaved_blocks(meter.config, rounds, feed, base, cand, n)
     out = []
     for i in range(first, first + n):
         order = (("unpruned", base), ("pruned", cand)) if i % 2 == 0 else (("pruned", cand), ("unpruned", base))
@@ -484,9 +490,10 @@ def _measure_blocks(
 
 
 def _interleaved_blocks(
-    config: Any, members: Sequence[RoundMember], base: Path, cand: Path, n: int
+    config: Any, members: Sequence[RoundMember], feed: dict[str, np.ndarray] | None, base: Path, cand: Path, n: int
 ) -> list[dict[str, Any]]:
-    """Blocks of interleaved rounds of ``members`` (in order, then reversed, ...), each runner opened once."""
+    """Blocks of interleaved rounds of ``members`` (in order, then reversed, ...), each runner opened once;
+    every member runs ``feed`` (a seeded random input of its shape when None)."""
     import contextlib
 
     from edgematrix.backends.base import create_runner
@@ -509,7 +516,9 @@ def _interleaved_blocks(
             )
             for m in members
         }
-        feeds = {k: random_feed(dict(r.input_metadata())) for k, r in runners.items()}
+        feeds = {
+            k: dict(feed) if feed is not None else random_feed(dict(r.input_metadata())) for k, r in runners.items()
+        }
         for _ in range(n):
             rounds = measure_interleaved(runners, feeds, config)
             block: dict[str, Any] = {"unpruned_ms": rounds[timed_base].p50_ms, "pruned_ms": rounds[timed_cand].p50_ms}
@@ -791,6 +800,7 @@ def search_pruning_ratio(
     precision: str,
     on_probe: Callable[[Probe], None] | None = None,
     rounds: Sequence[RoundMember] = (),
+    feed: dict[str, np.ndarray] | None = None,
 ) -> SearchResult:
     """Find a pruning ratio whose deployed model measures ``settings.speedup``× the unpruned one.
 
@@ -800,21 +810,24 @@ def search_pruning_ratio(
     trend, the paired blocks and the stopping rule). ``rounds`` lists the models every block runs,
     in order, when the search is to reproduce a check that measures among other models (a
     :class:`~edgematrix.measure.meter.LocalMeter` only: it gives the rounds' length); by default the
-    unpruned model and the probe alone. The result's ``chosen`` probe is the landed one, else the
-    one nearest the landing range; ``reason`` says which and why.
+    unpruned model and the probe alone. ``feed`` is the input every model of the rounds runs, as
+    the check runs it (a seeded random input when None; the input's values changed the INT8 ratio
+    here). The result's ``chosen`` probe is the landed one, else the one nearest the landing range;
+    ``reason`` says which and why.
     """
     settings.validate()
     if len(input_shape) < 2 or any(int(d) < 1 for d in input_shape):
         raise EdgeMatrixError(f"input_shape must be positive dims, e.g. [1, 3, 288, 800]; got {list(input_shape)}")
     resolve_layers(model, settings.ignored_layers)  # fail early on a bad name
-    if rounds:
+    if rounds or feed is not None:
         from edgematrix.measure.meter import LocalMeter
 
         if not isinstance(meter, LocalMeter):
             raise EdgeMatrixError(
-                f"prune search rounds need a LocalMeter (models interleaved in one process); {type(meter).__name__} "
-                "measures one model per call: leave rounds empty"
+                f"prune search rounds and feed need a LocalMeter (models interleaved in one process); "
+                f"{type(meter).__name__} measures one model per call with its own input: leave them empty"
             )
+    if rounds:
         _check_rounds(rounds)
     candidates = candidate_ratios(
         model, round_to=settings.round_to, ignored_layers=settings.ignored_layers, max_ratio=settings.max_ratio
@@ -830,6 +843,7 @@ def search_pruning_ratio(
         settings,
         candidates,
         list(rounds) or pair_rounds(meter),
+        feed,
         meter,
         deploy,
         cache,
@@ -846,6 +860,7 @@ def _search_impl(
     settings: PruneSettings,
     candidates: list[float],
     rounds: list[RoundMember],
+    feed: dict[str, np.ndarray] | None,
     meter: LatencyMeter,
     deploy: Deploy,
     cache: LatencyCache,
@@ -861,6 +876,11 @@ def _search_impl(
     meter_id = meter_identity(meter)
     if isinstance(meter, LocalMeter):  # what else runs in the rounds changes the ratio: part of the key
         meter_id += "|rounds:" + json.dumps([m.identity() for m in rounds], sort_keys=True, default=str)
+        if feed is not None:  # the input the rounds run (by content)
+            digest = hashlib.sha256()
+            for name in sorted(feed):
+                digest.update(name.encode() + np.ascontiguousarray(feed[name]).tobytes())
+            meter_id += f"|feed:{digest.hexdigest()[:16]}"
     example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     result = SearchResult(settings, candidates=len(candidates))
     landing = settings.landing
@@ -905,7 +925,7 @@ def _search_impl(
                 folder = work_dir / f"ratio-{ratio:.5f}"
                 folder.mkdir(parents=True, exist_ok=True)
                 deployed.append(deploy(pruned, folder))
-            more = _measure_blocks(meter, rounds, base_file(), deployed[0], n - len(blocks), len(blocks))
+            more = _measure_blocks(meter, rounds, feed, base_file(), deployed[0], n - len(blocks), len(blocks))
             blocks.extend(more)
             new += len(more)
             record = {
