@@ -98,15 +98,17 @@ def test_int8_cell_writes_every_artifact(workspace: Path) -> None:
     report = (out / "report.md").read_text()
     assert report.startswith("# x86_cpu_int8q: passed")
     assert "| onnxruntime | candidate | int8 |" in report and "| openvino | reference | fp32 | f32 |" in report
-    assert "**Selected backend**: **" in report
+    assert "**Selected backend**: onnxruntime — candidate p50" in report or "**Selected backend**: openvino" in report
 
 
 @pytest.mark.slow
 def test_second_run_reuses_the_cache_and_baseline_gates_apply(workspace: Path) -> None:
     assert _run(workspace, "x86_cpu_int8q", "--update-baseline") == 0
-    baseline = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.json").read_text())
+    (baseline,) = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.json").read_text())["records"]
     assert baseline["precision"] == "int8" and baseline["p50_ratio"] > 0 and baseline["backend"] == "onnxruntime"
-    ov_baseline = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.openvino.json").read_text())
+    (ov_baseline,) = json.loads((workspace / "matrix" / "baselines" / "x86_cpu_int8q.openvino.json").read_text())[
+        "records"
+    ]
     assert ov_baseline["backend"] == "openvino"
     assert _run(workspace, "x86_cpu_int8q") == 0
     out = workspace / "results" / "x86_cpu_int8q"

@@ -11,7 +11,7 @@ import pytest
 
 from edgematrix.core.toolchain import LOCK_PATH, current_environment, public_version, read_lock
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.gates.baseline import Baseline, baseline_key, load_baseline, write_baseline
+from edgematrix.gates.baseline import Baseline, baseline_key, load_baselines, write_baseline
 from edgematrix.gates.verdicts import RunFigures, Verdict, evaluate_gates
 from edgematrix.matrix.loader import load_matrix
 from edgematrix.matrix.schema import Gates
@@ -35,9 +35,9 @@ ENV = {
 
 def _baseline(**kw: object) -> Baseline:
     """The committed x86_cpu_int8 baseline on a test device and the environment ENV."""
-    committed = load_baseline(BASELINES, "x86_cpu_int8")
-    assert committed is not None
-    return replace(committed, **{"cpu": "test cpu", "environment": dict(ENV), "ratio_samples": [], **kw})
+    committed = load_baselines(BASELINES, "x86_cpu_int8")
+    assert committed
+    return replace(committed[0], **{"cpu": "test cpu", "environment": dict(ENV), "ratio_samples": [], **kw})
 
 
 def _verdicts(baseline: Baseline, environment: dict[str, str], version: str = "1.31.1") -> dict[str, Verdict]:
@@ -79,13 +79,13 @@ def test_a_baseline_without_an_environment_is_refused() -> None:
 def test_environment_round_trips_and_a_malformed_one_is_refused(tmp_path: Path) -> None:
     b = _baseline(libc="glibc 2.36")
     path = write_baseline(tmp_path, b)
-    assert json.loads(path.read_text())["environment"] == ENV
-    assert load_baseline(tmp_path, "x86_cpu_int8") == b
+    assert json.loads(path.read_text())["records"][0]["environment"] == ENV
+    assert load_baselines(tmp_path, "x86_cpu_int8") == [b]
     doc = json.loads(path.read_text())
-    doc["environment"] = {"numpy": 2}
+    doc["records"][0]["environment"] = {"numpy": 2}
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(EdgeMatrixError, match=r"bad\.json is malformed .*environment must map names to version"):
-        load_baseline(tmp_path, "bad")
+        load_baselines(tmp_path, "bad")
 
 
 # -- the committed baselines ----------------------------------------------------------------------
@@ -99,8 +99,13 @@ def test_there_are_committed_baselines() -> None:
 
 @pytest.mark.parametrize("key", COMMITTED)
 def test_committed_baseline_toolchain_is_what_the_lock_installs(key: str) -> None:
-    b = load_baseline(BASELINES, key)
-    assert b is not None
+    records = load_baselines(BASELINES, key)
+    assert records
+    for b in records:
+        _check_record_against_the_lock(key, b)
+
+
+def _check_record_against_the_lock(key: str, b: Baseline) -> None:
     dist = BACKEND_DISTRIBUTION[b.backend]
     assert public_version(b.backend_version) == LOCK.pins[dist], f"{key}: backend {b.backend} {b.backend_version}"
     recorded = {k: public_version(v) for k, v in b.environment.items()}
@@ -111,8 +116,7 @@ def test_committed_baseline_toolchain_is_what_the_lock_installs(key: str) -> Non
 def test_this_locked_install_applies_the_committed_baselines(key: str) -> None:
     """The test session installs with the lock, so its environment key is what a fresh clone's cell
     session gets: the committed baselines' gates apply to it (passed or failed, never refused)."""
-    b = load_baseline(BASELINES, key)
-    assert b is not None
+    (b, *_) = load_baselines(BASELINES, key)
     env = current_environment()
     ref = RunFigures(b.reference_accuracy, b.reference_p50_ms, b.backend, b.backend_version, b.cpu, "fp32", env)
     cand = RunFigures(b.accuracy, b.candidate_p50_ms, b.backend, b.backend_version, b.cpu, b.precision, env)
@@ -146,5 +150,5 @@ def test_baseline_written_by_a_run_carries_this_environment(tmp_path: Path) -> N
     env = current_environment()
     b = replace(_baseline(), environment=env)
     write_baseline(tmp_path, b)
-    loaded = load_baseline(tmp_path, "x86_cpu_int8")
-    assert loaded is not None and loaded.environment == env and loaded.toolchain()["python"] == env["python"]
+    (loaded,) = load_baselines(tmp_path, "x86_cpu_int8")
+    assert loaded.environment == env and loaded.toolchain()["python"] == env["python"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.gates.baseline import Baseline, load_baseline, write_baseline
+from edgematrix.gates.baseline import Baseline, load_baselines, write_baseline
 from edgematrix.gates.verdicts import RunFigures, evaluate_gates
 from edgematrix.matrix.schema import Gates
 
@@ -87,9 +87,27 @@ def test_no_baseline_and_other_toolchain_are_not_applicable_with_reason() -> Non
     assert v["latency_vs_baseline"].status == "not applicable"
     assert "backend version: baseline '1.20.0', this run '1.31.1'" in v["latency_vs_baseline"].message
     assert "refused" in v["latency_vs_baseline"].message
+
+def test_accuracy_is_compared_across_devices_latency_only_on_its_own() -> None:
+    cand = RunFigures(94.9, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8")
     v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(cpu="other cpu"), same_artifact=False, baseline_hint="h"))
-    assert v["accuracy_vs_baseline"].status == "not applicable"
-    assert "device: baseline 'other cpu', this run 'test cpu'" in v["accuracy_vs_baseline"].message
+    assert v["accuracy_vs_baseline"].status == "passed"
+    assert "(recorded on other cpu)" in v["accuracy_vs_baseline"].message
+    assert v["latency_vs_baseline"].status == "not applicable"
+    assert "no latency baseline of this device ('test cpu'); recorded on: 'other cpu'" in v["latency_vs_baseline"].message
+    # with a record of this device too, latency is compared with that one
+    records = [_baseline(cpu="other cpu", p50_ratio=0.9), _baseline(p50_ratio=0.31)]
+    v = _by_gate(evaluate_gates(Gates(), REF, cand, records, same_artifact=False, baseline_hint="h"))
+    assert v["latency_vs_baseline"].status == "passed" and "baseline 0.310" in v["latency_vs_baseline"].message
+    assert "recorded on" not in v["accuracy_vs_baseline"].message
+
+
+def test_a_record_per_device_in_one_file(tmp_path: Path) -> None:
+    write_baseline(tmp_path, _baseline(cpu="AMD EPYC", accuracy=94.0))
+    write_baseline(tmp_path, _baseline(cpu="Intel Xeon", accuracy=94.5))
+    write_baseline(tmp_path, _baseline(cpu="AMD EPYC", accuracy=94.2))  # replaces the AMD record
+    records = load_baselines(tmp_path, "x86_cpu_int8")
+    assert [(b.cpu, b.accuracy) for b in records] == [("AMD EPYC", 94.2), ("Intel Xeon", 94.5)]
 
 
 def test_reference_only_cell_has_no_ratio_gate() -> None:
@@ -106,11 +124,14 @@ def test_reference_only_cell_has_no_ratio_gate() -> None:
 def test_baseline_round_trip_and_malformed(tmp_path: Path) -> None:
     b = _baseline()
     write_baseline(tmp_path, b)
-    assert load_baseline(tmp_path, "x86_cpu_int8") == b
-    assert load_baseline(tmp_path, "absent") is None
-    (tmp_path / "bad.json").write_text('{"cell": "bad"}')
+    assert load_baselines(tmp_path, "x86_cpu_int8") == [b]
+    assert load_baselines(tmp_path, "absent") == []
+    (tmp_path / "bad.json").write_text('{"records": [{"cell": "bad"}]}')
     with pytest.raises(EdgeMatrixError, match=r"baseline .*bad\.json is malformed .*--update-baseline"):
-        load_baseline(tmp_path, "bad")
+        load_baselines(tmp_path, "bad")
+    (tmp_path / "old.json").write_text('{"cell": "x86_cpu_int8"}')
+    with pytest.raises(EdgeMatrixError, match=r"must be \{\"records\""):
+        load_baselines(tmp_path, "old")
 
 
 def _ratio_baseline() -> Baseline:

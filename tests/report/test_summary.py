@@ -116,7 +116,7 @@ def test_rows_marks_and_alerts(results: Path, tmp_path: Path, monkeypatch: pytes
     assert int8_ov[1] == "**openvino** (selected)" and int8_ov[-1] == "❌ 1 failed"
 
     assert text.startswith("## edgematrix: ❌ 1 gate failed in 1 of 2 cells")
-    assert "6 gates: 3 passed, 1 failed, 2 not applicable" in text
+    assert "6 gates: 3 passed, 1 failed, 0 inconclusive, 2 not applicable" in text
     alerts = text.split("### Regression alerts")[1].split("###")[0]
     assert alerts.strip().splitlines() == [
         "- ❌ **x86_cpu_int8** accuracy_vs_reference\\[openvino\\]: drop +2.00 points \\| budget 1.00"

@@ -1007,6 +1007,12 @@ def _measure(
     return measured, lcfg
 
 
+def _busy_reasons(measured: dict[tuple[str, str], _Measured]) -> tuple[str, ...]:
+    """Why the machine was busy during the latency rounds (empty: quiet, or no record, as on a GPU)."""
+    record = next((m.samples.contention for m in measured.values() if m.samples.contention is not None), None)
+    return tuple(record.reasons()) if record is not None else ()
+
+
 def _gate_and_report(
     cell: Cell,
     options: CellOptions,
@@ -1028,7 +1034,7 @@ def _gate_and_report(
         baseline_key,
         current_environment,
         libc,
-        load_baseline,
+        load_baselines,
         write_baseline,
     )
     from edgematrix.gates.verdicts import RunFigures, Verdict, evaluate_gates
@@ -1053,6 +1059,9 @@ def _gate_and_report(
     ref_of_record = measured[target.backend, "reference"]
     ref_p50 = ref_of_record.samples.p50_ms
     sha = {p: file_sha256(p) for p in {m.path for m in measured.values()}}
+    busy = _busy_reasons(measured)  # a contended run's latency gates are inconclusive, never pass/fail
+    ab = (target.backend, "base") in measured
+    comparisons = len(backends) + int(ab)  # latency comparisons judged together (family-wise)
 
     # gates, per backend (the primary backend's gate names carry no suffix: stable JUnit names)
     verdicts: list[Verdict] = []
@@ -1066,7 +1075,7 @@ def _gate_and_report(
             if options.update_baseline
             else f"create one with `nox -s {cell.name} -- --update-baseline` and commit {path_hint}"
         )
-        baseline = None if options.update_baseline else load_baseline(options.baselines_dir, key)
+        baseline = [] if options.update_baseline else load_baselines(options.baselines_dir, key)
         ref, cand = measured[b, "reference"], measured[b, "candidate"]
         version = str(cand.facts.get("version", ""))
         # the latency ratio stays within the backend: candidate vs that backend's FP32 reference,
@@ -1075,9 +1084,12 @@ def _gate_and_report(
         figs_ref = RunFigures(ref_of_record.score.accuracy, ref.samples.p50_ms, b, version, device)
         figs_cand = RunFigures(
             cand.score.accuracy, cand.samples.p50_ms, b, version, device, cand.precision, environment, power_mode,
-            ratios,
+            ratios, busy,
         )  # fmt: skip
-        vs = evaluate_gates(cell.gates, figs_ref, figs_cand, baseline, same_artifact=art.same, baseline_hint=hint)
+        vs = evaluate_gates(
+            cell.gates, figs_ref, figs_cand, baseline, same_artifact=art.same, baseline_hint=hint,
+            comparisons=comparisons,
+        )  # fmt: skip
         if b != target.backend and ref.rel_diff is not None:
             ok = ref.rel_diff <= FP32_AGREEMENT_TOLERANCE
             vs.append(
@@ -1092,7 +1104,12 @@ def _gate_and_report(
             vs = [Verdict(f"{v.gate}[{b}]", v.status, v.message) for v in vs]
         per_backend_failed[b] = any(v.failed for v in vs)
         verdicts.extend(vs)
-        if options.update_baseline:
+        if options.update_baseline and busy:
+            notes.append(
+                f"baseline NOT written to {path_hint}: the machine was busy during the latency rounds "
+                f"({'; '.join(busy)}); re-run --update-baseline on a quiet machine"
+            )
+        elif options.update_baseline:
             bl = Baseline(
                 cell=cell.name,
                 precision=cand.precision,
@@ -1115,8 +1132,12 @@ def _gate_and_report(
             written = write_baseline(options.baselines_dir, bl, key)
             notes.append(f"baseline written to {written} — review and commit it")
 
-    if (target.backend, "base") in measured:
-        verdicts.extend(_ab_verdicts(cell, measured[target.backend, "base"], measured[target.backend, "candidate"]))
+    if ab:
+        verdicts.extend(
+            _ab_verdicts(
+                cell, measured[target.backend, "base"], measured[target.backend, "candidate"], busy, comparisons
+            )
+        )
         per_backend_failed[target.backend] = any(v.failed for v in verdicts if "[" not in v.gate)
     recipe_verdicts, recipe_facts = _recipe_verdicts(cell, art, measured)
     if recipe_verdicts:
@@ -1125,10 +1146,22 @@ def _gate_and_report(
             v.failed for v in recipe_verdicts
         )
 
-    # backend selection: the fastest candidate among the backends that pass all their gates
+    # backend selection among the backends that pass all their gates: another backend replaces the
+    # primary only when decidably faster on paired rounds, and a busy run selects nothing
     passing = [b for b in backends if not per_backend_failed[b]]
-    selected = min(passing, key=lambda b: measured[b, "candidate"].samples.p50_ms) if passing else ""
-    selection = _selection_text(backends, passing, selected, measured)
+    sel = None
+    if passing:
+        from edgematrix.gates.latency import select_fastest
+
+        sel = select_fastest(
+            {b: measured[b, "candidate"].samples.samples_s for b in passing},
+            preferred=[target.backend, *backends],
+            busy=busy,
+            min_effect=cell.gates.latency_min_effect,
+            confidence=cell.gates.latency_confidence,
+        )
+    selected = sel.selected if sel is not None else ""
+    selection = _selection_text(backends, passing, sel, measured)
 
     rows, entries = [], []
     role_order = ("reference", "candidate", "base", *art.extra_roles)
@@ -1160,6 +1193,8 @@ def _gate_and_report(
             "dataset": art.data.tag,
             "metric": task_metric,
         }
+        if m.samples.contention is not None:
+            extra.update(m.samples.contention.extra_info(f"{b}:{role}"))
         if role == "candidate":
             extra.update(art.facts)
             extra.update(recipe_facts)
@@ -1172,6 +1207,11 @@ def _gate_and_report(
         shown = task.summary_extras if task.summary_extras is not None else tuple(m.score.extras)
         extras = {k: m.score.extras[k] for k in shown if k in m.score.extras}
         rows.append({**extra, "extras": extras, "speedup": ref_p50 / m.samples.p50_ms})
+    record = ref_of_record.samples.contention
+    if record is not None:
+        from edgematrix.gates.compare import CONTENTION_KEY
+
+        env[CONTENTION_KEY] = record.as_dict()
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=env, latency_config=lcfg)
     manifest = {"reference": str(art.fp32_path.resolve()), "candidate": str(art.cand_path.resolve())}
     atomic_write_text(out / "artifacts.json", json.dumps(manifest, indent=2))
@@ -1194,6 +1234,7 @@ def _gate_and_report(
         "export check": art.export_note,
         "threads": threads,
         "latency rounds": f"{ref_of_record.samples.rounds} per model, {len(measured)} models interleaved (spinning off)",
+        "machine during the rounds": record.summary() if record is not None else "not recorded",
         "cpu": env.get("cpu_model", ""),
         "backends": "; ".join(
             f"{b} {measured[b, 'candidate'].facts.get('version', '')}"
@@ -1211,6 +1252,8 @@ def _gate_and_report(
     atomic_write_text(out / "report.md", report)
     result = CellResult(cell.name, final, verdicts, rows, stages.seconds, selection)
     _print_summary(result)
+    for note in notes:
+        console.print(escape(note))
     if result.failed:
         raise GateFailure(
             f"{cell.name}: {len(result.failed)} gate(s) failed:\n"
@@ -1437,19 +1480,21 @@ def _split_report(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ab_verdicts(cell: Cell, base: _Measured, cand: _Measured) -> list[Any]:
+def _ab_verdicts(cell: Cell, base: _Measured, cand: _Measured, busy: tuple[str, ...], comparisons: int) -> list[Any]:
     """A/B mode: this branch's candidate vs the base branch's, measured in the same rounds."""
     from edgematrix.gates.latency import compare_latency
     from edgematrix.gates.verdicts import Verdict
 
     g = cell.gates
     lv = compare_latency(
-        base.samples.samples_s, cand.samples.samples_s, min_effect=g.latency_min_effect, confidence=g.latency_confidence
-    )
+        base.samples.samples_s, cand.samples.samples_s, min_effect=g.latency_min_effect,
+        confidence=g.latency_confidence, busy=busy, comparisons=comparisons,
+    )  # fmt: skip
+    status = {"regression": "failed", "inconclusive": "inconclusive"}.get(lv.status, "passed")
     drop = base.score.accuracy - cand.score.accuracy
     ok = drop <= g.accuracy_drop_vs_baseline
     return [
-        Verdict("latency_vs_base", "failed" if lv.status == "regression" else "passed", f"A/B, same run: {lv.message}"),
+        Verdict("latency_vs_base", status, f"A/B, same run: {lv.message}"),
         Verdict(
             "accuracy_vs_base",
             "passed" if ok else "failed",
@@ -1459,14 +1504,16 @@ def _ab_verdicts(cell: Cell, base: _Measured, cand: _Measured) -> list[Any]:
     ]
 
 
-def _selection_text(backends: list[str], passing: list[str], selected: str, measured: dict) -> str:
+def _selection_text(backends: list[str], passing: list[str], sel: Any, measured: dict) -> str:
     if len(backends) == 1:
         return ""
-    if not selected:
+    if sel is None:
         return f"no backend passes the cell's gates ({', '.join(backends)} measured)"
     p50 = {b: measured[b, "candidate"].samples.p50_ms for b in backends}
-    others = [f"{p50[b] / p50[selected]:.2f}× faster than {b} ({p50[b]:.2f} ms)" for b in backends if b != selected]
-    text = f"**{selected}** — candidate p50 {p50[selected]:.2f} ms, " + ", ".join(others)
+    if not sel.selected:
+        return f"none — {sel.message}; candidate p50 " + ", ".join(f"{b} {p50[b]:.2f} ms" for b in backends)
+    others = [f"{b} {p50[b]:.2f} ms ({p50[b] / p50[sel.selected]:.2f}×)" for b in backends if b != sel.selected]
+    text = f"{sel.selected} — candidate p50 {p50[sel.selected]:.2f} ms; " + ", ".join(others) + f". {sel.message}"
     failing = [b for b in backends if b not in passing]
     if failing:
         text += f"; not eligible (a gate failed): {', '.join(failing)}"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from edgematrix.gates.baseline import ABSENT, LOCK_HINT, Baseline, compare_toolchains, environment_toolchain
+from edgematrix.gates.baseline import ABSENT, LOCK_HINT, Baseline, environment_toolchain, pick_baselines
 from edgematrix.matrix.schema import Gates
 
 
@@ -59,13 +59,17 @@ def evaluate_gates(
     gates: Gates,
     reference: RunFigures,
     candidate: RunFigures,
-    baseline: Baseline | None,
+    baseline: Baseline | Sequence[Baseline] | None,
     *,
     same_artifact: bool,
     baseline_hint: str,
     comparisons: int = 1,
 ) -> list[Verdict]:
     """The gates of one backend of a cell run.
+
+    ``baseline``: the records of the cell's baseline file (one per device; a single record is one
+    device). Accuracy is compared with a record of the same backend, precision and environment on any
+    device; latency only with the record of this device and power mode (``pick_baselines``).
 
     ``comparisons`` is the number of latency comparisons of the cell judged together (its
     backends' ``latency_vs_baseline`` gates): the latency gate's confidence is family-wise over
@@ -92,29 +96,49 @@ def evaluate_gates(
             f"candidate {candidate.accuracy:.2f} (floor {gates.min_accuracy:.2f})",
         )
     )
-    if baseline is None:
+    records = [] if baseline is None else [baseline] if isinstance(baseline, Baseline) else list(baseline)
+    if not records:
         msg = f"no baseline yet; {baseline_hint}"
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out
-    theirs, ours = baseline.toolchain(), candidate.toolchain()
-    differ = compare_toolchains(theirs, ours)
-    if differ:
-        what = "; ".join(f"{k}: baseline {theirs.get(k, ABSENT)!r}, this run {ours.get(k, ABSENT)!r}" for k in differ)
-        lock = f" ({LOCK_HINT})" if any(k not in _RUN_FACTS for k in differ) else ""
+    ours = candidate.toolchain()
+    choice = pick_baselines(records, ours)
+    if choice.accuracy is None:
+        assert choice.closest is not None
+        theirs = choice.closest.toolchain()
+        what = "; ".join(
+            f"{k}: baseline {theirs.get(k, ABSENT)!r}, this run {ours.get(k, ABSENT)!r}" for k in choice.differences
+        )
+        lock = f" ({LOCK_HINT})" if any(k not in _RUN_FACTS for k in choice.differences) else ""
         msg = f"baseline is of another toolchain ({what}): not comparable, refused{lock}; {baseline_hint}"
         out.append(Verdict("accuracy_vs_baseline", "not applicable", msg))
         out.append(Verdict("latency_vs_baseline", "not applicable", msg))
         return out
-    drop = baseline.accuracy - candidate.accuracy
+    acc_base = choice.accuracy
+    where = "" if acc_base.cpu == candidate.device else f" (recorded on {acc_base.cpu})"
+    drop = acc_base.accuracy - candidate.accuracy
     out.append(
         _check(
             "accuracy_vs_baseline",
             drop <= gates.accuracy_drop_vs_baseline,
-            f"candidate {candidate.accuracy:.2f} vs baseline {baseline.accuracy:.2f}: drop {drop:+.2f} points "
+            f"candidate {candidate.accuracy:.2f} vs baseline {acc_base.accuracy:.2f}{where}: drop {drop:+.2f} points "
             f"(budget {gates.accuracy_drop_vs_baseline:.2f})",
         )
     )
+    baseline = choice.latency
+    if baseline is None:
+        out.append(
+            Verdict(
+                "latency_vs_baseline",
+                "not applicable",
+                f"no latency baseline of this device ({candidate.device!r}"
+                + (f", power mode {candidate.power_mode!r}" if candidate.power_mode else "")
+                + f"); recorded on: {', '.join(repr(d) for d in choice.devices)}. Latency is only compared on the "
+                f"device it was recorded on: {baseline_hint}",
+            )
+        )
+        return out
     if same_artifact:
         out.append(
             Verdict(

@@ -31,8 +31,8 @@ def write_junit(path: Path, cell: str, verdicts: Sequence[Verdict], properties: 
         message = xml_text(v.message)
         if v.status == "failed":
             case.result = [Failure(message)]
-        elif v.status == "not applicable":
-            case.result = [Skipped(message)]
+        elif v.status in ("not applicable", "inconclusive"):  # not judged: the type says why
+            case.result = [Skipped(message, v.status)]
         else:
             case.system_out = message
         suite.add_testcase(case)

@@ -47,7 +47,7 @@ def md_text(value: object, max_chars: int = MAX_TEXT_CHARS) -> str:
     return text
 
 
-MARK = {"passed": "✅ passed", "failed": "❌ FAILED", "not applicable": "➖ n/a"}
+MARK = {"passed": "✅ passed", "failed": "❌ FAILED", "not applicable": "➖ n/a", "inconclusive": "⏸ inconclusive"}
 
 
 def _mb(n: int) -> str:

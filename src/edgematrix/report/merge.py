@@ -27,7 +27,7 @@ class GateResult:
 
     cell: str
     gate: str
-    status: str  # "passed" | "failed" | "not applicable" (a JUnit <error> counts as failed)
+    status: str  # "passed" | "failed" | "not applicable" | "inconclusive" (a JUnit <error> counts as failed)
     message: str
 
     @property
@@ -110,7 +110,7 @@ def _status(case: TestCase) -> tuple[str, str]:
         if isinstance(result, Failure | Error):
             return "failed", text
         if isinstance(result, Skipped):
-            return "not applicable", text
+            return ("inconclusive" if result.type == "inconclusive" else "not applicable"), text
     return "passed", case.system_out or ""
 
 

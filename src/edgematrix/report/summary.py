@@ -206,11 +206,13 @@ def _compare_with_base(row: SummaryRow, cand: _Bench, base: _Bench, notes: list[
 
 
 def _compare_with_baseline(row: SummaryRow, cand: _Bench, run: _CellRun, baselines_dir: Path) -> None:
-    from edgematrix.gates.baseline import baseline_key, load_baseline
+    from edgematrix.gates.baseline import baseline_key, load_baselines
 
-    baseline = load_baseline(baselines_dir, baseline_key(run.name, row.backend, run.primary))
-    if baseline is None:
+    records = load_baselines(baselines_dir, baseline_key(run.name, row.backend, run.primary))
+    if not records:
         return
+    # this machine's record when there is one (absolute times only compare on the same device)
+    baseline = next((b for b in records if run.machine and b.cpu == run.machine), records[0])
     row.compared_with = "baseline"
     if cand.accuracy is not None:
         row.d_accuracy = cand.accuracy - baseline.accuracy
@@ -357,17 +359,20 @@ def _headline(summary: Summary) -> list[str]:
     cells = sorted({r.cell for r in summary.rows})
     n_failed = len(summary.failed)
     n_passed = sum(g.status == "passed" for g in gates)
-    n_na = len(gates) - n_failed - n_passed
+    n_busy = sum(g.status == "inconclusive" for g in gates)
+    n_na = len(gates) - n_failed - n_passed - n_busy
     failed_cells = sorted({g.cell for g in summary.failed})
     if n_failed:
         title = f"## edgematrix: {MARK_FAILED} {n_failed} gate{'s' * (n_failed != 1)} failed in {len(failed_cells)} of {len(cells)} cell{'s' * (len(cells) != 1)}"
     elif summary.alerts:
         title = f"## edgematrix: {MARK_FAILED} latency regression vs base"
+    elif n_busy:
+        title = f"## edgematrix: no gate failed, {n_busy} latency gate{'s' * (n_busy != 1)} inconclusive (machine busy: re-measure)"
     else:
         title = f"## edgematrix: {MARK_PASSED} all gates passed"
     facts = (
         f"{len(cells)} cell{'s' * (len(cells) != 1)} · {len(gates)} gates: {n_passed} passed, {n_failed} failed, "
-        f"{n_na} not applicable"
+        f"{n_busy} inconclusive, {n_na} not applicable"
     )
     if summary.base_label:
         facts += f" · deltas vs {summary.base_label}"
