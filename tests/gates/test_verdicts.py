@@ -88,13 +88,16 @@ def test_no_baseline_and_other_toolchain_are_not_applicable_with_reason() -> Non
     assert "backend version: baseline '1.20.0', this run '1.31.1'" in v["latency_vs_baseline"].message
     assert "refused" in v["latency_vs_baseline"].message
 
+
 def test_accuracy_is_compared_across_devices_latency_only_on_its_own() -> None:
     cand = RunFigures(94.9, 25.0, "onnxruntime", "1.31.1", "test cpu", "int8")
     v = _by_gate(evaluate_gates(Gates(), REF, cand, _baseline(cpu="other cpu"), same_artifact=False, baseline_hint="h"))
     assert v["accuracy_vs_baseline"].status == "passed"
     assert "(recorded on other cpu)" in v["accuracy_vs_baseline"].message
     assert v["latency_vs_baseline"].status == "not applicable"
-    assert "no latency baseline of this device ('test cpu'); recorded on: 'other cpu'" in v["latency_vs_baseline"].message
+    assert (
+        "no latency baseline of this device ('test cpu'); recorded on: 'other cpu'" in v["latency_vs_baseline"].message
+    )
     # with a record of this device too, latency is compared with that one
     records = [_baseline(cpu="other cpu", p50_ratio=0.9), _baseline(p50_ratio=0.31)]
     v = _by_gate(evaluate_gates(Gates(), REF, cand, records, same_artifact=False, baseline_hint="h"))
