@@ -85,17 +85,27 @@ def test_no_width_in_range_is_reported_with_its_neighbours(tmp_path: Path) -> No
     assert res.chosen is not None and res.chosen.speedup == pytest.approx(2.25)
 
 
-@pytest.mark.parametrize(("at_160", "chosen"), [(2.01, 2.09), (2.19, 2.19)])
-def test_a_landing_near_an_edge_gets_one_probe_aimed_at_the_centre(
-    tmp_path: Path, at_160: float, chosen: float
+@pytest.mark.parametrize(
+    ("at_160", "at_156", "widths", "chosen"),
+    [
+        (2.01, 2.09, [176, 152, 160, 156], 2.09),  # 156 lands in the inner half: done
+        (2.01, 2.03, [176, 152, 160, 156], 2.03),  # 156 is nearer, still outer; nothing untried is nearer
+        (2.19, 2.09, [176, 152, 160, 164], 2.19),  # 164 measures 1.90: 160 stays the nearest landed
+    ],
+)
+def test_a_landing_near_an_edge_keeps_probing_towards_the_centre(
+    tmp_path: Path, at_160: float, at_156: float, widths: list[int], chosen: float
 ) -> None:
     # round_to 4: the last stage steps 164, 160, 156, 152; the range is 2.00..2.20x, its centre 2.10x
-    table = {w: (256 / w) ** 1.5 for w in range(4, 257, 4)} | {176: 1.70, 164: 1.90, 160: at_160, 156: 2.09, 152: 2.3}
+    table = {w: (256 / w) ** 1.5 for w in range(4, 257, 4)} | {
+        176: 1.70, 164: 1.90, 160: at_160, 156: at_156, 152: 2.3,
+    }  # fmt: skip
     res = search(tmp_path, ArchMeter(table_latency(table)), 2.0, round_to=4, tolerance=0.1, max_probes=8)
-    widths = [int(p.channels.split("/")[3]) for p in res.probes]
-    # 160 lands, but in the outer half of the range (2.01 or 2.19): one more probe, predicted nearer the
-    # centre (156 when 160 measured low, 164 when it measured high), and the nearer landed probe is chosen
-    assert widths == [176, 152, 160, 156 if at_160 < 2.1 else 164]
+    # 160 lands, but in the outer half of the range (2.01 or 2.19): the search goes on with the
+    # architecture predicted nearer the centre (156 when 160 measured low, 164 when it measured high)
+    # until one lands in the inner half or none untried is predicted nearer; the landed probe nearest
+    # the centre is chosen
+    assert [int(p.channels.split("/")[3]) for p in res.probes] == widths
     assert (
         res.landed and res.stop == "landed" and res.chosen is not None and res.chosen.speedup == pytest.approx(chosen)
     )

@@ -37,9 +37,10 @@ model on the target. Four facts of real targets shape it:
   speedup is the median of its blocks' ratios and its interval the bootstrap percentile interval
   of that median (``confidence``). A probe lands only when its whole interval lies in the landing
   range; a probe whose estimate is inside but whose interval crosses an edge is measured again
-  (``remeasure`` more batches of ``pairs`` blocks) before it is judged. A probe that lands in the
-  outer half of the range gets one more probe aimed at the centre (the same-run check that follows
-  is another measurement); the landed probe nearer the centre is chosen.
+  (``remeasure`` more batches of ``pairs`` blocks) before it is judged. A landing in the outer half
+  of the range keeps the search going, aimed at the centre, while an untried architecture is
+  predicted nearer to it (the same-run check that follows is another measurement); the landed
+  probe nearest the centre is chosen.
 
 **A busy machine is not measured.** With five other runnable tasks on the 2-core machine (our
 threads waiting for a CPU 45-70% of the rounds) the blocks of one pair ranged 1.57..2.32× where
@@ -651,7 +652,7 @@ class SearchResult:
             head = (
                 f"not landed: the machine was busy: ratio {c.ratio:.3f} measures {c.speedup:.2f}× ({conf} interval "
                 f"{c.low:.2f}..{c.high:.2f}×), but {c.busy_blocks} of its {c.blocks} blocks ran while other work held "
-                f"the CPUs ({c.machine}); contention lowers speedups, so this figure would not hold on a quiet host: "
+                f"the CPUs ({c.machine}); a figure measured under contention is not one a quiet host reproduces: "
                 "re-run when the machine is quiet"
             )
         elif c.verdict == "crosses" and lo <= c.speedup <= hi:
@@ -973,33 +974,32 @@ def _search_impl(
     def off_centre(q: Probe) -> float:
         return abs(math.log(q.speedup / settings.centre))
 
-    # a landing in the outer half of the range gets one more probe, aimed at the centre: the same-run
-    # check that follows is another measurement, and a figure just inside an edge may fall outside it
+    # a landing in the outer half of the range keeps the search going, aimed at the centre, while an
+    # untried architecture is predicted nearer to it: the same-run check that follows is another
+    # measurement, and a figure just inside an edge may fall outside it there
     inner = math.log(landing[1] / landing[0]) / 4
-    first: Probe | None = None  # the first landed probe, when it landed in the outer half
+    best: Probe | None = None  # the landed probe nearest the centre so far
     while len(result.probes) < settings.max_probes:
-        closer = off_centre(first) if first is not None else None
+        closer = off_centre(best) if best is not None else None
         ratio = _next_candidate(candidates, tried, result.probes, settings, closer_than=closer)
         if ratio is None:
-            result.stop = "landed" if first is not None else "exhausted"
+            result.stop = "landed" if best is not None else "exhausted"
             break
         p = probe(ratio)
         if p is None:
             continue
-        if first is not None:
-            result.stop = "landed"  # the one probe aimed at the centre was measured; the nearer one is chosen
-            break
         if p.verdict == "inside" and not p.contended:
-            if off_centre(p) <= inner:
+            best = p if best is None or off_centre(p) < off_centre(best) else best
+            if off_centre(best) <= inner:
                 result.stop = "landed"
                 break
-            first = p
             continue
         if p.contended and landing[0] <= p.speedup <= landing[1]:
-            result.stop = "busy"  # in the range, but on a busy machine: no probe here can be trusted to land
+            # in the range, but on a busy machine: no probe here can be trusted to land (or to refine one)
+            result.stop = "landed" if best is not None else "busy"
             break
     else:
-        result.stop = "landed" if first is not None else "max_probes"
+        result.stop = "landed" if best is not None else "max_probes"
     if result.stop == "exhausted" and all(p.speedup < landing[0] for p in result.probes) and candidates[-1] in tried:
         result.stop = "unreachable"
     if not result.probes:
