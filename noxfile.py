@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 # stdlib-only modules of the package: usable before the package is installed
 from edgematrix.core.toolchain import LOCK_PATH, render_lock  # noqa: E402
 from edgematrix.matrix.listing import SessionInfo, list_sessions  # noqa: E402
-from edgematrix.runners.select import RunnerChoiceError, choose_runner  # noqa: E402
+from edgematrix.executors.select import RunnerChoiceError, choose_runner  # noqa: E402
 
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "virtualenv"  # torch's CPU wheel is reachable by pip, not uv
@@ -109,7 +109,7 @@ except ValueError as _e:  # a broken matrix must not hide the tests and lint ses
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest; arguments after -- go to pytest).
 
-    The container tests (tests/runners/test_docker_*.py) use a real Docker engine: a running one,
+    The container tests (tests/executors/test_docker_*.py) use a real Docker engine: a running one,
     or, as root, one they start from the installed `dockerd` and stop again (docker/base/host-tools.sh
     installs it, debootstrap and qemu-user-static on Debian).
     """

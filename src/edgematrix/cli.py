@@ -86,8 +86,8 @@ def _batch_sweep(results: Path, cell: str, batches: list[int], cache: Path) -> N
 
 def _run_in_docker(args: argparse.Namespace, cell: Cell) -> int:
     from edgematrix.errors import RunnerUnavailableError
-    from edgematrix.runners.docker import DockerRunOptions, run_cell_in_container
-    from edgematrix.runners.select import RunnerChoiceError, choose_runner
+    from edgematrix.executors.docker import DockerRunOptions, run_cell_in_container
+    from edgematrix.executors.select import RunnerChoiceError, choose_runner
 
     try:
         choice = choose_runner(cell.name, cell.target_name, cell.target.model_dump(), "docker")
@@ -112,7 +112,7 @@ def _run_in_docker(args: argparse.Namespace, cell: Cell) -> int:
 
 def _cmd_images(args: argparse.Namespace) -> int:
     from edgematrix.matrix.loader import load_matrix
-    from edgematrix.runners.images import build_images
+    from edgematrix.executors.images import build_images
 
     m = load_matrix(args.matrix)
     targets = {name: t.model_dump() for name, t in m.targets.items()}

@@ -412,7 +412,7 @@ def test_every_model_family_rebatches(family: str, tmp_path: Path) -> None:
 
 def test_paths_of_a_docker_run_map_to_the_host_cache(models: dict[str, Path], tmp_path: Path) -> None:
     from edgematrix.bench.sweep import CONTAINER_CACHE, resolve_model_path
-    from edgematrix.runners.docker import CACHE
+    from edgematrix.executors.docker import CACHE
 
     assert CONTAINER_CACHE == CACHE  # where the docker runner mounts the cache
     cache = tmp_path / "cache"

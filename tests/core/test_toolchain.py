@@ -24,7 +24,7 @@ from edgematrix.core.toolchain import (
     render_lock,
 )
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.runners.images import ImageSpec, requirements_for
+from edgematrix.executors.images import ImageSpec, requirements_for
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

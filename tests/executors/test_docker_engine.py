@@ -21,8 +21,8 @@ from xml.etree import ElementTree
 import pytest
 
 from edgematrix.matrix.loader import load_matrix
-from edgematrix.runners.docker import DockerRunOptions, run_cell_in_container, run_command
-from edgematrix.runners.images import ensure_image, ensure_offline_base, image_spec
+from edgematrix.executors.docker import DockerRunOptions, run_cell_in_container, run_command
+from edgematrix.executors.images import ensure_image, ensure_offline_base, image_spec
 from tiny_cells import TINY, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_interrupt_removes_the_container(workspace: Path, x86_image: str, docker
         "import signal\n"
         # a terminal delivers Ctrl-C; a background job (`cmd &`, some CI shells) starts with SIGINT ignored
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "from edgematrix.runners.docker import run_command\n"
+        "from edgematrix.executors.docker import run_command\n"
         "import docker\n"
         "c = docker.from_env()\n"
         f"run_command(c, {x86_image!r}, ['sleep', '300'], mounts={{}}, environment={{}}, "

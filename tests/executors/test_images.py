@@ -9,7 +9,7 @@ import pytest
 
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.matrix.loader import load_matrix
-from edgematrix.runners.images import (
+from edgematrix.executors.images import (
     DockerUnavailableError,
     ImageError,
     ImageSpec,

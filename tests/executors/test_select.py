@@ -7,7 +7,7 @@ import pytest
 from edgematrix.bench.cell import pick_runner
 from edgematrix.errors import RunnerUnavailableError
 from edgematrix.matrix.loader import load_matrix
-from edgematrix.runners.select import RunnerChoiceError, choose_runner, host_arch, missing_requirements
+from edgematrix.executors.select import RunnerChoiceError, choose_runner, host_arch, missing_requirements
 
 HERE = host_arch()
 OTHER = "aarch64" if HERE == "x86_64" else "x86_64"

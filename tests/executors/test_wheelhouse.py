@@ -11,8 +11,8 @@ import pytest
 
 from edgematrix.core.cache import TREE_MANIFEST
 from edgematrix.core.toolchain import render_lock
-from edgematrix.runners import images
-from edgematrix.runners.images import build_wheelhouse, image_spec, wheelhouse_dir
+from edgematrix.executors import images
+from edgematrix.executors.images import build_wheelhouse, image_spec, wheelhouse_dir
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 WHEEL = "iniconfig-2.0.0-py3-none-any.whl"

@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from edgematrix.errors import BackendError, EdgeMatrixError, GateFailure, RunnerUnavailableError
 from edgematrix.matrix.loader import Cell
-from edgematrix.runners.select import Choice, RunnerChoiceError, choose_runner
+from edgematrix.executors.select import Choice, RunnerChoiceError, choose_runner
 
 console = Console(stderr=True, highlight=False, width=shutil.get_terminal_size((130, 24)).columns)
 

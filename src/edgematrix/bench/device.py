@@ -5,7 +5,7 @@ a local cell), exports the test split as an evaluation bundle (npz, no pickle), 
 device's raw outputs for it back:
 
 - **emulated, arm64 targets** (Jetson): the target's image built on the arm64 debootstrap base runs
-  :mod:`edgematrix.runners.on_device` under qemu-user: ONNX Runtime for aarch64 on the same ONNX files.
+  :mod:`edgematrix.executors.on_device` under qemu-user: ONNX Runtime for aarch64 on the same ONNX files.
 - **emulated, TI (fx8)**: TDA4's 8-bit fixed point is emulated on this host: the symmetric INT8 QDQ
   model with every scale rounded to a power of two (:mod:`edgematrix.optimize.fx8`), on ONNX Runtime.
 - **remote**: the device's latency server (``edgematrix serve``) runs the bundle and measures
@@ -40,7 +40,7 @@ from edgematrix.matrix.loader import Cell
 from edgematrix.measure.environment import capture_environment
 from edgematrix.measure.harness import LatencyConfig
 from edgematrix.report.junit import write_junit
-from edgematrix.runners.select import Choice
+from edgematrix.executors.select import Choice
 
 #: an emulated or remote device's task accuracy may differ from the host's by this much (points)
 DEVICE_ACCURACY_TOLERANCE = 0.1
@@ -98,8 +98,8 @@ def _emulated_container(
     cell: Cell, options: Any, roles: dict[str, tuple[Path, str]], bundle_dir: Path
 ) -> list[DeviceRun]:
     """Run the models in the target's arm64 image under qemu-user (offline base, never pulled)."""
-    from edgematrix.runners.docker import DockerRunOptions, prepare_image, run_command
-    from edgematrix.runners.images import docker_client
+    from edgematrix.executors.docker import DockerRunOptions, prepare_image, run_command
+    from edgematrix.executors.images import docker_client
     from edgematrix.server.wire import npz_to_arrays
 
     client = docker_client()
@@ -131,7 +131,7 @@ def _emulated_container(
             str(models_dir.resolve()): {"bind": "/models", "mode": "ro"},
             str(out_dir.resolve()): {"bind": "/out", "mode": "rw"},
         }
-        command = ["python3", "-m", "edgematrix.runners.on_device", "--bundle", "/bundle", "--out", "/out",
+        command = ["python3", "-m", "edgematrix.executors.on_device", "--bundle", "/bundle", "--out", "/out",
                    *args]  # fmt: skip
         code = run_command(client, tag, command, mounts=mounts, environment={"HOME": "/tmp"},
                            labels={"org.edgematrix.cell": cell.name})  # fmt: skip

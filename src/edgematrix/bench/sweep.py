@@ -35,7 +35,7 @@ DEFAULT_BATCHES = (1, 2, 4, 8)
 ROLES = ("reference", "candidate")
 REPORT_HEADING = "## Batch-size sweep"
 MAX_BATCH = 1024
-CONTAINER_CACHE = "/cache"  # where the docker runner mounts the cache (edgematrix.runners.docker.CACHE)
+CONTAINER_CACHE = "/cache"  # where the docker runner mounts the cache (edgematrix.executors.docker.CACHE)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The Docker runner: run a cell inside its target's container.
 
 ``edgematrix run CELL --runner docker`` (``nox -s CELL -- --runner docker``) builds the target image
-when it is missing (:mod:`edgematrix.runners.images`), then runs ``edgematrix run CELL --runner
+when it is missing (:mod:`edgematrix.executors.images`), then runs ``edgematrix run CELL --runner
 local`` inside it with:
 
 - the repository mounted read-only at ``/workspace`` (code and matrix come from there, so a code
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.runners.images import (
+from edgematrix.executors.images import (
     DockerUnavailableError,
     ImageSpec,
     docker_client,

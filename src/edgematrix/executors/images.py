@@ -219,7 +219,7 @@ def ensure_offline_base(client: Any, arch: str, *, log: Log | None = None) -> st
         raise ImageError(f"building the offline base {tag} needs root (debootstrap); run `sudo nox -s images`")
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed: apt-get install debootstrap (or run docker/base/host-tools.sh)")
-    from edgematrix.runners.select import host_arch
+    from edgematrix.executors.select import host_arch
 
     if arch != host_arch() and not Path(f"/proc/sys/fs/binfmt_misc/qemu-{arch}").exists():
         raise ImageError(
@@ -360,7 +360,7 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
     ]
     if spec.lock is not None:
         cmd += ["-c", str(spec.lock)]
-    from edgematrix.runners.select import host_arch
+    from edgematrix.executors.select import host_arch
 
     pyver = spec.python_version
     if spec.arch != host_arch() or pyver != f"{sys.version_info.major}.{sys.version_info.minor}":

@@ -3,7 +3,7 @@
 Runs where the device is: inside the emulated Jetson container (arm64 under qemu-user), or on a
 board. Needs only numpy and the model's runtime (no torch, no pydantic)::
 
-    python3 -m edgematrix.runners.on_device --bundle DIR --out DIR MODEL.onnx[@N] [MODEL.onnx[@N] ...]
+    python3 -m edgematrix.executors.on_device --bundle DIR --out DIR MODEL.onnx[@N] [MODEL.onnx[@N] ...]
 
 For each model it writes ``<out>/<model stem>.npz`` (raw outputs, ``outputs[name][i]`` for sample i)
 and ``<out>/<model stem>.json`` (latency statistics on this machine + facts). ``MODEL@N`` runs only
@@ -79,7 +79,7 @@ def run(models: list[str], bundle_dir: Path, out: Path, *, backend: str, rounds:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m edgematrix.runners.on_device", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python3 -m edgematrix.executors.on_device", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", metavar="MODEL[@N]", help="ONNX files; @N: only the first N samples")
     p.add_argument("--bundle", required=True, type=Path, help="evaluation bundle folder (inputs.npz + manifest.json)")
     p.add_argument("--out", required=True, type=Path, help="folder for <model>.npz and <model>.json")
