@@ -37,7 +37,9 @@ model on the target. Four facts of real targets shape it:
   speedup is the median of its blocks' ratios and its interval the bootstrap percentile interval
   of that median (``confidence``). A probe lands only when its whole interval lies in the landing
   range; a probe whose estimate is inside but whose interval crosses an edge is measured again
-  (``remeasure`` more batches of ``pairs`` blocks) before it is judged. A landing in the outer half
+  (``remeasure`` more batches of ``pairs`` blocks) before it is judged, and so is one that lands
+  in its first batch: each batch opens the runners afresh, and two sessions of the same models
+  differ by more than the blocks of one do, so a landing needs a second. A landing in the outer half
   of the range keeps the search going, aimed at the centre, while an untried architecture is
   predicted nearer to it (the same-run check that follows is another measurement); the landed
   probe nearest the centre is chosen.
@@ -108,8 +110,9 @@ class PruneSettings:
     - ``pairs``: paired blocks measured for every probe (each one ratio unpruned / pruned; see the
       module docstring). At least 3: the interval of a median needs a spread.
     - ``remeasure``: a probe whose estimate is inside the landing range but whose interval crosses
-      its edge, or whose blocks were measured mostly on a busy machine, gets up to this many more
-      batches of ``pairs`` blocks before it is judged.
+      its edge, or whose blocks were measured mostly on a busy machine, or that lands in its first
+      batch (a landing is confirmed by a second session), gets up to this many more batches of
+      ``pairs`` blocks before it is judged. 0: no second session, a first batch may land.
     - ``confidence``: the level of each probe's bootstrap interval; a probe lands only when this
       interval lies inside the landing range.
     """
@@ -474,7 +477,7 @@ def _measure_blocks(
     first: int,
 ) -> list[dict[str, Any]]:
     """``n`` paired blocks of the unpruned model ``base`` and the pruned ``cand`` (see the module docstring)."""
-    from edgematrix.measure.meter import LocalMeter
+    from edgematrix.backends.meter import LocalMeter
 
     if isinstance(meter, LocalMeter):
         return _interleaved_blocks(meter.config, rounds, feed, base, cand, n)
@@ -498,8 +501,8 @@ def _interleaved_blocks(
     import contextlib
 
     from edgematrix.backends.base import create_runner
+    from edgematrix.backends.meter import random_feed
     from edgematrix.measure.harness import measure_interleaved
-    from edgematrix.measure.meter import random_feed
 
     for path in (base, cand):
         if not Path(path).is_file():
@@ -554,6 +557,8 @@ class Probe:
     baseline_ms: float = 0.0  # median of the unpruned model's block p50s (same blocks)
     busy_blocks: int = 0  # blocks the harness recorded as measured on a busy machine
     machine: str = ""  # the contention record of the first busy block ("" when none was busy)
+    sessions: int = 1  # measurement sessions (fresh runners) the blocks came from
+    confirmed: bool = True  # measured in two sessions at least (or remeasure = 0: no second was asked for)
 
     @property
     def noise(self) -> float:
@@ -564,6 +569,11 @@ class Probe:
     def contended(self) -> bool:
         """Most of the blocks were measured on a busy machine: the speedup is biased, whatever its interval."""
         return 2 * self.busy_blocks > self.blocks
+
+    @property
+    def lands(self) -> bool:
+        """Its interval lies inside the landing range, measured quietly, confirmed by a second session."""
+        return self.verdict == "inside" and not self.contended and self.confirmed
 
 
 def _verdict(low: float, high: float, landing: tuple[float, float]) -> Verdict:
@@ -596,7 +606,7 @@ class SearchResult:
     def landed(self) -> bool:
         """The chosen probe's whole interval lies in the landing range (see ``PruneSettings.bound``),
         measured mostly on a quiet machine."""
-        return self.chosen is not None and self.chosen.verdict == "inside" and not self.chosen.contended
+        return self.chosen is not None and self.chosen.lands
 
     @property
     def baseline_ms(self) -> float:
@@ -646,7 +656,7 @@ class SearchResult:
         if self.landed:
             return (
                 f"landed: ratio {c.ratio:.3f} measures {c.speedup:.2f}× ({conf} interval {c.low:.2f}..{c.high:.2f}×, "
-                f"{c.blocks} paired blocks) inside {rng} after {len(self.probes)} probes; {facts}"
+                f"{c.blocks} paired blocks in {c.sessions} sessions) inside {rng} after {len(self.probes)} probes; {facts}"
             )
         if self.stop == "busy":
             head = (
@@ -821,7 +831,7 @@ def search_pruning_ratio(
         raise EdgeMatrixError(f"input_shape must be positive dims, e.g. [1, 3, 288, 800]; got {list(input_shape)}")
     resolve_layers(model, settings.ignored_layers)  # fail early on a bad name
     if rounds or feed is not None:
-        from edgematrix.measure.meter import LocalMeter
+        from edgematrix.backends.meter import LocalMeter
 
         if not isinstance(meter, LocalMeter):
             raise EdgeMatrixError(
@@ -872,7 +882,7 @@ def _search_impl(
 ) -> SearchResult:
     import torch
 
-    from edgematrix.measure.meter import LocalMeter
+    from edgematrix.backends.meter import LocalMeter
 
     meter_id = meter_identity(meter)
     if isinstance(meter, LocalMeter):  # what else runs in the rounds changes the ratio: part of the key
@@ -927,7 +937,8 @@ def _search_impl(
                 folder.mkdir(parents=True, exist_ok=True)
                 deployed.append(deploy(pruned, folder))
             more = _measure_blocks(meter, rounds, feed, base_file(), deployed[0], n - len(blocks), len(blocks))
-            blocks.extend(more)
+            session = 1 + max((int(b.get("session", 0)) for b in blocks), default=-1)
+            blocks.extend({**b, "session": session} for b in more)  # fresh runners: a session of its own
             new += len(more)
             record = {
                 "channels": counts, "input": list(input_shape), "backend": backend, "precision": precision,
@@ -943,7 +954,10 @@ def _search_impl(
             est, low, high = paired_speedup([b["unpruned_ms"] / b["pruned_ms"] for b in used], settings.confidence)
             verdict = _verdict(low, high, landing)
             contended = 2 * sum(1 for b in used if b.get("busy")) > len(used)
-            undecided = verdict == "crosses" or contended
+            sessions = len({b.get("session", 0) for b in used})
+            # a landing is confirmed by a second session (fresh runners): sessions differ by more than
+            # the blocks of one do (where the runtime's buffers land, what the machine does meanwhile)
+            undecided = verdict == "crosses" or contended or (verdict == "inside" and sessions < 2)
             if not (landing[0] <= est <= landing[1] and undecided) or extra >= settings.remeasure:
                 break
             extra += 1
@@ -965,6 +979,8 @@ def _search_impl(
             baseline_ms=statistics.median(b["unpruned_ms"] for b in used),
             busy_blocks=sum(1 for b in used if b.get("busy")),
             machine=next((str(b.get("machine", "busy")) for b in used if b.get("busy")), ""),
+            sessions=sessions,
+            confirmed=sessions >= 2 or settings.remeasure == 0,
         )
         result.probes.append(p)
         if on_probe:
@@ -988,7 +1004,7 @@ def _search_impl(
         p = probe(ratio)
         if p is None:
             continue
-        if p.verdict == "inside" and not p.contended:
+        if p.lands:
             best = p if best is None or off_centre(p) < off_centre(best) else best
             if off_centre(best) <= inner:
                 result.stop = "landed"
@@ -1007,7 +1023,7 @@ def _search_impl(
             f"none of the {len(candidates)} candidate ratios changed the architecture of {type(model).__name__} "
             f"(round_to {settings.round_to}, ignored {', '.join(settings.ignored_layers) or 'none'}); nothing to search"
         )
-    landed = [p for p in result.probes if p.verdict == "inside" and not p.contended]
+    landed = [p for p in result.probes if p.lands]
     result.chosen = (
         min(landed, key=off_centre)
         if landed
