@@ -21,8 +21,8 @@ ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "src"))
 # stdlib-only modules of the package: usable before the package is installed
 from edgematrix.core.toolchain import LOCK_PATH, render_lock  # noqa: E402
-from edgematrix.matrix.listing import SessionInfo, list_sessions  # noqa: E402
 from edgematrix.executors.select import RunnerChoiceError, choose_runner  # noqa: E402
+from edgematrix.matrix.listing import SessionInfo, list_sessions  # noqa: E402
 
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "virtualenv"  # torch's CPU wheel is reachable by pip, not uv

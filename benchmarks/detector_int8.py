@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from edgematrix.backends.base import create_runner
-from edgematrix.bench.task_detection import DetectionTask
 from edgematrix.core.cache import code_hash, content_key
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.matrix.loader import load_matrix
@@ -37,6 +36,7 @@ from edgematrix.models import create_model
 from edgematrix.models.detector import OUTPUT_NAMES
 from edgematrix.optimize.graph import pad_input_channels
 from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
+from edgematrix.tasks.detection import DetectionTask
 
 
 def _runner(path: Path, name: str):

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
-from edgematrix.bench.artifacts import BenchmarkEntry, read_benchmark_json, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, read_benchmark_json, write_benchmark_json
 from edgematrix.gates.compare import CONTENTION_KEY, compare_benchmark_files
 from edgematrix.gates.latency import LatencyVerdict, compare_latency
 from edgematrix.measure.contention import THRESHOLDS, Contention

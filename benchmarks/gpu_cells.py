@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 from edgematrix.fileio import atomic_write_text
 from edgematrix.measure.gpu import (
     CudaEventTimer,

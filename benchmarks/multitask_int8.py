@@ -26,8 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
-from edgematrix.bench.task_multitask import MultiTaskTask
-from edgematrix.bench.tasks import imagenet_preprocess
 from edgematrix.core.cache import code_hash, content_key
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.matrix.loader import load_matrix
@@ -35,6 +33,8 @@ from edgematrix.measure.harness import LatencyConfig, measure_interleaved
 from edgematrix.models import create_model
 from edgematrix.optimize.graph import pad_input_channels
 from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
+from edgematrix.tasks.base import imagenet_preprocess
+from edgematrix.tasks.multitask import MultiTaskTask
 
 
 def main(argv: list[str] | None = None) -> int:

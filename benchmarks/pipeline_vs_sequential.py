@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from edgematrix.backends.base import create_runner, usable_physical_cores
+from edgematrix.backends.base import create_runner
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.export.split import split_model
+from edgematrix.measure.environment import usable_physical_cores
 from edgematrix.measure.pipeline import PipelineReport, measure_pipeline
 from edgematrix.optimize.subgraph import deploy_split
 

@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from edgematrix.backends.base import create_runner
+from edgematrix.backends.meter import LocalMeter
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.measure.harness import LatencyConfig, measure_interleaved
-from edgematrix.measure.meter import LocalMeter
 from edgematrix.models.ufld import OUTPUT_NAMES, UFLDv2
 from edgematrix.optimize.graph import pad_input_channels
 from edgematrix.optimize.prune import (

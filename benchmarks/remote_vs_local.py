@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgematrix.backends.meter import LocalMeter
 from edgematrix.measure.harness import LatencyConfig
-from edgematrix.measure.meter import LatencyMeter, LocalMeter
+from edgematrix.measure.meter import LatencyMeter
 from edgematrix.server.app import ServerConfig, serve_in_thread
 from edgematrix.server.client import RemoteMeter
 

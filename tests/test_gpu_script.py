@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgematrix.bench.artifacts import read_benchmark_json
+from edgematrix.core.results import read_benchmark_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_cells.py"

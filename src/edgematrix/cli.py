@@ -46,14 +46,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cell = m.cell(args.cell)
     batches: list[int] = []
     if args.batch_sweep:
-        from edgematrix.bench.sweep import parse_batches
+        from edgematrix.pipeline.sweep import parse_batches
 
         batches = parse_batches(args.batch_sweep)  # bad input fails before hours of work
     if args.runner == "auto" and args.remote:
         args.runner = "remote"  # a device URL given: measure there
     if args.runner == "docker":
         return _run_in_docker(args, cell)
-    from edgematrix.bench.cell import CellOptions, run_cell
+    from edgematrix.pipeline.cell import CellOptions, run_cell
 
     opts = CellOptions(
         runner=args.runner,
@@ -78,7 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _batch_sweep(results: Path, cell: str, batches: list[int], cache: Path) -> None:
     if not batches:
         return
-    from edgematrix.bench.sweep import run_sweep
+    from edgematrix.pipeline.sweep import run_sweep
 
     res = run_sweep(results, cell, batches, cache_dir=cache)
     print(f"batch sweep: {res.png_path}, {res.json_path} (section in {res.report_path})", file=sys.stderr)
@@ -111,8 +111,8 @@ def _run_in_docker(args: argparse.Namespace, cell: Cell) -> int:
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
-    from edgematrix.matrix.loader import load_matrix
     from edgematrix.executors.images import build_images
+    from edgematrix.matrix.loader import load_matrix
 
     m = load_matrix(args.matrix)
     targets = {name: t.model_dump() for name, t in m.targets.items()}
@@ -257,8 +257,9 @@ def _option_value(text: str) -> tuple[str, object]:
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
+    from edgematrix.backends.meter import LocalMeter
     from edgematrix.measure.harness import LatencyConfig
-    from edgematrix.measure.meter import LatencyMeter, LocalMeter
+    from edgematrix.measure.meter import LatencyMeter
 
     config = LatencyConfig(
         warmup=args.warmup,
@@ -306,8 +307,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from edgematrix.bench.strategies import cell_name, run_strategies
     from edgematrix.matrix.loader import load_matrix
+    from edgematrix.pipeline.strategies import cell_name, run_strategies
 
     m = load_matrix(args.matrix)
     if args.model not in m.models:
@@ -331,7 +332,7 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from edgematrix.bench.sweep import latency_from_config, load_cell_results, parse_batches, run_sweep
+    from edgematrix.pipeline.sweep import latency_from_config, load_cell_results, parse_batches, run_sweep
 
     batches = parse_batches(args.batches)
     latency = None
@@ -363,7 +364,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edgematrix.report.demo import run_demo
+    from edgematrix.pipeline.demo import run_demo
 
     result = run_demo(
         Path(args.results),

@@ -1,21 +1,69 @@
-"""One registry type for every extension axis (model family, backend, recipe step, metric, runner)."""
+"""One registry type for every extension axis: model family, task, backend, recipe step.
+
+A registry maps names to objects. Names come from three places, looked up in this order:
+
+1. **built-ins**, declared as ``"module:attribute"`` strings (:data:`edgematrix.core.registries`),
+   so the names are known (the matrix validates against them) without importing anything heavy;
+2. objects **registered** in code with the :meth:`Registry.register` decorator;
+3. **plugins**: the entry points of the registry's group (``edgematrix.tasks``,
+   ``edgematrix.families``, ``edgematrix.backends``, ``edgematrix.recipe_steps``) of any installed
+   distribution, discovered when a name is not built in.
+
+An unknown name raises :class:`~edgematrix.errors.UnknownNameError` listing the known names and the
+entry-point group that was searched. Stdlib only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Generic, TypeVar
 
-from edgematrix.errors import UnknownNameError
+from edgematrix.errors import EdgeMatrixError, UnknownNameError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where a registered name comes from."""
+
+    name: str
+    source: str  # "built-in", "registered", or "plugin"
+    target: str  # "module:attribute" (built-ins and plugins), or the object's qualified name
+    distribution: str = ""  # the installed distribution of a plugin
+
+
+def load_object(spec: str, what: str) -> Any:
+    """Import ``"package.module:attribute"`` (attribute may be dotted); errors name ``what`` and the spec."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise EdgeMatrixError(f"{what}: {spec!r} is not 'package.module:attribute'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise EdgeMatrixError(f"{what}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise EdgeMatrixError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
 
 
 class Registry(Generic[T]):
     """Maps names to objects; an unknown name raises an error listing the known ones."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, builtin: Mapping[str, str] | None = None, group: str | None = None) -> None:
         self.kind = kind
+        self.group = group
+        self._builtin = dict(builtin or {})
         self._items: dict[str, T] = {}
+        self._plugins: dict[str, metadata.EntryPoint] | None = None
+
+    # -- registration -----------------------------------------------------------------------
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -26,18 +74,72 @@ class Registry(Generic[T]):
 
         return decorator
 
+    # -- lookup -------------------------------------------------------------------------------
+
+    def _entry_points(self) -> dict[str, metadata.EntryPoint]:
+        if self._plugins is None:
+            found = metadata.entry_points(group=self.group) if self.group else ()
+            self._plugins = {ep.name: ep for ep in found}
+        return self._plugins
+
+    def refresh(self) -> None:
+        """Forget the discovered plugins (after installing a distribution in this process)."""
+        self._plugins = None
+
     def get(self, name: str) -> T:
-        try:
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            known = ", ".join(sorted(self._items)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
+        if name in self._builtin:
+            spec = self._builtin[name]
+            module = spec.partition(":")[0]
+            importlib.import_module(module)  # a module may register the name itself on import
+            if name not in self._items:
+                self._items[name] = load_object(spec, f"built-in {self.kind} {name!r}")
+            return self._items[name]
+        ep = self._entry_points().get(name)
+        if ep is not None:
+            dist = ep.dist.name if ep.dist is not None else "?"
+            try:
+                obj = ep.load()
+            except Exception as e:  # a broken plugin: name it and its distribution
+                raise EdgeMatrixError(
+                    f"{self.kind} {name!r} from plugin distribution {dist!r} ({ep.value}) failed to load: "
+                    f"{type(e).__name__}: {e}"
+                ) from None
+            self._items.setdefault(name, obj)
+            return self._items[name]
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}{self._where()}"
+        )
+
+    def _where(self) -> str:
+        return f" (plugins are looked for in entry-point group {self.group!r})" if self.group else ""
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        """Every known name (built-in, registered, plugin) without importing anything."""
+        return sorted({*self._builtin, *self._items, *self._entry_points()})
+
+    def providers(self) -> list[Provider]:
+        """Where each name comes from (``edgematrix list --plugins``)."""
+        out = []
+        for name in self.names():
+            if name in self._builtin:
+                out.append(Provider(name, "built-in", self._builtin[name]))
+            elif name in self._entry_points() and name not in self._items:
+                ep = self._entry_points()[name]
+                out.append(Provider(name, "plugin", ep.value, ep.dist.name if ep.dist is not None else "?"))
+            else:
+                obj = self._items[name]
+                ep = self._entry_points().get(name)
+                if ep is not None:
+                    out.append(Provider(name, "plugin", ep.value, ep.dist.name if ep.dist is not None else "?"))
+                else:
+                    qual = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
+                    out.append(Provider(name, "registered", qual))
+        return out
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and (name in self._items or name in self._builtin or name in self._entry_points())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

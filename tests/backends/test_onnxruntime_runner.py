@@ -14,16 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tiny_models import CONV_B, CONV_W, MATMUL_W, RNG, save_model  # shared tiny models: tests/backends/tiny_models.py
 
-from edgematrix.backends.base import (
-    Runner,
-    backends,
-    create_runner,
-    load_builtin_backends,
-    usable_physical_cores,
-)
+from edgematrix.backends.base import Runner, backends, create_runner, load_builtin_backends
 from edgematrix.backends.onnxruntime.loader import SessionFromOnnx
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner, graph_precision
 from edgematrix.errors import BackendError, ModelError, UnknownNameError
+from edgematrix.measure.environment import usable_physical_cores
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,11 @@ import openvino as ov
 import pytest
 from tiny_models import MATMUL_W, RNG  # shared tiny models: tests/backends/tiny_models.py
 
-from edgematrix.backends.base import backends, create_runner, usable_physical_cores
+from edgematrix.backends.base import backends, create_runner
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
 from edgematrix.backends.openvino.runner import CompiledModelFromOnnx, OpenvinoRunner
 from edgematrix.errors import BackendError, ModelError
+from edgematrix.measure.environment import usable_physical_cores
 
 UFLD_SHAPE = (1, 3, 64, 160)
 FLOAT_PRECISIONS = {"f32", "bf16", "f16"}

@@ -1,6 +1,6 @@
 """``Runner.options_for``: each backend derives its runner's keyword arguments from (target, role, precision).
 
-The onnxruntime / openvino / torch values are those ``bench/cell.py::_runner_kwargs`` produced
+The onnxruntime / openvino / torch values are those ``pipeline/cell.py::_runner_kwargs`` produced
 before the backends owned them (checked equal for all 19 cells of matrix/ x 3 roles when this test
 was written); they are written out here so the test does not depend on that function.
 """

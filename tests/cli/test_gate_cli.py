@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
 from edgematrix.cli import main
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 
 REF, CAND = "x86_cpu_int8[reference]", "x86_cpu_int8[candidate]"
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytest_benchmark
 
-from edgematrix.bench.artifacts import BenchmarkEntry, read_benchmark_json, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, read_benchmark_json, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure.environment import capture_environment
 from edgematrix.measure.harness import LatencyConfig

@@ -20,9 +20,9 @@ from xml.etree import ElementTree
 
 import pytest
 
-from edgematrix.matrix.loader import load_matrix
 from edgematrix.executors.docker import DockerRunOptions, run_cell_in_container, run_command
 from edgematrix.executors.images import ensure_image, ensure_offline_base, image_spec
+from edgematrix.matrix.loader import load_matrix
 from tiny_cells import TINY, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]

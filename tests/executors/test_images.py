@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.matrix.loader import load_matrix
 from edgematrix.executors.images import (
     DockerUnavailableError,
     ImageError,
@@ -19,6 +18,7 @@ from edgematrix.executors.images import (
     offline_base_tag,
     requirements_for,
 )
+from edgematrix.matrix.loader import load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgematrix.bench.cell import pick_runner
 from edgematrix.errors import RunnerUnavailableError
-from edgematrix.matrix.loader import load_matrix
 from edgematrix.executors.select import RunnerChoiceError, choose_runner, host_arch, missing_requirements
+from edgematrix.matrix.loader import load_matrix
+from edgematrix.pipeline.cell import pick_runner
 
 HERE = host_arch()
 OTHER = "aarch64" if HERE == "x86_64" else "x86_64"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.compare import CONTENTION_KEY, compare_benchmark_files
 from edgematrix.gates.latency import BUSY_PREFIX

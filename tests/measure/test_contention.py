@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgematrix.bench.artifacts import check_extra_info
+from edgematrix.core.results import check_extra_info
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure import contention
 from edgematrix.measure.contention import THRESHOLDS, Contention, ContentionProbe

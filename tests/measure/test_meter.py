@@ -9,9 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgematrix.backends.meter import LocalMeter, random_feed
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure.harness import LatencyConfig
-from edgematrix.measure.meter import LatencyMeter, LocalMeter, random_feed
+from edgematrix.measure.meter import LatencyMeter
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgematrix.bench import task_multitask
 from edgematrix.errors import ModelError
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.models import create_model, families
 from edgematrix.models.multitask import MultiTaskNet
+from edgematrix.tasks import multitask as task_multitask
 
 TINY = {"width": 0.25, "features": 8, "head_channels": 8, "num_classes": 5, "max_depth": 50.0}
 SHAPE = [1, 3, 32, 64]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edgematrix.bench.tasks import TaskAdapter
 from edgematrix.core.cache import reuse
 from edgematrix.metrics.tusimple import score
+from edgematrix.tasks.base import TaskAdapter
 from tiny_cells import TINY, make_workspace, run_cell
 
 CELL = "x86_cpu_int8q"
@@ -134,7 +134,7 @@ def test_bad_input_and_interrupts_leave_the_previous_results(
     assert "--ab-base: model" in capsys.readouterr().err
     assert _snapshot(results / CELL) == before
 
-    import edgematrix.bench.cell as cellmod
+    import edgematrix.pipeline.cell as cellmod
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt

@@ -13,7 +13,7 @@ from PIL import Image
 
 from edgematrix.cli import main
 from edgematrix.errors import EdgeMatrixError
-from edgematrix.report.demo import MARGIN, MIN_PANEL_WIDTH, run_demo, upscale
+from edgematrix.pipeline.demo import MARGIN, MIN_PANEL_WIDTH, run_demo, upscale
 
 INPUT_SHAPE = [1, 3, 64, 160]
 MODEL = {
@@ -76,8 +76,8 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 
 def test_gif_has_the_frames_size_and_overlays(results: Path) -> None:
-    from edgematrix.bench.tasks import get_task
     from edgematrix.matrix.schema import Model
+    from edgematrix.tasks.base import get_task
 
     result = run_demo(results, "tiny_int8", frames=6, fps=10, seed=2)
     assert result.path == results / "tiny_int8" / "demo.gif"

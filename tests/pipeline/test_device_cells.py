@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from edgematrix.bench.device import EMULATED_FLOAT_IMAGES
 from edgematrix.optimize.fx8 import verify_power_of_two
+from edgematrix.pipeline.device import EMULATED_FLOAT_IMAGES
 from tiny_cells import TINY_MODELS_AND_RECIPES, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]

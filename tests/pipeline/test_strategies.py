@@ -11,8 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgematrix.bench.artifacts import read_benchmark_json
-from edgematrix.bench.strategies import (
+from edgematrix.core.results import read_benchmark_json
+from edgematrix.errors import EdgeMatrixError
+from edgematrix.matrix.loader import load_matrix
+from edgematrix.pipeline.strategies import (
     INT8_SIZE_LIMIT,
     ORDER,
     StrategiesResult,
@@ -21,8 +23,6 @@ from edgematrix.bench.strategies import (
     quick_settings,
     run_strategies,
 )
-from edgematrix.errors import EdgeMatrixError
-from edgematrix.matrix.loader import load_matrix
 
 MATRIX = Path(__file__).resolve().parents[2] / "matrix"
 

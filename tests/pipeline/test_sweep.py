@@ -13,11 +13,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from edgematrix.bench.sweep import REPORT_HEADING, SweepPoint, parse_batches, replace_section, run_sweep
 from edgematrix.cli import main
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.export.rebatch import RebatchError, rebatch_model, rebatch_onnx
 from edgematrix.measure.harness import LatencyConfig
+from edgematrix.pipeline.sweep import REPORT_HEADING, SweepPoint, parse_batches, replace_section, run_sweep
 
 OPSET = 17
 RNG = np.random.default_rng(0)
@@ -292,8 +292,8 @@ def test_reference_only(models: dict[str, Path], tmp_path: Path) -> None:
 def test_a_split_candidate_is_swept_subgraph_by_subgraph(tmp_path: Path) -> None:
     from edgematrix.backends.base import create_runner
     from edgematrix.backends.split.manifest import load_manifest
-    from edgematrix.bench.sweep import rebatch_split
     from edgematrix.export.split import split_model
+    from edgematrix.pipeline.sweep import rebatch_split
     from split_models import exported, whole_outputs
 
     whole = exported("two_features").path
@@ -411,8 +411,8 @@ def test_every_model_family_rebatches(family: str, tmp_path: Path) -> None:
 
 
 def test_paths_of_a_docker_run_map_to_the_host_cache(models: dict[str, Path], tmp_path: Path) -> None:
-    from edgematrix.bench.sweep import CONTAINER_CACHE, resolve_model_path
     from edgematrix.executors.docker import CACHE
+    from edgematrix.pipeline.sweep import CONTAINER_CACHE, resolve_model_path
 
     assert CONTAINER_CACHE == CACHE  # where the docker runner mounts the cache
     cache = tmp_path / "cache"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.report.history import TruncatedHistoryWarning, append_run, read_history
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.verdicts import Verdict
 from edgematrix.report.cli_report import run_report

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from markdown_it import MarkdownIt
 
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.verdicts import Verdict
 from edgematrix.report.cli_report import run_report

@@ -32,7 +32,7 @@ ENOT_SERVER = textwrap.dedent(
     from enot_latency_server import LatencyServer
 
     from edgematrix.measure.harness import LatencyConfig
-    from edgematrix.measure.meter import LocalMeter
+    from edgematrix.backends.meter import LocalMeter
 
 
     class OrtLatencyServer(LatencyServer):

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from edgematrix.backends.base import create_runner
-from edgematrix.bench.tasks import get_task
 from edgematrix.errors import DataError
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.matrix.schema import Model
 from edgematrix.metrics.coco import score_files
 from edgematrix.models import create_model
 from edgematrix.models.detection_task import encode_boxes
+from edgematrix.tasks.base import get_task
 
 
 def _cfg(**params) -> Model:

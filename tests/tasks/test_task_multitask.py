@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
-from edgematrix.bench.task_multitask import MultiTaskTask, draw_overlay, score_multitask_outputs
-from edgematrix.bench.tasks import get_task, imagenet_preprocess
 from edgematrix.data import synthetic_scenes as syn
 from edgematrix.data.scenes import ClassInfo, ScenesSplit
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.export.onnx_export import export_onnx
 from edgematrix.metrics.segmentation import confusion_matrix, depth_scores, segmentation_scores
 from edgematrix.models import create_model
+from edgematrix.tasks.base import get_task, imagenet_preprocess
+from edgematrix.tasks.multitask import MultiTaskTask, draw_overlay, score_multitask_outputs
 
 H, W = 32, 64
 CLASSES = ClassInfo(("a", "b", "c"), ((255, 0, 0), (0, 255, 0), (0, 0, 255)))

@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgematrix.bench.tasks import get_task, imagenet_preprocess, stack_outputs, tasks
 from edgematrix.errors import UnknownNameError
 from edgematrix.matrix.loader import load_matrix
 from edgematrix.models import create_model
 from edgematrix.models.ufld import LaneGeometry
+from edgematrix.tasks.base import get_task, imagenet_preprocess, stack_outputs, tasks
 
 
 def test_registry_names_every_cell_task_and_rejects_others() -> None:
-    assert {"lane", "detection", "multitask"} <= set(tasks.names())
+    assert {"lane", "detection", "multitask", "steering"} <= set(tasks.names())
     assert get_task("lane") is get_task("lane")  # one instance per task
     lane = get_task("lane")
     assert lane.output_names == ("loc_row", "loc_col", "exist_row", "exist_col")
     assert lane.agreement_output in lane.output_names
-    with pytest.raises(UnknownNameError, match=r"steering.*detection.*lane.*multitask"):
-        get_task("steering")
+    with pytest.raises(UnknownNameError, match=r"unknown task 'steer'; known: detection, lane, multitask, steering"):
+        get_task("steer")
 
 
 def test_preprocess_normalises_with_imagenet_statistics() -> None:

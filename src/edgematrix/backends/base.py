@@ -13,9 +13,7 @@ Heavy runtimes are imported inside the backend's functions, never at module leve
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,9 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgematrix.core.registries import backends
 from edgematrix.errors import BackendError
 from edgematrix.extras import require_runtime
-from edgematrix.registry import Registry
 
 Fact = str | int | float
 Dim = int | str | None  # a fixed size, or a symbolic / unknown (dynamic) size
@@ -205,24 +203,10 @@ class Runner(ABC):
         return f"<{type(self).__name__} {self.name!r} ({state})>"
 
 
-backends: Registry[type[Runner]] = Registry("backend")
-
-# Built-in backends, imported on first lookup so that registering them costs no runtime import.
-_BUILTIN_BACKEND_MODULES = (
-    "edgematrix.backends.onnxruntime.runner",
-    "edgematrix.backends.openvino.runner",
-    "edgematrix.backends.torch.runner",
-    "edgematrix.backends.tensorrt.runner",
-    "edgematrix.backends.tidl.runner",
-    "edgematrix.backends.trt_cpp.runner",
-    "edgematrix.backends.split.runner",
-)
-
-
 def load_builtin_backends() -> None:
-    """Import the built-in backend modules so they are in :data:`backends` (cheap: no runtime import)."""
-    for module in _BUILTIN_BACKEND_MODULES:
-        importlib.import_module(module)
+    """Import the built-in backend modules (cheap: no runtime import), e.g. to list their options."""
+    for name in ("onnxruntime", "openvino", "torch", "tensorrt", "tidl", "trt_cpp", "split"):
+        backends.get(name)
 
 
 def create_runner(name: str, /, **kwargs: Any) -> Runner:
@@ -231,25 +215,5 @@ def create_runner(name: str, /, **kwargs: Any) -> Runner:
     ``name`` (positional) is the backend; keyword arguments go to the runner class, so the
     runner's own ``name=`` can be passed too.
     """
-    load_builtin_backends()
-    return backends.get(name)(**kwargs)
-
-
-def usable_physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (hyper-thread siblings counted once).
-
-    Falls back to the number of affinity-allowed logical CPUs when the topology is not readable.
-    """
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores: set[tuple[str, str]] = set()
-    for cpu in allowed:
-        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-        try:
-            with open(f"{topo}/physical_package_id") as pkg, open(f"{topo}/core_id") as core:
-                cores.add((pkg.read().strip(), core.read().strip()))
-        except OSError:
-            return len(allowed) or 1
-    return len(cores) or len(allowed) or 1
+    cls: type[Runner] = backends.get(name)
+    return cls(**kwargs)

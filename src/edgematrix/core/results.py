@@ -15,11 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.fileio import atomic_write_text
-from edgematrix.measure.harness import LatencyConfig
+
+
+class LatencyOptions(Protocol):
+    """The settings of a latency measurement that go into each benchmark's ``options``
+    (:class:`edgematrix.measure.harness.LatencyConfig` is one)."""
+
+    disable_gc: bool
+    min_rounds: int
+    max_time_s: float
+    min_time_s: float
+    warmup: int
+
 
 ExtraValue = float | int | str
 
@@ -49,7 +60,7 @@ def check_extra_info(extra_info: dict[str, Any], where: str = "extra_info") -> N
             raise ValueError(f"{where}[{key!r}] is {value}; JSON has no NaN/inf, leave the key out instead")
 
 
-def _options(config: LatencyConfig) -> dict[str, Any]:
+def _options(config: LatencyOptions) -> dict[str, Any]:
     # The keys of pytest-benchmark's own "options" (fixture._make_stats), values from our config.
     return {
         "disable_gc": config.disable_gc,
@@ -63,7 +74,7 @@ def _options(config: LatencyConfig) -> dict[str, Any]:
     }
 
 
-def _benchmark_dict(entry: BenchmarkEntry, config: LatencyConfig) -> dict[str, Any]:
+def _benchmark_dict(entry: BenchmarkEntry, config: LatencyOptions | None) -> dict[str, Any]:
     from pytest_benchmark.stats import Stats
 
     where = f"benchmark {entry.name!r}"
@@ -87,7 +98,7 @@ def _benchmark_dict(entry: BenchmarkEntry, config: LatencyConfig) -> dict[str, A
         "params": entry.params,
         "param": param,
         "extra_info": dict(entry.extra_info),
-        "options": _options(config),
+        "options": _options(config) if config is not None else {},
         "stats": stats_dict,
     }
 
@@ -105,7 +116,7 @@ def write_benchmark_json(
     entries: Sequence[BenchmarkEntry],
     *,
     machine_extra: dict[str, Any] | None = None,
-    latency_config: LatencyConfig | None = None,
+    latency_config: LatencyOptions | None = None,
 ) -> dict[str, Any]:
     """Write ``entries`` as pytest-benchmark JSON to ``path`` (atomically) and return the document.
 
@@ -115,7 +126,7 @@ def write_benchmark_json(
     from pytest_benchmark import __version__ as pytest_benchmark_version
     from pytest_benchmark.utils import get_commit_info
 
-    config = latency_config or LatencyConfig()
+    config = latency_config
     names = [e.name for e in entries]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgematrix.data import roots
 from edgematrix.data.synthetic_lanes import SyntheticConfig, generate
 from edgematrix.data.tusimple import LaneSample, TuSimpleDataset
 from edgematrix.errors import DataError
@@ -41,21 +41,13 @@ class LaneSplit:
 
 
 def resolve_data_root(configured: str, synthetic: SyntheticConfig, cache_dir: Path) -> tuple[Path, bool]:
-    """The dataset folder to use and whether it is synthetic (generated into the cache when needed).
-
-    Precedence: ``EDGEMATRIX_DATA_ROOT`` environment variable, then the model's ``data_root``; empty
-    means synthetic.
-    """
-    root = os.environ.get("EDGEMATRIX_DATA_ROOT") or configured
-    if root:
-        path = Path(root).expanduser()
-        if not path.is_dir():
-            raise DataError(
-                f"data_root {path} does not exist; point it at a TuSimple folder (clips/, label_data_*.json, "
-                "test_label.json) or leave data_root empty to use the synthetic dataset"
-            )
-        return path, False
-    return generate(cache_dir / "data" / f"synthetic-tusimple-{synthetic.key()}", synthetic), True
+    """The TuSimple folder (``EDGEMATRIX_DATA_ROOT``, then ``data_root``), or the synthetic one in the cache."""
+    return roots.resolve_data_root(
+        configured,
+        layout="TuSimple folder (clips/, label_data_*.json, test_label.json)",
+        synthetic="synthetic dataset",
+        generate=lambda: generate(cache_dir / "data" / f"synthetic-tusimple-{synthetic.key()}", synthetic),
+    )
 
 
 def load_split(root: Path, split: str, size: tuple[int, int], limit: int = 0) -> LaneSplit:

@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from edgematrix.errors import DataError
-
-if TYPE_CHECKING:  # synthetic_scenes imports this module
-    from edgematrix.data.synthetic_scenes import ScenesConfig
 
 IGNORE_INDEX = 255
 DEPTH_SCALE = 256.0  # KITTI: uint16 value = metres × 256
@@ -280,24 +275,6 @@ def fingerprint(root: Path) -> str:
                 for p in sorted(d.iterdir()):
                     h.update(f"{split}/{sub}/{p.name}:{p.stat().st_size}".encode())
     return h.hexdigest()[:16]
-
-
-def resolve_data_root(configured: str, synthetic: ScenesConfig, cache_dir: Path) -> tuple[Path, bool]:
-    """The dataset folder and whether it is synthetic: ``EDGEMATRIX_DATA_ROOT``, then ``configured``;
-    empty = the synthetic scenes of ``synthetic`` (a :class:`~edgematrix.data.synthetic_scenes.ScenesConfig`)
-    generated into ``cache_dir / "data"``."""
-    from edgematrix.data.synthetic_scenes import generate
-
-    root = os.environ.get("EDGEMATRIX_DATA_ROOT") or configured
-    if root:
-        path = Path(root).expanduser()
-        if not path.is_dir():
-            raise DataError(
-                f"data_root {path} does not exist; point it at a scenes folder ({LAYOUT}) or leave data_root "
-                "empty to use the synthetic scenes"
-            )
-        return path, False
-    return generate(cache_dir / "data" / f"synthetic-scenes-{synthetic.key()}", synthetic), True
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:

@@ -22,11 +22,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from edgematrix.core.cache import reuse_generated, seal_generated
+from edgematrix.data import roots
 from edgematrix.data.coco import CocoAnnotation, CocoCategory, CocoImage, CocoInstances, write_instances
 
 GENERATOR_VERSION = 1
@@ -359,3 +361,16 @@ def generate(
             )
     seal_generated(root, {"key": config.key(), **asdict(config), "version": GENERATOR_VERSION})
     return root
+
+
+def resolve_data_root(configured: str, synthetic: Any, cache_dir: Path) -> tuple[Path, bool]:
+    """The COCO-format folder (``EDGEMATRIX_DATA_ROOT``, then ``data_root``), or synthetic road scenes in
+    the cache (``synthetic``: the model's train / test / seed)."""
+    cfg = SyntheticDetectionConfig(train=synthetic.train, test=synthetic.test, seed=synthetic.seed)
+    return roots.resolve_data_root(
+        configured,
+        layout="COCO-format folder (annotations/instances_train.json, annotations/instances_val.json, train/, val/; "
+        "COCO's *2017 names work too)",
+        synthetic="synthetic road scenes",
+        generate=lambda: generate(cache_dir / "data" / f"synthetic-coco-{cfg.key()}", cfg),
+    )

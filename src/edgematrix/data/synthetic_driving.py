@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from edgematrix.core.cache import reuse_generated, seal_generated
+from edgematrix.data import roots
 from edgematrix.errors import DataError
 
 GENERATOR_VERSION = 1
@@ -364,13 +365,10 @@ def load_split(
 
 
 def resolve_data_root(configured: str | None, config: DrivingSynthConfig, cache_dir: Path) -> tuple[Path, bool]:
-    """The dataset folder and whether it is synthetic (generated into ``cache_dir`` when ``configured`` is empty)."""
-    if configured:
-        path = Path(configured).expanduser()
-        if not path.is_dir():
-            raise DataError(
-                f"data root {path} does not exist; point it at a folder with {LOG_NAME} + IMG/ (Udacity simulator "
-                "layout) or leave it empty for synthetic frames"
-            )
-        return path, False
-    return generate(cache_dir / "data" / f"synthetic-driving-{config.key()}", config), True
+    """The driving log folder (``EDGEMATRIX_DATA_ROOT``, then ``configured``), or synthetic frames in the cache."""
+    return roots.resolve_data_root(
+        configured,
+        layout=f"folder with {LOG_NAME} + IMG/ (Udacity simulator layout)",
+        synthetic="synthetic frames",
+        generate=lambda: generate(cache_dir / "data" / f"synthetic-driving-{config.key()}", config),
+    )

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from edgematrix.core.cache import reuse_generated, seal_generated
-from edgematrix.data.scenes import ClassInfo, write_classes, write_sample
+from edgematrix.data import roots
+from edgematrix.data.scenes import LAYOUT, ClassInfo, write_classes, write_sample
 
 GENERATOR_VERSION = 2  # 2: 1-6 poles per scene (1: 0-4; too rare to learn)
 WIDTH, HEIGHT = 768, 384
@@ -327,3 +328,13 @@ def generate(root: str | os.PathLike, config: ScenesConfig = ScenesConfig(), wor
             list(pool.map(_write_one, [root] * count, [seed] * count, [split] * count, range(count), chunksize=8))
     seal_generated(root, {"key": config.key(), **asdict(config), "version": GENERATOR_VERSION})
     return root
+
+
+def resolve_data_root(configured: str, synthetic: ScenesConfig, cache_dir: Path) -> tuple[Path, bool]:
+    """The scenes folder (``EDGEMATRIX_DATA_ROOT``, then ``data_root``), or the synthetic scenes in the cache."""
+    return roots.resolve_data_root(
+        configured,
+        layout=f"scenes folder ({LAYOUT})",
+        synthetic="synthetic scenes",
+        generate=lambda: generate(cache_dir / "data" / f"synthetic-scenes-{synthetic.key()}", synthetic),
+    )

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgematrix.backends.meter import LocalMeter
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure.harness import LatencyConfig
-from edgematrix.measure.meter import LocalMeter
 
 
 def _parse_model(arg: str) -> tuple[Path, int | None]:

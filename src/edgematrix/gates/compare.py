@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgematrix.bench.artifacts import read_benchmark_json
+from edgematrix.core.results import read_benchmark_json
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.gates.latency import LatencyVerdict, _check_params, compare_latency
 from edgematrix.measure.contention import Contention

@@ -129,9 +129,6 @@ def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], origin: dict[st
         origin[name] = path
 
 
-_CELL_TASKS = ("lane", "detection", "multitask")  # tasks with an adapter in edgematrix.bench.tasks
-
-
 def _unknown(path: Path, where: str, kind: str, name: str, known: dict[str, Any]) -> MatrixError:
     return MatrixError(
         f"{path}: {where}: unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known)) or '(none)'}"
@@ -164,14 +161,23 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                 raise MatrixError(f"{path}: [defaults] is already set in {defaults_from}")
             defaults, defaults_from = mf.defaults.gates, path
 
-    from edgematrix.models import families  # light: the registry imports no torch
+    from edgematrix.core.registries import backends, families, tasks  # names only: nothing is imported
 
     for name, model in models.items():
-        if model.family not in families:
-            path = origins["models"][name]
-            raise MatrixError(
-                f"{path}: models.{name}.family: unknown model family {model.family!r}; known: {', '.join(families.names())}"
-            )
+        path = origins["models"][name]
+        for key, value, registry in (("family", model.family, families), ("task", model.task, tasks)):
+            if value not in registry:
+                raise MatrixError(
+                    f"{path}: models.{name}.{key}: unknown {registry.kind} {value!r}; known: {', '.join(registry.names())}"
+                    + (f" (plugins: entry-point group {registry.group!r})" if registry.group else "")
+                )
+    for name, target in targets.items():
+        for backend in target.all_backends:
+            if backend not in backends:
+                raise MatrixError(
+                    f"{origins['targets'][name]}: targets.{name}: unknown backend {backend!r}; known: "
+                    f"{', '.join(backends.names())} (plugins: entry-point group {backends.group!r})"
+                )
 
     cells: dict[str, Cell] = {}
     for path, i, spec in specs:
@@ -195,11 +201,6 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                 raise MatrixError(
                     f"{path}: {where}: cell {name!r} is declared twice (session names are {spec.name}); give the "
                     'cells of a second model on this target name = "{target}_{model}_{recipe}"'
-                )
-            if models[spec.model].task not in _CELL_TASKS:
-                raise MatrixError(
-                    f"{path}: {where}: model {spec.model!r} has task {models[spec.model].task!r}, which has no cell "
-                    f"pipeline; cells run tasks {', '.join(_CELL_TASKS)}"
                 )
             if (
                 recipe.quantize is not None

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 Arch = Literal["x86_64", "aarch64"]
 Precision = Literal["fp32", "fp16", "int8", "fx8"]
-BackendName = Literal["onnxruntime", "openvino", "tensorrt", "tidl", "torch"]
+# backend and task names are checked against their registries (edgematrix.core.registries) by the loader:
+# the registries are the single source of names, plugins included
+BackendName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 RunnerName = Literal["local", "docker", "remote", "emulated"]
 
 
@@ -100,7 +102,7 @@ class TrainConfig(_Strict):
 class Model(_Strict):
     description: str
     family: str
-    task: Literal["lane", "steering", "detection", "multitask"]
+    task: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
     dataset: Literal["tusimple", "driving_log", "coco", "scenes"]
     input_shape: Annotated[list[int], Field(min_length=4, max_length=4)]
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)

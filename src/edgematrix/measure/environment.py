@@ -12,8 +12,6 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from edgematrix.backends.base import usable_physical_cores
-
 #: CPU flags that decide which kernels a runtime can use (x86: AVX2/AVX-512/VNNI/AMX; Arm: NEON)
 RELEVANT_CPU_FLAGS = (
     "sse4_2",
@@ -186,3 +184,23 @@ def capture_environment(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             raise TypeError(f"capture_environment(extra=...) must hold plain JSON values: {exc}") from None
         env.update(extra)
     return env
+
+
+def usable_physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-thread siblings counted once).
+
+    Falls back to the number of affinity-allowed logical CPUs when the topology is not readable.
+    """
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    for cpu in allowed:
+        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topo}/physical_package_id") as pkg, open(f"{topo}/core_id") as core:
+                cores.add((pkg.read().strip(), core.read().strip()))
+        except OSError:
+            return len(allowed) or 1
+    return len(cores) or len(allowed) or 1

@@ -20,17 +20,30 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from edgematrix.backends.base import Runner
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure.contention import Contention, ContentionProbe
 
 Feed = dict[str, np.ndarray]
 #: called after every timed round with (rounds done, seconds since the timed rounds started)
 Progress = Callable[[int, float], None]
+
+
+class Runner(Protocol):
+    """What the harness times: a context manager with ``infer`` (every backend's
+    :class:`edgematrix.backends.base.Runner` is one). The harness enters it when it is not active."""
+
+    name: str
+    is_active: bool
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> Any: ...
 
 
 @dataclass(frozen=True)

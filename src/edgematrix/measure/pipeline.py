@@ -37,8 +37,8 @@ from typing import Protocol, cast
 
 import numpy as np
 
-from edgematrix.backends.base import Runner
 from edgematrix.errors import BackendError, EdgeMatrixError
+from edgematrix.measure.harness import Runner
 
 Feed = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]

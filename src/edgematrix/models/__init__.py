@@ -1,4 +1,6 @@
-"""Model families: a registry of factories, keyed by the ``family`` of a matrix model.
+"""Model families: factories keyed by the ``family`` of a matrix model (registry:
+:data:`edgematrix.core.registries.families`; plugins add families through the entry-point group
+``edgematrix.families``).
 
 Importing this package imports no torch; each factory imports its module when called.
 """
@@ -8,34 +10,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edgematrix.registry import Registry
-
-families: Registry[Callable[..., Any]] = Registry("model family")
+from edgematrix.core.registries import families
 
 
-@families.register("ufld_v2")
-def _ufld_v2(input_shape: list[int], **params: Any) -> Any:
+def build_ufld_v2(input_shape: list[int], **params: Any) -> Any:
     from edgematrix.models.ufld import UFLDv2
 
     return UFLDv2(input_size=(input_shape[2], input_shape[3]), **params)
 
 
-@families.register("pilotnet")
-def _pilotnet(input_shape: list[int], **params: Any) -> Any:
+def build_pilotnet(input_shape: list[int], **params: Any) -> Any:
     from edgematrix.models.pilotnet import PilotNet
 
     return PilotNet(input_size=(input_shape[2], input_shape[3]), **params)
 
 
-@families.register("multitask_seg_depth")
-def _multitask_seg_depth(input_shape: list[int], **params: Any) -> Any:
+def build_multitask_seg_depth(input_shape: list[int], **params: Any) -> Any:
     from edgematrix.models.multitask import MultiTaskNet
 
     return MultiTaskNet(input_size=(input_shape[2], input_shape[3]), **params)
 
 
-@families.register("ssdlite")
-def _ssdlite(input_shape: list[int], **params: Any) -> Any:
+def build_ssdlite(input_shape: list[int], **params: Any) -> Any:
     from edgematrix.models.detector import Detector
 
     return Detector(input_size=(input_shape[2], input_shape[3]), **params)
@@ -43,7 +39,7 @@ def _ssdlite(input_shape: list[int], **params: Any) -> Any:
 
 def create_model(family: str, input_shape: list[int], **params: Any) -> Any:
     """Build an untrained ``torch.nn.Module`` of ``family``; bad params name the family and the valid ones."""
-    factory = families.get(family)
+    factory: Callable[..., Any] = families.get(family)
     try:
         return factory(input_shape, **params)
     except TypeError as e:

@@ -13,7 +13,7 @@ bilinear Resize / Add / Sigmoid / Mul, all opset 17 and INT8-quantizable.
 - ``heads["depth"]``: 3×3 conv + 1×1 conv, bilinear ×4, ``max_depth · sigmoid`` → ``depth`` [N, 1, H, W]
   in metres, in (0, max_depth)
 
-The input is the ImageNet-normalised RGB image (:func:`edgematrix.bench.tasks.imagenet_preprocess`).
+The input is the ImageNet-normalised RGB image (:func:`edgematrix.tasks.base.imagenet_preprocess`).
 At 192×384 with the default widths: 295,512 parameters, 0.53 GMAC per frame (encoder 0.36, each head 0.09;
 counted with torch.utils.flop_counter).
 """

@@ -605,7 +605,7 @@ class SearchResult:
     @property
     def landed(self) -> bool:
         """The chosen probe's whole interval lies in the landing range (see ``PruneSettings.bound``),
-        measured mostly on a quiet machine."""
+        measured mostly on a quiet machine, in two sessions (see :attr:`Probe.lands`)."""
         return self.chosen is not None and self.chosen.lands
 
     @property

@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgematrix.errors import BackendError, EdgeMatrixError, GateFailure, RunnerUnavailableError
-from edgematrix.matrix.loader import Cell
 from edgematrix.executors.select import Choice, RunnerChoiceError, choose_runner
+from edgematrix.matrix.loader import Cell
 
 console = Console(stderr=True, highlight=False, width=shutil.get_terminal_size((130, 24)).columns)
 
@@ -95,7 +95,7 @@ def run_cell(cell: Cell, options: CellOptions) -> CellResult:
                 f"{cell.name}: the {choice.runner} runner ships lane models and the TuSimple test bundle; a "
                 f"{cell.model.task!r} cell runs with --runner local or docker"
             )
-        from edgematrix.bench.device import run_device_cell
+        from edgematrix.pipeline.device import run_device_cell
 
         return run_device_cell(cell, options, choice)
     return _run_lane_cell(cell, options, choice)
@@ -176,7 +176,6 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages, out: Pat
     """Steps 1-4: data, training, export, recipe; each cached by content hash."""
     import torch
 
-    from edgematrix.bench.tasks import get_task
     from edgematrix.core.cache import (
         code_hash,
         content_key,
@@ -188,6 +187,7 @@ def _build_artifacts(cell: Cell, options: CellOptions, stages: _Stages, out: Pat
     )
     from edgematrix.export.onnx_export import export_onnx
     from edgematrix.models import create_model
+    from edgematrix.tasks.base import get_task
 
     model_cfg, recipe, target = cell.model, cell.recipe, cell.target
     cache = options.cache_dir
@@ -307,10 +307,10 @@ def _ptq(
     ``probe``: a latency probe of the pruning search, calibrated on 2 images with minmax (the graph,
     hence the latency, does not depend on the calibration).
     """
-    from edgematrix.bench.tasks import get_task
     from edgematrix.core.cache import code_hash, content_key, file_sha256, reuse, seal
     from edgematrix.optimize.graph import pad_input_channels
     from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
+    from edgematrix.tasks.base import get_task
 
     q, backend, split = ctx.cell.recipe.quantize, ctx.cell.target.backend, ctx.art.train
     assert q is not None
@@ -358,8 +358,8 @@ def _search_meter(cell: Cell, options: CellOptions, section: Any) -> Any:
     """The LatencyMeter of the pruning search: the device's latency server when the cell runs with
     ``--runner remote`` (``options.remote``), else the cell's primary backend on this host, as the
     cell's own latency stage runs it."""
+    from edgematrix.backends.meter import LocalMeter
     from edgematrix.measure.harness import LatencyConfig
-    from edgematrix.measure.meter import LocalMeter
 
     config = LatencyConfig(
         warmup=5,
@@ -384,9 +384,8 @@ def _prune_stages(ctx: _RecipeContext) -> None:
 
     import torch
 
-    from edgematrix.bench.tasks import TrainOutcome, get_task
+    from edgematrix.backends.meter import LocalMeter
     from edgematrix.core.cache import code_hash, content_key, file_sha256
-    from edgematrix.measure.meter import LocalMeter
     from edgematrix.optimize.prune import (
         LatencyCache,
         PruneSettings,
@@ -397,6 +396,7 @@ def _prune_stages(ctx: _RecipeContext) -> None:
         save_search,
         search_pruning_ratio,
     )
+    from edgematrix.tasks.base import TrainOutcome, get_task
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     recipe, shape = cell.recipe, cell.model.input_shape
@@ -544,7 +544,6 @@ def _qat_stages(ctx: _RecipeContext) -> None:
     import numpy as np
     import torch
 
-    from edgematrix.bench.tasks import get_task
     from edgematrix.core.cache import (
         code_hash,
         content_key,
@@ -555,6 +554,7 @@ def _qat_stages(ctx: _RecipeContext) -> None:
         write_json_entry,
     )
     from edgematrix.optimize.qat import qat_model
+    from edgematrix.tasks.base import get_task
     from edgematrix.train.distill import DistillConfig
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
@@ -636,11 +636,11 @@ SPLIT_JOIN_ATOL = 1e-4  # encoder → heads vs the whole FP32 model (max abs dif
 def _split_stages(ctx: _RecipeContext) -> None:
     """Split the FP32 model into encoder / head subgraphs (joins checked), then deploy each in its
     placement's precision; INT8 heads are calibrated on the encoder's cached features."""
-    from edgematrix.bench.tasks import get_task
     from edgematrix.core.cache import code_hash, content_key, file_sha256
     from edgematrix.export.split import split_model
     from edgematrix.optimize.quantize import QuantizeConfig
     from edgematrix.optimize.subgraph import deploy_split
+    from edgematrix.tasks.base import get_task
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     s, q, backend = cell.recipe.split, cell.recipe.quantize, cell.target.backend
@@ -699,8 +699,8 @@ def _pipeline_stage(cell: Cell, art: _Artifacts, stages: _Stages) -> None:
     """Stream test frames through the deployed split: sequential vs 2-stage pipelined (vs the whole FP32 model)."""
     from edgematrix.backends.base import create_runner
     from edgematrix.backends.split.runner import SplitRunner
-    from edgematrix.bench.tasks import get_task
     from edgematrix.measure.pipeline import measure_pipeline
+    from edgematrix.tasks.base import get_task
 
     s = cell.recipe.split
     assert s is not None and art.split_info is not None
@@ -731,7 +731,6 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
     import copy
 
     from edgematrix.backends.base import create_runner
-    from edgematrix.bench.tasks import get_task
     from edgematrix.core.cache import (
         code_hash,
         content_key,
@@ -743,6 +742,7 @@ def _mixed_precision_stages(ctx: _RecipeContext) -> None:
     )
     from edgematrix.data.lanes import LaneSplit
     from edgematrix.optimize.mixed_precision import MixedPrecisionResult, mixed_precision_search
+    from edgematrix.tasks.base import get_task
 
     cell, stages, art = ctx.cell, ctx.stages, ctx.art
     q = cell.recipe.quantize
@@ -841,7 +841,7 @@ def _runner_kwargs(backend: str, cell: Cell, role: str) -> dict[str, Any]:
     if backend == "onnxruntime":
         return {"providers": tuple(target.providers), "intra_op_threads": target.threads}  # 0: physical cores
     if backend == "torch":
-        from edgematrix.bench.tasks import get_task
+        from edgematrix.tasks.base import get_task
 
         # the trained torch module itself: FP32 eager as the reference; an FP16 candidate runs under
         # autocast, channels-last, replayed as a CUDA graph (the fastest batch-1 form measured)
@@ -908,8 +908,8 @@ def _measure(
     """
     import numpy as np
 
-    from edgematrix.bench.tasks import get_task
     from edgematrix.measure.harness import LatencyConfig, measure_interleaved
+    from edgematrix.tasks.base import get_task
 
     target, recipe = cell.target, cell.recipe
     backends = target.all_backends
@@ -1025,9 +1025,8 @@ def _gate_and_report(
     final: Path,
 ) -> CellResult:
     """Gates, benchmark.json, junit.xml, report.md into ``out`` (the staged folder that becomes ``final``)."""
-    from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
-    from edgematrix.bench.tasks import get_task
     from edgematrix.core.cache import file_sha256
+    from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
     from edgematrix.fileio import atomic_write_text
     from edgematrix.gates.baseline import (
         Baseline,
@@ -1041,6 +1040,7 @@ def _gate_and_report(
     from edgematrix.measure.environment import capture_environment
     from edgematrix.report.junit import write_junit
     from edgematrix.report.markdown import render_report
+    from edgematrix.tasks.base import get_task
 
     target = cell.target
     backends = target.all_backends
@@ -1349,7 +1349,7 @@ def _recipe_verdicts(
 
 def _recipe_report(cell: Cell, art: _Artifacts, measured: dict[tuple[str, str], _Measured]) -> str:
     """Markdown sections appended to report.md for pruning, QAT and mixed precision."""
-    from edgematrix.bench.tasks import get_task
+    from edgematrix.tasks.base import get_task
 
     task_metric = get_task(cell.model.task).metric
     primary = cell.target.backend

@@ -86,7 +86,7 @@ def run_demo(
         raise EdgeMatrixError(f"--frames must be an integer in 1..{MAX_FRAMES}; got {frames!r}")
     if not (math.isfinite(fps) and 0.5 <= fps <= 60):
         raise EdgeMatrixError(f"--fps must be between 0.5 and 60; got {fps!r}")
-    from edgematrix.bench.sweep import load_cell_results, resolve_model_path
+    from edgematrix.pipeline.sweep import load_cell_results, resolve_model_path
 
     folder, config, artifacts = load_cell_results(Path(results_dir), cell)
     target = Path(out) if out is not None else folder / "demo.gif"
@@ -148,8 +148,8 @@ def _run_demo_impl(
     log: Callable[[str], None],
 ) -> DemoResult:
     from edgematrix.backends.base import create_runner
-    from edgematrix.bench.tasks import get_task
     from edgematrix.models import create_model
+    from edgematrix.tasks.base import get_task
 
     t_start = time.perf_counter()
     model_cfg = _model_config(cell, config)

@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from edgematrix.bench import cell as cellmod
-from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
-from edgematrix.bench.task_lane import score_lane_outputs
 from edgematrix.core.cache import file_sha256
+from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
 from edgematrix.data.tusimple import restamp_run_time
 from edgematrix.errors import EdgeMatrixError, GateFailure
+from edgematrix.executors.select import Choice
 from edgematrix.gates.verdicts import Verdict
 from edgematrix.matrix.loader import Cell
 from edgematrix.measure.environment import capture_environment
 from edgematrix.measure.harness import LatencyConfig
+from edgematrix.pipeline import cell as cellmod
 from edgematrix.report.junit import write_junit
-from edgematrix.executors.select import Choice
+from edgematrix.tasks.lane import score_lane_outputs
 
 #: an emulated or remote device's task accuracy may differ from the host's by this much (points)
 DEVICE_ACCURACY_TOLERANCE = 0.1
@@ -149,7 +149,7 @@ def _emulated_container(
 
 def _emulated_host(roles: dict[str, tuple[Path, str]], bundle: Any) -> list[DeviceRun]:
     """TI FX8: the emulation is the power-of-two QDQ model itself, on this host's ONNX Runtime."""
-    from edgematrix.measure.meter import LocalMeter
+    from edgematrix.backends.meter import LocalMeter
     from edgematrix.server.bundle import run_bundle_local
 
     runs = []

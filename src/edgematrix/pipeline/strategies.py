@@ -678,7 +678,7 @@ def _write_results(
 ) -> tuple[dict[str, Path], list[str]]:
     import onnxruntime as ort
 
-    from edgematrix.bench.artifacts import BenchmarkEntry, write_benchmark_json
+    from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
     from edgematrix.measure.environment import capture_environment
     from edgematrix.report.junit import write_junit
     from edgematrix.report.pareto import pareto_markdown, plot_pareto, points_from_benchmarks

@@ -53,7 +53,7 @@ def records_from_results(
     results_dir: str | os.PathLike[str], *, commit: str | None = None, timestamp: str | None = None
 ) -> list[dict[str, Any]]:
     """The history records of every cell's ``benchmark.json`` under ``results_dir``."""
-    from edgematrix.bench.artifacts import read_benchmark_json
+    from edgematrix.core.results import read_benchmark_json
     from edgematrix.report.merge import find_cells
 
     stamp = timestamp or datetime.now(UTC).isoformat(timespec="seconds")

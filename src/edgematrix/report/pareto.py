@@ -146,7 +146,7 @@ def _with_backend(point: Point, backend: str) -> Point:
 
 def collect(results_dir: str | os.PathLike[str]) -> dict[tuple[str, str], ParetoGroup]:
     """Pareto groups of every ``<results_dir>/*/benchmark.json``."""
-    from edgematrix.bench.artifacts import read_benchmark_json
+    from edgematrix.core.results import read_benchmark_json
 
     root = Path(results_dir)
     docs = []

@@ -87,7 +87,7 @@ def _colors(n: int) -> list[Any]:
 
 
 def _benchmarks(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from edgematrix.bench.artifacts import read_benchmark_json
+    from edgematrix.core.results import read_benchmark_json
 
     doc = read_benchmark_json(path, require_data=True)
     return doc, doc["benchmarks"]

@@ -110,7 +110,7 @@ def _percentile_ms(data: Sequence[float], q: float) -> float:
 
 def _read_cell_run(cell_dir: Path) -> _CellRun | None:
     """The candidates in ``<cell_dir>/benchmark.json``; ``None`` when the file is absent."""
-    from edgematrix.bench.artifacts import read_benchmark_json
+    from edgematrix.core.results import read_benchmark_json
 
     path = cell_dir / "benchmark.json"
     if not path.is_file():

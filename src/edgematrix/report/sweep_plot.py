@@ -1,6 +1,6 @@
 """The batch-size sweep plot: samples/s vs batch (FP32 reference and candidate) and acceleration vs batch.
 
-Takes the points of ``batch_sweep.json`` (plain dicts, see :class:`edgematrix.bench.sweep.SweepPoint`),
+Takes the points of ``batch_sweep.json`` (plain dicts, see :class:`edgematrix.pipeline.sweep.SweepPoint`),
 so it draws a stored sweep as well as a fresh one.
 """
 

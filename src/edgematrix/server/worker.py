@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from edgematrix.backends.base import create_runner
+from edgematrix.backends.meter import random_feed
 from edgematrix.errors import BackendError, EdgeMatrixError, ModelError, UnknownNameError, WireFormatError
 from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_one
-from edgematrix.measure.meter import LatencyReport, random_feed
+from edgematrix.measure.meter import LatencyReport
 from edgematrix.server.device import dynamic_facts
 from edgematrix.server.options import DEFAULT_CONFIG, Limits
 from edgematrix.server.wire import arrays_to_npz, npz_to_arrays

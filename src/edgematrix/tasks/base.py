@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.registry import Registry
+from edgematrix.core.registries import tasks
+from edgematrix.errors import EdgeMatrixError
 
 
 @dataclass
@@ -172,34 +173,16 @@ def _function(spec: str) -> Callable[..., Any]:
     return fn
 
 
-tasks: Registry[Callable[[], TaskAdapter]] = Registry("task")
-
-# name -> module defining the adapter class ``<Name>Task``; imported on first use
-_ADAPTER_MODULES = {
-    "lane": ("edgematrix.bench.task_lane", "LaneTask"),
-    "detection": ("edgematrix.bench.task_detection", "DetectionTask"),
-    "multitask": ("edgematrix.bench.task_multitask", "MultiTaskTask"),
-}
-
-
-def _lazy(module: str, cls: str) -> Callable[[], TaskAdapter]:
-    def factory() -> TaskAdapter:
-        adapter: TaskAdapter = getattr(importlib.import_module(module), cls)()
-        return adapter
-
-    return factory
-
-
-for _name, (_module, _cls) in _ADAPTER_MODULES.items():
-    tasks.register(_name)(_lazy(_module, _cls))
-
 _instances: dict[str, TaskAdapter] = {}
 
 
 def get_task(name: str) -> TaskAdapter:
-    """The adapter of task ``name`` (an unknown name lists the known ones)."""
+    """The adapter of task ``name`` (built-in or plugin; an unknown name lists the known ones)."""
     if name not in _instances:
-        _instances[name] = tasks.get(name)()
+        adapter = tasks.get(name)()
+        if not isinstance(adapter, TaskAdapter):
+            raise EdgeMatrixError(f"task {name!r} is {type(adapter).__name__}, not a TaskAdapter subclass")
+        _instances[name] = adapter
     return _instances[name]
 
 

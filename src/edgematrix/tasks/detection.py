@@ -3,7 +3,6 @@ distillation, COCO mAP@[.5:.95] through pycocotools."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,31 +10,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore
 from edgematrix.errors import DataError
 from edgematrix.models.detector import OUTPUT_NAMES
+from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore
 
 # one colour per class index (car, truck, pedestrian, traffic sign, then repeating)
 CLASS_COLOURS = ((255, 70, 70), (255, 170, 30), (60, 220, 90), (70, 150, 255), (220, 80, 255), (40, 230, 230))
-
-
-def resolve_data_root(configured: str, synthetic: Any, cache_dir: Path) -> tuple[Path, bool]:
-    """The dataset folder and whether it is synthetic: ``EDGEMATRIX_DATA_ROOT`` wins over the configured
-    ``data_root``; both empty means synthetic road scenes generated into ``cache_dir / "data"``."""
-    from edgematrix.data.synthetic_detection import SyntheticDetectionConfig, generate
-
-    root = os.environ.get("EDGEMATRIX_DATA_ROOT") or configured
-    if root:
-        path = Path(root).expanduser()
-        if not path.is_dir():
-            raise DataError(
-                f"data_root {path} does not exist; point it at a COCO-format folder (annotations/instances_train.json, "
-                "annotations/instances_val.json, train/, val/; COCO's *2017 names work too) or leave data_root "
-                "empty to use the synthetic road scenes"
-            )
-        return path, False
-    cfg = SyntheticDetectionConfig(train=synthetic.train, test=synthetic.test, seed=synthetic.seed)
-    return generate(cache_dir / "data" / f"synthetic-coco-{cfg.key()}", cfg), True
 
 
 class DetectionTask(TaskAdapter):
@@ -60,6 +40,8 @@ class DetectionTask(TaskAdapter):
 
         configured = data_root if data_root is not None else model_cfg.data_root
         h, w = model_cfg.input_shape[2], model_cfg.input_shape[3]
+        from edgematrix.data.synthetic_detection import resolve_data_root
+
         root, synthetic = resolve_data_root(configured, model_cfg.synthetic, cache_dir)
         train = load_split(root, "train", (h, w))
         test = load_split(root, "val", (h, w), limit=model_cfg.eval_images)

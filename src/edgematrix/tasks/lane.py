@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore, stack_outputs
 from edgematrix.data.lanes import LaneSplit
 from edgematrix.metrics.tusimple import RUN_TIME_LIMIT_MS
 from edgematrix.models.ufld import OUTPUT_NAMES, LaneGeometry
+from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore, stack_outputs
 
 # one colour per lane slot (left-left, left, right, right-right)
 LANE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 40))

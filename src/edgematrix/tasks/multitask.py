@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.backends.base import Runner
-from edgematrix.bench.tasks import TaskAdapter, TaskData, TaskScore
 from edgematrix.data.scenes import ScenesSplit, colorize
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.metrics.segmentation import DepthAccumulator, confusion_matrix, segmentation_scores
+from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore
 
 #: the ONNX names of the model's outputs and of the encoder output the split cuts at
 #: (:attr:`edgematrix.models.multitask.MultiTaskNet.OUTPUT_NAMES` / ``ENCODER_OUTPUTS``; kept here so this
@@ -44,8 +44,8 @@ class MultiTaskTask(TaskAdapter):
         return {"seg": "seg", "depth": "depth"}
 
     def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
-        from edgematrix.data.scenes import fingerprint, load_split, resolve_data_root
-        from edgematrix.data.synthetic_scenes import ScenesConfig
+        from edgematrix.data.scenes import fingerprint, load_split
+        from edgematrix.data.synthetic_scenes import ScenesConfig, resolve_data_root
 
         configured = data_root if data_root is not None else model_cfg.data_root
         syn = ScenesConfig(train=model_cfg.synthetic.train, val=model_cfg.synthetic.test, seed=model_cfg.synthetic.seed)

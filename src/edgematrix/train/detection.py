@@ -41,7 +41,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW → float32, ImageNet mean/std (as :func:`edgematrix.bench.tasks.imagenet_preprocess`)."""
+    """uint8 NCHW → float32, ImageNet mean/std (as :func:`edgematrix.tasks.base.imagenet_preprocess`)."""
     mean = torch.from_numpy(MEAN).view(1, 3, 1, 1).to(x.device)
     std = torch.from_numpy(STD).view(1, 3, 1, 1).to(x.device)
     return (x.float() - mean) / std

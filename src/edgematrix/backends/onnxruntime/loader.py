@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgematrix.backends.base import usable_physical_cores
 from edgematrix.errors import BackendError, ModelError
+from edgematrix.measure.environment import usable_physical_cores
 
 #: ``optimization=`` values → ``onnxruntime.GraphOptimizationLevel`` member names
 OPTIMIZATION_LEVELS = {

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from edgematrix.backends.base import Fact, Runner, TensorMeta, backends, usable_physical_cores
+from edgematrix.backends.base import Fact, Runner, TensorMeta, backends
 from edgematrix.backends.onnxruntime.runner import graph_precision
 from edgematrix.errors import BackendError, ModelError
 from edgematrix.extras import require_runtime
+from edgematrix.measure.environment import usable_physical_cores
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 

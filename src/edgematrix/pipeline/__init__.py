@@ -1,0 +1,1 @@
+"""The cell pipeline: source → build (recipe steps) → evaluate → measure → gate → publish."""
