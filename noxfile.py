@@ -132,11 +132,12 @@ def images(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check) and mypy."""
+    """ruff (lint + format check), mypy and import-linter (the layer contracts in pyproject.toml)."""
     _install(session, "-e", ".[cpu]", *nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
     session.run("mypy")
+    session.run("lint-imports")
 
 
 @nox.session(default=False)
