@@ -4,6 +4,8 @@ Library API:
 
 - :class:`RemoteMeter` — a :class:`~edgematrix.measure.meter.LatencyMeter` measuring on a device
   (``protocol="native"`` for ``edgematrix serve``, ``"enot"`` for ENOT latency servers).
+- :class:`RemoteSession` — a set of models on an evaluation bundle through a device's backend:
+  outputs per model, then the models measured interleaved (:class:`RemoteEvaluation`).
 - :class:`EvalBundle`, :func:`run_bundle_local`, :func:`run_bundle_remote`, :func:`validate_outputs` —
   on-device accuracy validation with a pickle-free evaluation bundle.
 - :class:`DeviceServer`, :class:`ServerConfig`, :func:`serve_in_thread` — the server itself.
@@ -18,6 +20,8 @@ from typing import Any
 
 _EXPORTS = {
     "RemoteMeter": "edgematrix.server.client",
+    "RemoteSession": "edgematrix.server.client",
+    "RemoteEvaluation": "edgematrix.server.client",
     "Transport": "edgematrix.server.client",
     "run_bundle_remote": "edgematrix.server.client",
     "EvalBundle": "edgematrix.server.bundle",

@@ -6,6 +6,10 @@ Endpoints (wire format in :mod:`edgematrix.server.wire`, details in docs/latency
 - ``GET /v1/device`` — token: device facts (model, OS / L4T / JetPack, runtime versions, power mode, clocks, temps).
 - ``POST /v1/measure`` — token; frame with blob ``model`` and meta options → JSON latency report.
 - ``POST /v1/run`` — token; frame with blobs ``model`` and ``bundle`` (npz) → frame with blob ``outputs`` (npz).
+- ``POST /v1/evaluate`` — token; frame with blobs ``model.<role>`` (one per model) and ``bundle`` (npz), meta
+  ``models`` / ``runner_options`` / ``target`` / ``config`` → frame with blobs ``outputs.<role>`` (npz) and
+  meta: per-round latency samples of the models measured interleaved, runner and device facts, the
+  environment key, the power mode and the contention record.
 
 Every request is authenticated with ``Authorization: Bearer <token>`` (compared with
 ``hmac.compare_digest``). Bodies above the size limit get 413, a busy device with a full queue
@@ -42,9 +46,9 @@ from edgematrix.errors import EdgeMatrixError, WireFormatError
 from edgematrix.server import worker
 from edgematrix.server.config import MIN_TOKEN_CHARS, ServerConfig
 from edgematrix.server.device import dynamic_facts, static_facts
-from edgematrix.server.options import OptionError, WorkOrder, runner_option_names, validate_request
+from edgematrix.server.options import Limits, OptionError, WorkOrder, runner_option_names, validate_request
 from edgematrix.server.token import TOKEN_ENV
-from edgematrix.server.wire import CONTENT_TYPE, MAX_HEADER_BYTES, decode_frame, encode_frame, npz_members
+from edgematrix.server.wire import CONTENT_TYPE, MAX_HEADER_BYTES, decode_frame, frame_parts, npz_members
 
 log = logging.getLogger("edgematrix.server")
 
@@ -194,8 +198,12 @@ class Workers:
     def _shutting_down(self) -> HttpError:
         return HttpError(503, "shutting_down", "the server is shutting down; retry against its next start")
 
-    def run(self, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
-        """Run one order in a fresh worker process; returns (result, outputs npz or None) or raises HttpError."""
+    def run(
+        self, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """Run one order in a fresh worker process; returns (result, answer blobs) or raises HttpError.
+
+        The answer blobs are the outputs files the worker wrote (:func:`answer_files`), by blob name."""
         with self._lock:
             if self.closing:
                 raise self._shutting_down()
@@ -207,11 +215,16 @@ class Workers:
 
     def _run(
         self, folder: Path, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float
-    ) -> tuple[dict[str, Any], bytes | None]:
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
         (folder / worker.ORDER_FILE).write_text(json.dumps(order.as_dict()), encoding="utf-8")
-        (folder / f"model{order.model_suffix}").write_bytes(blobs["model"])
+        if order.op == "evaluate":  # fixed file names: a role never becomes a path
+            for model in order.models:
+                (folder / model["file"]).write_bytes(blobs[f"model.{model['role']}"])
+        else:
+            (folder / f"model{order.model_suffix}").write_bytes(blobs["model"])
         if "bundle" in blobs:
             (folder / worker.BUNDLE_FILE).write_bytes(blobs["bundle"])
+        blobs.clear()  # on disk now: the server holds none of the request while the worker runs
         cmd = [sys.executable, "-m", "edgematrix.server.worker", str(folder), str(os.getpid()), str(0.8 * timeout_s)]
         with self._lock:
             if self.closing:
@@ -242,7 +255,7 @@ class Workers:
                 self._procs.pop(proc.pid, None)
         if self.closing:
             raise self._shutting_down()
-        return _worker_answer(folder, proc.returncode, stderr)
+        return _worker_answer(folder, proc.returncode, stderr, answer_files(order))
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -266,7 +279,19 @@ class Workers:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _worker_answer(folder: Path, code: int, stderr: bytes) -> tuple[dict[str, Any], bytes | None]:
+def answer_files(order: WorkOrder) -> dict[str, str]:
+    """The files of a worker's request folder that go back to the client, by their blob name in the answer."""
+    if order.op == "evaluate":
+        return {
+            f"outputs.{model['role']}": worker.EVAL_OUTPUTS_FILE.format(index=index)
+            for index, model in enumerate(order.models)
+        }
+    return {"outputs": worker.OUTPUTS_FILE}
+
+
+def _worker_answer(
+    folder: Path, code: int, stderr: bytes, files: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     if code == worker.EXIT_ERROR and (folder / worker.ERROR_FILE).is_file():
         err = json.loads((folder / worker.ERROR_FILE).read_text(encoding="utf-8"))
         if int(err["status"]) >= 500:
@@ -283,11 +308,11 @@ def _worker_answer(folder: Path, code: int, stderr: bytes) -> tuple[dict[str, An
             "the server kept running and its log has the worker's output",
         )
     result = json.loads((folder / worker.RESULT_FILE).read_text(encoding="utf-8"))
-    outputs = (folder / worker.OUTPUTS_FILE).read_bytes() if (folder / worker.OUTPUTS_FILE).is_file() else None
-    return result, outputs
+    blobs = {name: (folder / file).read_bytes() for name, file in files.items() if (folder / file).is_file()}
+    return result, blobs
 
 
-def run_worker(order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
+def run_worker(order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Run one order in a fresh worker process of a one-off :class:`Workers` (tests, tools)."""
     workers = Workers()
     try:
@@ -318,6 +343,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _send_parts(self, status: int, parts: list[bytes], content_type: str) -> None:
+        """One answer written piece by piece (a large frame is not joined into one more buffer)."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
+        self.end_headers()
+        for part in parts:
+            self.wfile.write(part)
 
     def _send_json(self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data, allow_nan=False).encode("utf-8"), "application/json", headers)
@@ -389,6 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._require_auth()
                 cfg = self.state.config
                 facts = {**self.state.device, **dynamic_facts()}
+                power_mode, source = cfg.power_mode_now(facts)
                 self._send_json(
                     200,
                     {
@@ -397,7 +432,11 @@ class _Handler(BaseHTTPRequestHandler):
                         "default_backend": cfg.backend,
                         "runner_options": {b: runner_option_names(b) for b in cfg.served},
                         "limits": cfg.limits.as_dict(),
+                        "max_body_bytes": cfg.max_body_bytes,
+                        "timeout_s": cfg.timeout_s,
                         "allow_engine_files": cfg.allow_engine_files,
+                        "power_mode": power_mode,
+                        "power_mode_source": source,
                     },
                 )
             else:
@@ -428,14 +467,22 @@ class _Handler(BaseHTTPRequestHandler):
             404,
             "not_found",
             f"no endpoint {self.command} {self.path}; endpoints: GET {API}/health, GET {API}/device, "
-            f"POST {API}/measure, POST {API}/run",
+            f"POST {API}/measure, POST {API}/run, POST {API}/evaluate",
         )
+
+    def _read_body(self, length: int) -> bytes:
+        body = self.rfile.read(length)
+        self._body_read = True
+        if len(body) != length:
+            self.close_connection = True
+            raise HttpError(400, "truncated", f"body ended after {len(body)} of {length} bytes")
+        return body
 
     def do_POST(self) -> None:
         length = 0
-        body_read = False
+        self._body_read = False
         try:
-            op = {f"{API}/measure": "measure", f"{API}/run": "run"}.get(self.path)
+            op = {f"{API}/measure": "measure", f"{API}/run": "run", f"{API}/evaluate": "evaluate"}.get(self.path)
             if op is None:
                 raw_length = self.headers.get("Content-Length") or ""
                 length = int(raw_length) if raw_length.isdigit() else 0
@@ -450,14 +497,10 @@ class _Handler(BaseHTTPRequestHandler):
                     f"body is {length} bytes; this server accepts at most {limit} bytes "
                     f"({limit / 2**20:.0f} MiB); start it with a larger --max-body-mb if the model needs it",
                 )
-            body = self.rfile.read(length)
-            body_read = True
-            if len(body) != length:
-                self.close_connection = True
-                raise HttpError(400, "truncated", f"body ended after {len(body)} of {length} bytes")
-            self._post(op, body)
+            # no name holds the body here: _post lets it go once it is decoded into blobs
+            self._post(op, self._read_body(length))
         except HttpError as err:
-            if not body_read:
+            if not self._body_read:
                 self._drain(length)
             self._send_error(err)
         except Exception as exc:  # a bug: answer 500 and keep serving
@@ -472,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
             meta, blobs = decode_frame(body, max_depth=limits.max_json_depth)
         except WireFormatError as exc:
             raise HttpError(400, "bad_frame", str(exc)) from None
+        del body  # the blobs are copies: hold the request once while it waits and runs
         meta = {"op": op, **meta}
         if meta["op"] != op:
             raise HttpError(400, "bad_request", f"meta 'op' is {meta['op']!r} but the endpoint is {self.path}")
@@ -486,10 +530,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except OptionError as exc:
             raise HttpError(400, "unknown_option" if "unknown" in str(exc) else "bad_option", str(exc)) from None
-        need = {"measure": {"model"}, "run": {"model", "bundle"}}[op]
+        need = {
+            "measure": {"model"},
+            "run": {"model", "bundle"},
+            "evaluate": {"bundle", *(f"model.{m['role']}" for m in order.models)},
+        }[op]
         if set(blobs) != need:
             raise HttpError(400, "bad_request", f"{self.path} takes blobs {sorted(need)}; got {sorted(blobs)}")
-        if op == "run":
+        if op == "evaluate":
+            check_eval_bundle(blobs["bundle"], limits)
+        elif op == "run":
             try:  # headers only, checked here so a bad bundle gets 400 before it waits for the device
                 npz_members(
                     blobs["bundle"],
@@ -501,9 +551,11 @@ class _Handler(BaseHTTPRequestHandler):
             except WireFormatError as exc:
                 raise HttpError(400, "bad_bundle", str(exc)) from None
         # the server's own runner options (executables, caches, libraries) over the client's checked ones
+        settings = cfg.settings_for(order.backend)
         order = dataclasses.replace(
             order,
-            runner_options=cfg.settings_for(order.backend).apply(order.backend, order.runner_options),
+            runner_options=settings.apply(order.backend, order.runner_options),
+            models=[{**m, "runner_options": settings.apply(order.backend, m["runner_options"])} for m in order.models],
             memory_mb=cfg.worker_memory_mb,
         )
         request_id = self.state.next_id()
@@ -519,19 +571,64 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
         result["queued_s"] = waited_s
         result["request_id"] = request_id
-        result["facts"] = {**self.state.device, **result.get("facts", {})}
+        if op == "evaluate":
+            result["device"] = {**self.state.device, **result.get("device", {})}
+            result["power_mode"], result["power_mode_source"] = cfg.power_mode_now(result["device"])
+        else:
+            result["facts"] = {**self.state.device, **result.get("facts", {})}
         if op == "measure":
             self._send_json(200, result)
             return
-        answer = encode_frame(result, {"outputs": outputs or b""})
-        if len(answer) > limits.max_response_bytes + MAX_HEADER_BYTES:
+        if op == "run":
+            outputs = {"outputs": outputs.get("outputs", b"")}
+        elif set(outputs) != set(answer_files(order)):  # the worker wrote every model's outputs or failed
+            raise RuntimeError(f"the worker answered blobs {sorted(outputs)}; expected {sorted(answer_files(order))}")
+        parts = frame_parts(result, outputs)
+        size = sum(len(blob) for blob in outputs.values())
+        if size > limits.max_response_bytes or len(parts[0]) > MAX_HEADER_BYTES:
             raise HttpError(
                 422,
                 "response_too_large",
-                f"the outputs are {len(outputs or b'')} bytes; this server answers at most "
+                f"the outputs are {size} bytes; this server answers at most "
                 f"{limits.max_response_bytes} bytes (send fewer samples per request)",
             )
-        self._send(200, answer, CONTENT_TYPE)
+        self._send_parts(200, parts, CONTENT_TYPE)
+
+
+def check_eval_bundle(bundle: bytes, limits: Limits) -> None:
+    """An evaluation bundle's npz headers against the limits, before it waits for the device (nothing is read).
+
+    Too many bytes in all, or in one sample, is a 413 naming the limit and the size; a malformed npz,
+    or arrays that disagree on the number of samples, a 400.
+    """
+    try:
+        members = npz_members(bundle, what="bundle", max_arrays=limits.max_arrays, max_ndim=limits.max_ndim + 1)
+    except WireFormatError as exc:
+        raise HttpError(400, "bad_bundle", str(exc)) from None
+    counts = {m.name: m.shape[0] if m.shape else 0 for m in members}
+    if not members or len(set(counts.values())) != 1 or 0 in counts.values():
+        raise HttpError(
+            400, "bad_bundle", f"the bundle needs arrays with the same number (>= 1) of samples (first axis): {counts}"
+        )
+    samples = next(iter(counts.values()))
+    total = sum(m.nbytes for m in members)
+    per_sample = total // samples
+    if total > limits.max_bundle_bytes:
+        fit = limits.max_bundle_bytes // per_sample
+        raise HttpError(
+            413,
+            "too_large",
+            f"the bundle is {total} bytes of arrays ({samples} samples of {per_sample} bytes); this server takes at "
+            f"most {limits.max_bundle_bytes} bytes of bundle per request ([limits] max_bundle_bytes): send at most "
+            f"{fit} sample(s) per request (RemoteSession.evaluate splits a bundle by itself), or raise the limit",
+        )
+    if per_sample > limits.max_input_bytes:
+        raise HttpError(
+            413,
+            "too_large",
+            f"one bundle sample is {per_sample} bytes of inputs; this server feeds at most "
+            f"{limits.max_input_bytes} bytes per inference ([limits] max_input_bytes)",
+        )
 
 
 class _HTTPServer(ThreadingHTTPServer):

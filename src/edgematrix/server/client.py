@@ -1,5 +1,7 @@
-"""Client of the latency server: :class:`RemoteMeter` (a :class:`~edgematrix.measure.meter.LatencyMeter`)
-and :func:`run_bundle_remote` (run an evaluation bundle on the device, get the raw outputs back).
+"""Client of the latency server: :class:`RemoteMeter` (a :class:`~edgematrix.measure.meter.LatencyMeter`),
+:func:`run_bundle_remote` (run an evaluation bundle on the device, get the raw outputs back) and
+:class:`RemoteSession` (a set of models on a bundle through the device's backend: outputs per model,
+then the models measured interleaved; what a cell's ``remote`` executor uses).
 
 ``protocol="native"`` talks to ``edgematrix serve``; ``protocol="enot"`` to a server built on ENOT's
 ``enot_latency_server.LatencyServer`` (see :mod:`edgematrix.server.enot`). Connection errors and
@@ -14,6 +16,7 @@ import dataclasses
 import http.client
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -27,11 +30,12 @@ import numpy as np
 
 from edgematrix.backends.base import Fact
 from edgematrix.errors import DeviceUnreachableError, EdgeMatrixError, RemoteError, WireFormatError
-from edgematrix.measure.harness import LatencyConfig
+from edgematrix.measure.contention import Contention
+from edgematrix.measure.harness import LatencyConfig, LatencySamples, Measurement
 from edgematrix.measure.meter import LatencyReport
 from edgematrix.server.bundle import EvalBundle
 from edgematrix.server.enot import ENOT_DEFAULT_ENDPOINT, enot_request_body
-from edgematrix.server.options import MODEL_SUFFIXES
+from edgematrix.server.options import MODEL_SUFFIXES, ROLE_PATTERN
 from edgematrix.server.token import load_token
 from edgematrix.server.wire import CONTENT_TYPE, arrays_to_npz, decode_frame, encode_frame, npz_to_arrays
 
@@ -306,3 +310,275 @@ def run_bundle_remote(
     ``{output name: array}`` with ``outputs[name][i]`` the device's output for sample ``i``."""
     meter = RemoteMeter(url, token=token, backend=backend, retries=retries, timeout_s=timeout_s)
     return meter.run_bundle(Path(model), bundle, options=runner_options)
+
+
+# ---------------------------------------------------------------------------------------------
+# /v1/evaluate: a set of models on a bundle, outputs and interleaved latency from the device
+
+#: room in a request's body for the frame header and the npz's own headers besides the arrays
+FRAME_MARGIN_BYTES = 1 << 20
+#: harness settings of an evaluation that names none (those of :class:`RemoteMeter`)
+DEFAULT_LATENCY = LatencyConfig(warmup=5, min_rounds=30, min_time_s=2.0)
+_ROLE = re.compile(ROLE_PATTERN)
+
+
+@dataclass(frozen=True)
+class RemoteEvaluation:
+    """What a board answered for a set of models on a bundle (:meth:`RemoteSession.evaluate`).
+
+    ``outputs[role][name][i]`` is the device's output ``name`` of model ``role`` for bundle sample
+    ``i``; ``samples_s[role]`` are that model's per-round times in seconds, every role measured in
+    the same rounds (alternating order) on the bundle's first sample; ``facts[role]`` what its runner
+    used; ``device`` the board's facts (clocks, power mode and temperatures read right after the
+    rounds); ``environment`` the device's environment key (:func:`edgematrix.core.toolchain.current_environment`);
+    ``contention`` the :meth:`~edgematrix.measure.contention.Contention.as_dict` record of the rounds.
+    Without a measurement (``measure=False``) ``samples_s`` are empty and ``contention`` is None.
+    """
+
+    url: str
+    backend: str
+    roles: tuple[str, ...]
+    precisions: dict[str, str]
+    samples: int
+    outputs: dict[str, dict[str, np.ndarray]]
+    samples_s: dict[str, tuple[float, ...]]
+    config: dict[str, Any]
+    facts: dict[str, dict[str, Fact]]
+    device: dict[str, Fact]
+    environment: dict[str, str]
+    power_mode: str
+    power_mode_source: str
+    contention: dict[str, Any] | None
+    load_s: dict[str, float]
+    #: how many requests the bundle took (it is split when it does not fit the server's limits)
+    requests: int
+
+    @property
+    def rounds(self) -> int:
+        return len(next(iter(self.samples_s.values()), ()))
+
+    def measurement(self) -> Measurement:
+        """The latency as the local harness returns it: ``{role: LatencySamples}`` with ``.contention``."""
+        if self.contention is None:
+            raise EdgeMatrixError("this evaluation ran without a measurement (measure=False): no latency samples")
+        contention = Contention.from_dict(self.contention)
+        return Measurement(
+            {role: LatencySamples(role, list(self.samples_s[role]), contention) for role in self.roles}, contention
+        )
+
+
+def _role_models(models: Mapping[str, tuple[str | os.PathLike[str], str]]) -> dict[str, tuple[Path, str]]:
+    if not models:
+        raise EdgeMatrixError("evaluate needs at least one model: {role: (path, precision)}")
+    out = {}
+    for role, spec in models.items():
+        if not isinstance(role, str) or not _ROLE.fullmatch(role):
+            raise EdgeMatrixError(
+                f"role {role!r} is not a role name: a letter, then up to 31 letters, digits, '_' or '-'"
+            )
+        if not isinstance(spec, tuple | list) or len(spec) != 2:
+            raise EdgeMatrixError(f"model of role {role!r} must be (path, precision), got {spec!r}")
+        out[role] = (Path(spec[0]), str(spec[1]))
+    return out
+
+
+def plan_samples_per_request(per_sample_bytes: int, models_bytes: int, device: Mapping[str, Any]) -> int:
+    """How many bundle samples one request may carry under the server's limits (``GET /v1/device``):
+    its body (``max_body_bytes``, less the models and the frame) and its bundle (``max_bundle_bytes``).
+    At least 1: a sample that does not fit is sent alone and the server's 413 names the limit."""
+    limits = device.get("limits", {})
+    room = int(device.get("max_body_bytes", 0)) - models_bytes - FRAME_MARGIN_BYTES
+    fits = (
+        [room // per_sample_bytes, int(limits.get("max_bundle_bytes", 0)) // per_sample_bytes]
+        if per_sample_bytes
+        else []
+    )
+    return max(1, min(fits)) if fits else 2**31
+
+
+@dataclass
+class RemoteSession:
+    """A board's ``edgematrix serve``, for a cell's ``remote`` executor:
+    ``RemoteSession(url).evaluate({"reference": (fp32, "fp32"), "candidate": (int8, "int8")}, bundle, "onnxruntime")``.
+
+    ``token`` defaults to ``$EDGEMATRIX_TOKEN``. Connection errors and ``503 busy`` are retried
+    (:class:`Transport`: ``retries``, ``backoff_s``); any other refusal raises
+    :class:`~edgematrix.errors.RemoteError` with the server's message and HTTP status.
+    """
+
+    url: str
+    token: str | None = None
+    retries: int = 3
+    backoff_s: float = 0.5
+    timeout_s: float = 900.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.token is None:
+            self.token = load_token(required=False)
+        self.transport = Transport(
+            self.url,
+            self.token,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            timeout_s=self.timeout_s,
+            sleep=self.sleep,
+        )
+
+    def _need_token(self) -> None:
+        if not self.token:
+            load_token(required=True)  # raises the "no token" message
+
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health`` (no token needed)."""
+        _, _, body = self.transport.request("GET", "/v1/health", auth=False)
+        return dict(json.loads(body))
+
+    def device(self) -> dict[str, Any]:
+        """``GET /v1/device``: facts, served backends and their remote options, limits, power mode."""
+        self._need_token()
+        _, _, body = self.transport.request("GET", "/v1/device")
+        return dict(json.loads(body))
+
+    def evaluate(
+        self,
+        models: Mapping[str, tuple[str | os.PathLike[str], str]],
+        bundle: EvalBundle,
+        backend: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        latency: LatencyConfig | None = None,
+        *,
+        target: Mapping[str, Any] | None = None,
+        role_options: Mapping[str, Mapping[str, Any]] | None = None,
+        measure: bool = True,
+        samples_per_request: int | None = None,
+    ) -> RemoteEvaluation:
+        """Every sample of ``bundle`` through every model on the device's ``backend`` (None: the server's
+        default), then the models measured interleaved with ``latency`` (default :data:`DEFAULT_LATENCY`).
+
+        ``models``: ``{role: (model file, precision)}``; the device configures each runner as a local
+        cell does (``Runner.options_for(target, role=..., precision=...)``), then ``options`` (runner
+        options for every model) and ``role_options[role]`` over it, then its own configuration.
+        ``target``: ``{"providers": [...], "threads": n}`` of the cell's target. A bundle larger than
+        the server's limits goes in several requests of ``samples_per_request`` samples (default: as
+        many as fit, from ``GET /v1/device``); the first one measures, and each answers the samples
+        whose outputs fit the server's response limit, the next request going on from there.
+        """
+        self._need_token()
+        specs = _role_models(models)
+        unknown = sorted(set(role_options or {}) - set(specs))
+        if unknown:
+            raise EdgeMatrixError(f"role_options for unknown role(s) {unknown}; roles: {', '.join(specs)}")
+        if samples_per_request is not None and samples_per_request < 1:
+            raise EdgeMatrixError(f"samples_per_request must be >= 1, got {samples_per_request}")
+        blobs = {f"model.{role}": _read_model(path) for role, (path, _) in specs.items()}
+        entries: list[dict[str, Any]] = []
+        for role, (path, precision) in specs.items():
+            entry: dict[str, Any] = {"role": role, "precision": precision, "model_suffix": _model_suffix(path)}
+            if role_options and role_options.get(role):
+                entry["runner_options"] = dict(role_options[role])
+            entries.append(entry)
+        total = bundle.samples
+        if total < 1:
+            raise EdgeMatrixError(
+                "the bundle has no samples; evaluate needs at least one (the first is the latency feed)"
+            )
+        if samples_per_request is None:
+            per_sample = sum(int(np.asarray(a).nbytes) // total for a in bundle.inputs.values())
+            models_bytes = sum(len(b) for b in blobs.values())
+            samples_per_request = plan_samples_per_request(per_sample, models_bytes, self.device())
+        config = dataclasses.asdict(latency or DEFAULT_LATENCY)
+        collected = _Collected(total)
+        first: dict[str, Any] = {}
+        start = requests = 0
+        while start < total:
+            stop = min(total, start + samples_per_request)
+            meta: dict[str, Any] = {
+                "models": entries,
+                "runner_options": dict(options or {}),
+                "measure": measure and start == 0,
+                "partial": True,
+            }
+            if start == 0 and measure:
+                meta["config"] = config
+            if backend:
+                meta["backend"] = backend
+            if target is not None:
+                meta["target"] = dict(target)
+            chunk = {name: np.asarray(arr)[start:stop] for name, arr in bundle.inputs.items()}
+            body = encode_frame(meta, {**blobs, "bundle": arrays_to_npz(chunk)})
+            _, _, answer = self.transport.request("POST", "/v1/evaluate", body, CONTENT_TYPE)
+            del body
+            result, outputs = decode_frame(answer)
+            del answer
+            done = collected.add(self.url, start, stop - start, list(specs), result, outputs)
+            if start == 0:
+                first = result
+            start += done
+            requests += 1
+        return _evaluation(self.url, first, collected, requests)
+
+
+class _Collected:
+    """The outputs of every request of one evaluation, written into arrays of the whole bundle."""
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}
+
+    def add(
+        self, url: str, start: int, sent: int, roles: list[str], result: Mapping[str, Any], blobs: Mapping[str, bytes]
+    ) -> int:
+        done = result.get("samples")
+        if list(result.get("roles", ())) != roles or not isinstance(done, int) or not 1 <= done <= sent:
+            raise WireFormatError(
+                f"{url}/v1/evaluate answered roles {result.get('roles')!r} and {done!r} samples for a request of "
+                f"roles {roles} and {sent} samples"
+            )
+        for role in roles:
+            name = f"outputs.{role}"
+            if name not in blobs:
+                raise WireFormatError(f"{url}/v1/evaluate answered without {name!r} (got {sorted(blobs)})")
+            arrays = npz_to_arrays(blobs[name], what=f"the device's outputs of {role!r}")
+            store = self.outputs.setdefault(role, {})
+            if start == 0:
+                for out, arr in arrays.items():
+                    store[out] = np.empty((self.samples, *arr.shape[1:]), arr.dtype)
+            if set(arrays) != set(store):
+                raise WireFormatError(f"model {role!r} answered outputs {sorted(arrays)}; earlier {sorted(store)}")
+            for out, arr in arrays.items():
+                if arr.shape[0] != done or arr.shape[1:] != store[out].shape[1:] or arr.dtype != store[out].dtype:
+                    raise WireFormatError(
+                        f"model {role!r} output {out!r}: the device answered {arr.dtype}{list(arr.shape)} for "
+                        f"{done} samples; expected {store[out].dtype}[{done}, {', '.join(map(str, store[out].shape[1:]))}]"
+                    )
+                store[out][start : start + done] = arr
+        return done
+
+
+def _evaluation(url: str, first: Mapping[str, Any], collected: _Collected, requests: int) -> RemoteEvaluation:
+    roles = tuple(str(r) for r in first["roles"])
+    latency = first.get("latency") or {}
+    samples_s = {role: tuple(float(s) for s in latency.get("samples_s", {}).get(role, ())) for role in roles}
+    if latency and len({len(v) for v in samples_s.values()}) != 1:
+        raise WireFormatError(f"{url}/v1/evaluate answered different numbers of rounds per model: {samples_s}")
+    facts = first.get("facts", {})
+    environment = first.get("environment", {})
+    return RemoteEvaluation(
+        url=url,
+        backend=str(first["backend"]),
+        roles=roles,
+        precisions={role: str(first.get("precisions", {}).get(role, "")) for role in roles},
+        samples=collected.samples,
+        outputs=collected.outputs,
+        samples_s=samples_s,
+        config=dict(latency.get("config", {})),
+        facts={role: _facts(facts.get(role)) for role in roles},
+        device=_facts(first.get("device")),
+        environment={str(k): str(v) for k, v in environment.items()} if isinstance(environment, dict) else {},
+        power_mode=str(first.get("power_mode", "")),
+        power_mode_source=str(first.get("power_mode_source", "none")),
+        contention=first.get("contention"),
+        load_s={role: float(first.get("load_s", {}).get(role, 0.0)) for role in roles},
+        requests=requests,
+    )

@@ -11,10 +11,14 @@ from here, never from a request (docs/security.md). A configuration file is TOML
     timeout_s = 600
     allow_engine_files = false           # prebuilt TensorRT engines from clients (code-like input)
     worker_memory_mb = 8192              # address-space limit of a worker (leave unset with CUDA)
+    power_mode = "MAXN"                  # the board's power mode, reported by /v1/evaluate and /v1/device
+                                         # ($EDGEMATRIX_POWER_MODE of the server wins; else nvpmodel's)
 
-    [limits]                             # edgematrix.server.options.Limits
+    [limits]                             # edgematrix.server.options.Limits (defaults in docs/latency-server.md)
     max_warmup = 1000
     max_rounds = 100000
+    max_bundle_bytes = 1073741824        # one request's evaluation bundle, uncompressed
+    max_response_bytes = 268435456       # the outputs one request answers
 
     [worker]
     env = { CUDA_VISIBLE_DEVICES = "0" }  # set in every worker
@@ -67,7 +71,11 @@ _SERVER_KEYS = {
     "timeout_s",
     "allow_engine_files",
     "worker_memory_mb",
+    "power_mode",
 }
+#: the server's environment variable naming the board's power mode (as on device runners); wins over the file
+POWER_MODE_ENV = "EDGEMATRIX_POWER_MODE"
+_POWER_MODE = re.compile(r"^[A-Za-z0-9_.:+ -]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class ServerConfig:
     pass_env: tuple[str, ...] = ()
     allow_engine_files: bool = False
     worker_memory_mb: int | None = None
+    #: the board's power mode as the operator declares it (``[server] power_mode``); see :meth:`power_mode_now`
+    power_mode: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.token) < MIN_TOKEN_CHARS:
@@ -125,6 +135,26 @@ class ServerConfig:
                 )
         if self.worker_memory_mb is not None and self.worker_memory_mb < 64:
             raise EdgeMatrixError(f"worker_memory_mb must be >= 64 (MiB), got {self.worker_memory_mb}")
+        if self.power_mode is not None and not (
+            isinstance(self.power_mode, str) and _POWER_MODE.match(self.power_mode)
+        ):
+            raise EdgeMatrixError(
+                f'power_mode {self.power_mode!r} must be 1 to 64 letters, digits, spaces or _.:+- (e.g. "MAXN", "15W")'
+            )
+
+    def power_mode_now(self, device_facts: Mapping[str, Any]) -> tuple[str, str]:
+        """The board's power mode and where it came from: ``$EDGEMATRIX_POWER_MODE`` of the server
+        (``"env"``), else ``power_mode`` of the configuration (``"config"``), else what ``nvpmodel -q``
+        said (``"nvpmodel"``, in ``device_facts``), else ``("", "none")``."""
+        declared = os.environ.get(POWER_MODE_ENV, "").strip()
+        if declared:
+            return declared[:64], "env"
+        if self.power_mode:
+            return self.power_mode, "config"
+        measured = device_facts.get("power_mode")
+        if isinstance(measured, str) and measured:
+            return measured, "nvpmodel"
+        return "", "none"
 
     @property
     def served(self) -> tuple[str, ...]:
@@ -229,6 +259,7 @@ def build_config(
             pass_env=tuple(pass_env),
             allow_engine_files=bool(server.get("allow_engine_files", False)),
             worker_memory_mb=server.get("worker_memory_mb"),
+            power_mode=server.get("power_mode"),
         )
     except EdgeMatrixError as exc:
         raise EdgeMatrixError(f"{path}: {exc}" if config_file is not None else str(exc)) from None

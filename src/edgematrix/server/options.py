@@ -13,12 +13,14 @@ Harness settings (warm-up, rounds, time) are bounded by :class:`Limits`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgematrix.core.registries import backends
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.measure.harness import LatencyConfig
 
@@ -26,7 +28,19 @@ from edgematrix.measure.harness import LatencyConfig
 REQUEST_KEYS = {
     "measure": ("op", "backend", "model_suffix", "config", "runner_options", "return_samples", "seed"),
     "run": ("op", "backend", "model_suffix", "runner_options"),
+    "evaluate": ("op", "backend", "models", "runner_options", "target", "config", "measure", "partial"),
 }
+#: keys of one entry of ``/v1/evaluate``'s ``models``
+MODEL_KEYS = ("role", "precision", "model_suffix", "runner_options")
+#: keys of ``/v1/evaluate``'s ``target``: what :meth:`Runner.options_for` reads of a matrix target
+TARGET_KEYS = ("providers", "threads")
+#: the target of a request that names none (or an empty provider list): the runners' own defaults
+DEFAULT_TARGET: dict[str, Any] = {"providers": ["CPUExecutionProvider"], "threads": 0}
+#: precisions a model of ``/v1/evaluate`` may declare: the matrix's ``Precision`` names (a test keeps them
+#: equal; not imported from the schema, which would load pydantic into every worker)
+PRECISIONS = ("fp32", "fp16", "int8", "fx8")
+#: a role name: also the suffix of the model's and its outputs' blob names (``model.<role>``)
+ROLE_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(LatencyConfig))
 #: harness settings of a request that names none (those of ``LocalMeter``)
 DEFAULT_CONFIG: dict[str, Any] = {"warmup": 5, "min_rounds": 30, "min_time_s": 2.0}
@@ -54,10 +68,12 @@ class Limits:
     max_input_bytes: int = 256 * 2**20
     #: a bundle's arrays, uncompressed, all together
     max_bundle_bytes: int = 1024 * 2**20
-    #: the outputs ``/v1/run`` returns, all samples together
+    #: the outputs ``/v1/run`` / ``/v1/evaluate`` return, all samples (and models) together
     max_response_bytes: int = 256 * 2**20
     max_arrays: int = 64
     max_ndim: int = 8
+    #: models of one ``/v1/evaluate`` request
+    max_models: int = 8
     #: nesting of the request's JSON header (objects and lists)
     max_json_depth: int = 16
 
@@ -340,6 +356,13 @@ class WorkOrder:
     limits: dict[str, Any] = field(default_factory=lambda: Limits().as_dict())
     #: address-space limit of the worker in MiB (the server's ``worker_memory_mb``); None = none
     memory_mb: int | None = None
+    #: ``evaluate``: one entry per model, in the request's order: ``{"role", "precision", "model_suffix",
+    #: "file" (its name in the request folder), "runner_options" (the runner's keyword arguments)}``
+    models: list[dict[str, Any]] = field(default_factory=list)
+    #: ``evaluate``: measure the models interleaved after their outputs (False: outputs only)
+    measure: bool = True
+    #: ``evaluate``: answer the leading samples whose outputs fit ``max_response_bytes`` instead of refusing
+    partial: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -378,6 +401,105 @@ def check_runner_options(backend: str, options: Any) -> dict[str, Any]:
     if unknown:
         raise _unknown(f"{backend} runner option", unknown, list(allowed))
     return {key: allowed[key](f"{backend} runner option {key!r}", value) for key, value in options.items()}
+
+
+def _check_suffix(where: str, suffix: Any, allow_engine_files: bool) -> str:
+    if not isinstance(suffix, str) or suffix not in MODEL_SUFFIXES:
+        raise OptionError(f"{where} {suffix!r} is not accepted; valid: {', '.join(MODEL_SUFFIXES)}")
+    if suffix in ENGINE_SUFFIXES and not allow_engine_files:
+        raise OptionError(
+            f"this server does not accept prebuilt TensorRT engines ({suffix}) from clients: an engine is code-like "
+            "input the runtime does not check. Send the ONNX model (the engine is built on the board), or start "
+            "the server with allow_engine_files = true in its configuration"
+        )
+    return suffix
+
+
+def _flag(meta: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = meta.get(key, default)
+    if not isinstance(value, bool):
+        raise OptionError(f"{key!r} must be true or false, got {value!r}")
+    return value
+
+
+_role = _pattern(ROLE_PATTERN, "a role name: a letter, then letters, digits, '_' or '-'", 32)
+_precision = _choice(*PRECISIONS)
+
+
+def check_target(target: Any) -> dict[str, Any]:
+    """The target a request's runners are configured for (:meth:`Runner.options_for` reads it).
+
+    ``providers`` are checked like the ``providers`` runner option (an empty list means the default);
+    ``threads`` is an intra-op thread count (0 = the cores available).
+    """
+    out = dict(DEFAULT_TARGET)
+    if target is None:
+        return out
+    if not isinstance(target, dict):
+        raise OptionError(f"'target' must be an object with keys {', '.join(TARGET_KEYS)}, got {target!r}")
+    if set(target) - set(TARGET_KEYS):
+        raise _unknown("target key", set(target) - set(TARGET_KEYS), TARGET_KEYS)
+    if target.get("providers"):
+        out["providers"] = _providers("target 'providers'", target["providers"])
+    if "threads" in target:
+        out["threads"] = _THREADS("target 'threads'", target["threads"])
+    return out
+
+
+def _json_values(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Runner keyword arguments as JSON values (tuples become lists), as the worker's order carries them."""
+    return dict(json.loads(json.dumps(dict(options))))
+
+
+def check_models(
+    backend: str,
+    models: Any,
+    *,
+    shared: Mapping[str, Any],
+    target: Mapping[str, Any],
+    limits: Limits,
+    allow_engine_files: bool,
+) -> list[dict[str, Any]]:
+    """The models of an ``evaluate`` request, each with the runner options it gets.
+
+    A model's runner options are, later ones winning: what the backend derives for its role and
+    precision on ``target`` (:meth:`Runner.options_for`, the same call a local cell makes), the
+    request's shared ``runner_options``, the model's own ``runner_options`` (both allow-listed).
+    The server's configuration goes over all of them (:meth:`BackendSettings.apply`, in the server).
+    """
+    if not isinstance(models, list) or not 1 <= len(models) <= limits.max_models:
+        raise OptionError(
+            f"'models' must be a list of 1 to {limits.max_models} models ([limits] max_models), each "
+            f"{{{', '.join(MODEL_KEYS)}}}; got {models if not isinstance(models, list) else f'{len(models)} models'}"
+        )
+    runner_class = backends.get(backend)
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(models):
+        where = f"models[{i}]"
+        if not isinstance(entry, dict):
+            raise OptionError(f"{where} must be an object {{{', '.join(MODEL_KEYS)}}}, got {entry!r}")
+        if set(entry) - set(MODEL_KEYS):
+            raise _unknown(f"{where} key", set(entry) - set(MODEL_KEYS), MODEL_KEYS)
+        role = _role(f"{where} 'role'", entry.get("role"))
+        if any(m["role"] == role for m in out):
+            raise OptionError(f"{where}: role {role!r} appears twice; every model needs its own role")
+        precision = _precision(f"{where} 'precision'", entry.get("precision"))
+        suffix = _check_suffix(f"{where} 'model_suffix'", entry.get("model_suffix", ".onnx"), allow_engine_files)
+        own = check_runner_options(backend, entry.get("runner_options") or {})
+        try:
+            derived = runner_class.options_for(target, role=role, precision=precision)
+        except EdgeMatrixError as exc:
+            raise OptionError(f"{where} (role {role!r}, precision {precision!r}): {exc}") from None
+        out.append(
+            {
+                "role": role,
+                "precision": precision,
+                "model_suffix": suffix,
+                "file": f"model-{i}{suffix}",
+                "runner_options": {**_json_values(derived), **shared, **own},
+            }
+        )
+    return out
 
 
 def _check_config(config: Any, limits: Limits, timeout_s: float) -> dict[str, Any]:
@@ -450,22 +572,23 @@ def validate_request(
             f"(the server's default is {default_backend!r})"
         )
     runner_options = check_runner_options(backend, meta.get("runner_options") or {})
-    suffix = meta.get("model_suffix", ".onnx")
-    if not isinstance(suffix, str) or suffix not in MODEL_SUFFIXES:
-        raise OptionError(f"'model_suffix' {suffix!r} is not accepted; valid: {', '.join(MODEL_SUFFIXES)}")
-    if suffix in ENGINE_SUFFIXES and not allow_engine_files:
-        raise OptionError(
-            f"this server does not accept prebuilt TensorRT engines ({suffix}) from clients: an engine is code-like "
-            "input the runtime does not check. Send the ONNX model (the engine is built on the board), or start "
-            "the server with allow_engine_files = true in its configuration"
-        )
-    config = _check_config(meta.get("config") or {}, limits, timeout_s) if op == "measure" else {}
-    return_samples = meta.get("return_samples", True)
+    suffix = _check_suffix("'model_suffix'", meta.get("model_suffix", ".onnx"), allow_engine_files)
+    config = _check_config(meta.get("config") or {}, limits, timeout_s) if op in ("measure", "evaluate") else {}
+    return_samples = _flag(meta, "return_samples", True)
     seed = meta.get("seed", 0)
-    if not isinstance(return_samples, bool):
-        raise OptionError(f"'return_samples' must be true or false, got {return_samples!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _INT_MAX:
         raise OptionError(f"'seed' must be an integer >= 0, got {seed!r}")
+    models: list[dict[str, Any]] = []
+    if op == "evaluate":
+        target = check_target(meta.get("target"))
+        models = check_models(
+            backend,
+            meta.get("models"),
+            shared=runner_options,
+            target=target,
+            limits=limits,
+            allow_engine_files=allow_engine_files,
+        )
     return WorkOrder(
         op=op,
         backend=backend,
@@ -475,4 +598,7 @@ def validate_request(
         return_samples=return_samples,
         seed=seed,
         limits=limits.as_dict(),
+        models=models,
+        measure=_flag(meta, "measure", True),
+        partial=_flag(meta, "partial", False),
     )

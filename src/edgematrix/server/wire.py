@@ -16,13 +16,14 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -40,6 +41,12 @@ _BLOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def encode_frame(meta: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> bytes:
     """One frame: ``meta`` (JSON values only) plus named byte blobs."""
+    return b"".join(frame_parts(meta, blobs))
+
+
+def frame_parts(meta: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> list[bytes]:
+    """The frame of :func:`encode_frame` as its pieces (prefix and header, then each blob), not joined:
+    a large answer is written piece by piece instead of copied into one more buffer."""
     blobs = dict(blobs or {})
     for name in blobs:
         if not _BLOB_NAME.match(name):
@@ -54,7 +61,7 @@ def encode_frame(meta: Mapping[str, Any], blobs: Mapping[str, bytes] | None = No
         raise WireFormatError(f"frame metadata must be plain JSON values (no NaN): {exc}") from exc
     if len(head) > MAX_HEADER_BYTES:
         raise WireFormatError(f"frame header is {len(head)} bytes; the limit is {MAX_HEADER_BYTES}")
-    return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head, *blobs.values()])
+    return [_PREFIX.pack(MAGIC, VERSION, len(head)) + head, *blobs.values()]
 
 
 def json_depth(value: Any) -> int:
@@ -122,15 +129,26 @@ def decode_frame(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[
 
 def arrays_to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     """``.npz`` bytes of named arrays (uncompressed); object arrays are refused (they would need pickle)."""
+    buf = io.BytesIO()
+    write_npz(buf, arrays)
+    return buf.getvalue()
+
+
+def write_npz(target: str | os.PathLike[str] | IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write named arrays as an uncompressed ``.npz`` (what ``numpy.savez`` writes) to a file or path,
+    one array at a time with no copy of the whole; object arrays are refused (they would need pickle)."""
+    from numpy.lib import format as npy
+
     checked: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
         arr = np.asarray(value)
         if arr.dtype.hasobject:
             raise WireFormatError(f"array {name!r} has dtype {arr.dtype}; only numeric/bool/fixed-width arrays travel")
         checked[name] = arr
-    buf = io.BytesIO()
-    np.savez(buf, allow_pickle=False, **checked)
-    return buf.getvalue()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in checked.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fp:
+                npy.write_array(fp, arr, allow_pickle=False)
 
 
 #: numpy dtype kinds an array on the wire may have: bool, signed / unsigned integers, floats
@@ -139,12 +157,28 @@ _EOCD = b"PK\x05\x06"
 _CHUNK = 1 << 20
 
 
-def _npz_entry_count(data: bytes) -> int | None:
+#: an ``.npz`` in memory, or the path of one (read from the file: no copy of it in memory)
+NpzSource = bytes | os.PathLike[str]
+
+
+def _npz_tail(data: NpzSource) -> bytes:
+    """The end of the zip, where its end-of-central-directory record is."""
+    size = 22 + 0xFFFF
+    if isinstance(data, bytes):
+        return data[-size:]
+    with open(data, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - size))
+        return fh.read()
+
+
+def _npz_entry_count(data: NpzSource) -> int | None:
     """Entries the zip's end-of-central-directory record declares (read before zipfile parses them)."""
-    at = data.rfind(_EOCD, max(0, len(data) - 22 - 0xFFFF))
-    if at < 0 or at + 22 > len(data):
+    tail = _npz_tail(data)
+    at = tail.rfind(_EOCD)
+    if at < 0 or at + 22 > len(tail):
         return None
-    return int(struct.unpack_from("<H", data, at + 10)[0])
+    return int(struct.unpack_from("<H", tail, at + 10)[0])
 
 
 def _npy_header(fp: Any, what: str, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -179,12 +213,15 @@ class NpyMember:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _open_npz(data: bytes, what: str, max_arrays: int) -> zipfile.ZipFile:
-    count = _npz_entry_count(data)
+def _open_npz(data: NpzSource, what: str, max_arrays: int) -> zipfile.ZipFile:
+    try:
+        count = _npz_entry_count(data)
+    except OSError as exc:
+        raise WireFormatError(f"{what} cannot be read: {exc.strerror or exc}") from None
     if count is not None and count > max_arrays:
         raise WireFormatError(f"{what} has {count} members; the limit is {max_arrays} arrays")
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
         raise WireFormatError(f"{what} is not a valid .npz (zip) file: {exc}") from None
     if len(zf.infolist()) > max_arrays:
@@ -233,7 +270,7 @@ def _members(zf: zipfile.ZipFile, what: str, max_bytes: int | None, max_ndim: in
 
 
 def npz_members(
-    data: bytes, *, max_bytes: int | None = None, what: str = "npz", max_arrays: int = 256, max_ndim: int = 32
+    data: NpzSource, *, max_bytes: int | None = None, what: str = "npz", max_arrays: int = 256, max_ndim: int = 32
 ) -> list[NpyMember]:
     """The arrays of ``.npz`` bytes as their headers declare them, checked, without reading any data."""
     with _open_npz(data, what, max_arrays) as zf:
@@ -241,14 +278,15 @@ def npz_members(
 
 
 def npz_to_arrays(
-    data: bytes,
+    data: NpzSource,
     *,
     max_bytes: int | None = None,
     what: str = "npz",
     max_arrays: int = 256,
     max_ndim: int = 32,
 ) -> dict[str, np.ndarray]:
-    """Named arrays of ``.npz`` bytes, checked before anything is allocated; no pickle anywhere.
+    """Named arrays of ``.npz`` bytes (or of the ``.npz`` file at a path), checked before anything is
+    allocated; no pickle anywhere.
 
     Every member's ``.npy`` header is read first (:func:`npz_members`): its dtype must be bool /
     integer / float (no object, string or structured dtype), its shape at most ``max_ndim``

@@ -30,19 +30,21 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgematrix.backends.base import create_runner
+from edgematrix.backends.base import Fact, Runner, create_runner
 from edgematrix.backends.meter import random_feed
+from edgematrix.core.toolchain import current_environment
 from edgematrix.errors import BackendError, EdgeMatrixError, ModelError, UnknownNameError, WireFormatError
-from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_one
+from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_interleaved, measure_one
 from edgematrix.measure.meter import LatencyReport
 from edgematrix.server.device import dynamic_facts
 from edgematrix.server.options import DEFAULT_CONFIG, Limits
-from edgematrix.server.wire import arrays_to_npz, npz_to_arrays
+from edgematrix.server.wire import arrays_to_npz, npz_to_arrays, write_npz
 
 ORDER_FILE, RESULT_FILE, ERROR_FILE, BUNDLE_FILE, OUTPUTS_FILE = (
     "order.json",
@@ -51,6 +53,8 @@ ORDER_FILE, RESULT_FILE, ERROR_FILE, BUNDLE_FILE, OUTPUTS_FILE = (
     "bundle.npz",
     "outputs.npz",
 )
+#: ``evaluate``: the outputs of the i-th model of the order (its role's blob ``outputs.<role>`` in the answer)
+EVAL_OUTPUTS_FILE = "outputs-{index}.npz"
 EXIT_ERROR = 3  # the worker wrote error.json
 EXIT_ORPHANED = 4  # the server went away
 
@@ -114,12 +118,10 @@ def _measure(order: dict[str, Any], model: Path, parent: int, cap_s: float) -> d
     return result
 
 
-def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -> dict[str, Any]:
-    from edgematrix.server.bundle import stack_outputs
-
-    limits = Limits(**order["limits"])
+def _load_bundle(folder: Path, limits: Limits) -> tuple[dict[str, np.ndarray], int]:
+    """The bundle's arrays (read from its file, bounded by the limits) and its number of samples."""
     inputs = npz_to_arrays(
-        (folder / BUNDLE_FILE).read_bytes(),
+        folder / BUNDLE_FILE,
         max_bytes=limits.max_bundle_bytes,
         what="bundle",
         max_arrays=limits.max_arrays,
@@ -136,6 +138,14 @@ def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -
             f"{limits.max_input_bytes} bytes per inference ([limits] max_input_bytes)",
             status=413,
         )
+    return inputs, samples
+
+
+def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -> dict[str, Any]:
+    from edgematrix.server.bundle import stack_outputs
+
+    limits = Limits(**order["limits"])
+    inputs, samples = _load_bundle(folder, limits)
     t0 = time.perf_counter()
     per_sample = []
     returned = 0
@@ -159,12 +169,187 @@ def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -
     return {"samples": samples, "run_s": time.perf_counter() - t0, "facts": {**dynamic_facts(), **facts}}
 
 
-def runner_kwargs(order: Mapping[str, Any]) -> dict[str, Any]:
-    """The order's runner options as the runner takes them (JSON lists of provider pairs become tuples)."""
-    kwargs = dict(order["runner_options"])
+def runner_kwargs(order: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The order's runner options (or ``options``, one model's) as the runner takes them (JSON lists of
+    provider pairs become tuples)."""
+    kwargs = dict(order["runner_options"] if options is None else options)
     if order["backend"] == "onnxruntime" and "providers" in kwargs:
         kwargs["providers"] = [p if isinstance(p, str) else (p[0], dict(p[1])) for p in kwargs["providers"]]
     return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: every bundle sample through every model, then the models measured interleaved
+
+
+class _OutputStore:
+    """The outputs of one model, written into arrays of ``capacity`` samples allocated at the first sample."""
+
+    def __init__(self, role: str, capacity: int) -> None:
+        self.role, self.capacity = role, capacity
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, index: int, outputs: Mapping[str, np.ndarray]) -> None:
+        if index == 0:
+            self.arrays = {
+                name: np.empty((self.capacity, *np.shape(v)), np.asarray(v).dtype) for name, v in outputs.items()
+            }
+        if list(outputs) != list(self.arrays):
+            raise WireFormatError(
+                f"model {self.role!r}: sample {index} gave outputs {list(outputs)}; sample 0 gave {list(self.arrays)}"
+            )
+        for name, value in outputs.items():
+            arr = np.asarray(value)
+            if arr.shape != self.arrays[name].shape[1:]:
+                raise WireFormatError(
+                    f"model {self.role!r}: output {name!r} of sample {index} has shape {list(arr.shape)}; sample 0's "
+                    f"has {list(self.arrays[name].shape[1:])} (every sample's outputs must stack)"
+                )
+            self.arrays[name][index] = arr
+
+    def first(self, count: int) -> dict[str, np.ndarray]:
+        return {name: arr[:count] for name, arr in self.arrays.items()}
+
+
+def _run_samples(
+    runners: Mapping[str, Runner],
+    inputs: Mapping[str, np.ndarray],
+    samples: int,
+    *,
+    max_bytes: int,
+    partial: bool,
+    parent: int,
+) -> tuple[dict[str, _OutputStore], int]:
+    """Run every sample through every runner (sample by sample); returns the outputs and how many samples ran.
+
+    The outputs are bounded by ``max_bytes``: the first sample tells how many bytes one sample's
+    outputs take; a bundle whose outputs would not fit is refused right then (or, with ``partial``,
+    the samples that fit are run and the rest left to another request).
+    """
+    stores: dict[str, _OutputStore] = {}
+    done = total = capacity = 0
+    for i in range(samples):
+        _check_parent(parent)
+        feed = {name: np.ascontiguousarray(arr[i]) for name, arr in inputs.items()}
+        results = {role: runner.infer(feed) for role, runner in runners.items()}
+        size = sum(np.asarray(v).nbytes for outputs in results.values() for v in outputs.values())
+        if i == 0:
+            fit = max_bytes // size if size else samples
+            limit = f"this server answers at most {max_bytes} bytes per request ([limits] max_response_bytes)"
+            if fit < 1:
+                raise LimitExceeded(
+                    f"the outputs of one sample through {len(runners)} model(s) are {size} bytes; {limit}: "
+                    "raise the limit in the server's configuration",
+                    kind="response_too_large",
+                )
+            if fit < samples and not partial:
+                raise LimitExceeded(
+                    f"the outputs of this bundle's {samples} samples through {len(runners)} model(s) would be "
+                    f"{size * samples} bytes ({size} bytes per sample); {limit}: send at most {fit} sample(s) per "
+                    "request (RemoteSession.evaluate splits a bundle by itself), or raise the limit",
+                    kind="response_too_large",
+                )
+            capacity = min(samples, fit)
+            stores = {role: _OutputStore(role, capacity) for role in runners}
+        if total + size > max_bytes or i >= capacity:
+            if partial:
+                break
+            raise LimitExceeded(
+                f"the outputs of samples 0..{i} are {total + size} bytes; this server answers at most {max_bytes} "
+                "bytes per request ([limits] max_response_bytes): send fewer samples per request",
+                kind="response_too_large",
+            )
+        for role, outputs in results.items():
+            stores[role].put(i, outputs)
+        total += size
+        done = i + 1
+    return stores, done
+
+
+def _capped_config(order: Mapping[str, Any], remaining_s: float) -> tuple[LatencyConfig, bool]:
+    """The order's harness settings with the time cut to what is left of the worker's time (and whether it was cut)."""
+    merged = {**dataclasses.asdict(LatencyConfig()), **DEFAULT_CONFIG, **order["config"]}
+    cap = max(0.0, remaining_s)
+    capped = merged["max_time_s"] > cap
+    merged["max_time_s"] = min(merged["max_time_s"], cap)
+    merged["min_time_s"] = min(merged["min_time_s"], merged["max_time_s"])
+    return LatencyConfig(**merged), capped
+
+
+def _plain_facts(runner: Runner) -> dict[str, Fact]:
+    facts = runner.facts()
+    facts.pop("model", None)  # a temporary path on the server, meaningless to the client
+    return facts
+
+
+def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) -> dict[str, Any]:
+    """Every bundle sample through every model of the order (outputs), then the models measured interleaved
+    on the bundle's first sample. Writes one outputs file per model; returns the answer's meta."""
+    started = time.monotonic()
+    limits = Limits(**order["limits"])
+    inputs, samples = _load_bundle(folder, limits)
+    if samples < 1:
+        raise WireFormatError("the bundle has no samples; send at least one (the first is the latency feed)")
+    roles = [m["role"] for m in order["models"]]
+    load_s: dict[str, float] = {}
+    with ExitStack() as stack:  # every runner entered is released, also when a later one fails to load
+        runners: dict[str, Runner] = {}
+        for model in order["models"]:
+            t0 = time.perf_counter()
+            runner = create_runner(
+                order["backend"],
+                path=folder / model["file"],
+                name=model["role"],
+                **runner_kwargs(order, model["runner_options"]),
+            )
+            stack.enter_context(runner)
+            load_s[model["role"]] = time.perf_counter() - t0
+            runners[model["role"]] = runner
+        t0 = time.perf_counter()
+        stores, done = _run_samples(
+            runners,
+            inputs,
+            samples,
+            max_bytes=limits.max_response_bytes,
+            partial=order["partial"],
+            parent=parent,
+        )
+        run_s = time.perf_counter() - t0
+        for index, role in enumerate(roles):
+            write_npz(folder / EVAL_OUTPUTS_FILE.format(index=index), stores[role].first(done))
+        del stores
+        latency: dict[str, Any] | None = None
+        contention: dict[str, Any] | None = None
+        if order["measure"]:
+            cfg, capped = _capped_config(order, cap_s - (time.monotonic() - started))
+            feed = {name: np.ascontiguousarray(arr[0]) for name, arr in inputs.items()}
+            measured = measure_interleaved(runners, feed, cfg, progress=lambda _r, _t: _check_parent(parent))
+            latency = {
+                "config": dataclasses.asdict(cfg),
+                "time_capped": capped,
+                "feed_sample": 0,
+                "order": "alternating",
+                "rounds": measured[roles[0]].rounds,
+                "samples_s": {role: measured[role].samples_s for role in roles},
+                "summary": {role: measured[role].summary() for role in roles},
+            }
+            contention = measured.contention.as_dict()
+        facts = {role: _plain_facts(runners[role]) for role in roles}
+    return {
+        "backend": order["backend"],
+        "roles": roles,
+        "precisions": {m["role"]: m["precision"] for m in order["models"]},
+        "samples": done,
+        "bundle_samples": samples,
+        "complete": done == samples,
+        "load_s": load_s,
+        "run_s": run_s,
+        "latency": latency,
+        "contention": contention,
+        "facts": facts,
+        "device": dynamic_facts(),  # clocks, power mode and temperatures right after the timed rounds
+        "environment": current_environment(),
+    }
 
 
 def check_feed_size(metadata: Mapping[str, Any], max_bytes: int) -> None:
@@ -246,10 +431,15 @@ def main(argv: list[str] | None = None) -> int:
     model = folder / f"model{order['model_suffix']}"
     try:
         _limit_memory(order.get("memory_mb"))
-        check_self_contained(model)
-        if order["op"] == "measure":
+        if order["op"] == "evaluate":
+            for entry in order["models"]:
+                check_self_contained(folder / entry["file"])
+            result = _evaluate(order, folder, parent, cap_s)
+        elif order["op"] == "measure":
+            check_self_contained(model)
             result = _measure(order, model, parent, cap_s)
         else:
+            check_self_contained(model)
             result = _run_bundle(order, model, folder, parent)
     except _Orphaned:
         return EXIT_ORPHANED
