@@ -186,6 +186,9 @@ def test_nearest_bound_lands_on_either_side(tmp_path: Path) -> None:
     settings = PruneSettings(speedup=2.0, tolerance=0.1, bound="nearest")
     assert settings.landing == (pytest.approx(1.8), pytest.approx(2.2))
     assert PruneSettings(speedup=2.0, tolerance=0.1).landing == (2.0, pytest.approx(2.2))
+    # what the search aims at: the request for nearest, the log-middle of [N, N(1 + tol)] for at_least
+    assert PruneSettings(speedup=1.2, tolerance=0.9, bound="nearest").centre == 1.2
+    assert PruneSettings(speedup=2.0, tolerance=0.1).centre == pytest.approx((2.0 * 2.2) ** 0.5)
     res = search(tmp_path, ArchMeter(mac_latency()), 2.0, tolerance=0.1, bound="nearest")
     assert res.landed and res.chosen is not None and 1.8 <= res.chosen.low <= res.chosen.high <= 2.2
     with pytest.raises(EdgeMatrixError, match="bound must be 'at_least' or 'nearest'"):

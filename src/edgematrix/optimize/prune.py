@@ -136,7 +136,10 @@ class PruneSettings:
 
     @property
     def centre(self) -> float:
-        """The middle of the landing range on a log scale (what the search aims at)."""
+        """What the search aims at: the request itself for ``nearest``, the middle of the range on a log
+        scale for ``at_least``."""
+        if self.bound == "nearest":
+            return self.speedup
         low, high = self.landing
         return math.sqrt(low * high)
 
