@@ -130,9 +130,10 @@ class Registry(Generic[T]):
                 out.append(Provider(name, "plugin", ep.value, ep.dist.name if ep.dist is not None else "?"))
             else:
                 obj = self._items[name]
-                ep = self._entry_points().get(name)
-                if ep is not None:
-                    out.append(Provider(name, "plugin", ep.value, ep.dist.name if ep.dist is not None else "?"))
+                found = self._entry_points().get(name)
+                if found is not None:
+                    dist = found.dist.name if found.dist is not None else "?"
+                    out.append(Provider(name, "plugin", found.value, dist))
                 else:
                     qual = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
                     out.append(Provider(name, "registered", qual))

@@ -134,12 +134,12 @@ def test_bad_input_and_interrupts_leave_the_previous_results(
     assert "--ab-base: model" in capsys.readouterr().err
     assert _snapshot(results / CELL) == before
 
-    import edgematrix.pipeline.cell as cellmod
+    import edgematrix.pipeline.evaluate as evaluate
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cellmod, "_measure", interrupted)
+    monkeypatch.setattr(evaluate, "run_plan", interrupted)  # mid-run: after build, before the results are written
     assert run_cell(workspace, CELL) == 130
     assert _snapshot(results / CELL) == before
     assert sorted(p.name for p in results.iterdir()) == [CELL]  # no staging folder left behind

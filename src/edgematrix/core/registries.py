@@ -52,3 +52,20 @@ backends: Registry[Any] = Registry(
 )
 
 ALL = {"families": families, "tasks": tasks, "backends": backends}
+
+#: recipe steps: a :class:`edgematrix.pipeline.steps.base.RecipeStep` subclass
+recipe_steps: Registry[Any] = Registry(
+    "recipe step",
+    builtin={
+        "prune": "edgematrix.pipeline.steps.prune:PruneStep",
+        "qat": "edgematrix.pipeline.steps.qat:QatStep",
+        "ptq": "edgematrix.pipeline.steps.quantize:PtqStep",
+        "mixed_precision": "edgematrix.pipeline.steps.mixed:MixedPrecisionStep",
+        "fx8": "edgematrix.pipeline.steps.fx8:Fx8Step",
+        "fp16": "edgematrix.pipeline.steps.fp16:Fp16Step",
+        "split": "edgematrix.pipeline.steps.split:SplitStep",
+    },
+    group="edgematrix.recipe_steps",
+)
+
+ALL["recipe_steps"] = recipe_steps

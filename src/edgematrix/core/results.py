@@ -25,11 +25,20 @@ class LatencyOptions(Protocol):
     """The settings of a latency measurement that go into each benchmark's ``options``
     (:class:`edgematrix.measure.harness.LatencyConfig` is one)."""
 
-    disable_gc: bool
-    min_rounds: int
-    max_time_s: float
-    min_time_s: float
-    warmup: int
+    @property
+    def disable_gc(self) -> bool: ...
+
+    @property
+    def min_rounds(self) -> int: ...
+
+    @property
+    def max_time_s(self) -> float: ...
+
+    @property
+    def min_time_s(self) -> float: ...
+
+    @property
+    def warmup(self) -> int: ...
 
 
 ExtraValue = float | int | str

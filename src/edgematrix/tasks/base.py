@@ -82,6 +82,7 @@ class TaskAdapter(ABC):
 
     name: ClassVar[str]
     metric: ClassVar[str]  # the primary metric's name in reports: "TuSimple accuracy", "mAP@[.5:.95]", "mIoU"
+    metric_direction: ClassVar[str] = "higher"  # "higher" or "lower" is better (an error such as MSE)
     output_names: ClassVar[tuple[str, ...]]
     agreement_output: ClassVar[str]  # output compared across backends / against the FP32 reference
     train_code: ClassVar[tuple[str, ...]]  # edgematrix subpackages/modules whose code keys the training cache
@@ -117,24 +118,57 @@ class TaskAdapter(ABC):
         r = fn(student, teacher, data.train, config, None, progress=progress, label=label)
         return TrainOutcome(r.checkpoint, r.cache_hit, r.seconds, r.history)
 
+    def distill_config(self, section: Any, train: Any, **overrides: Any) -> Any:
+        """The distillation fine-tune's :class:`~edgematrix.train.distill.DistillConfig` from a recipe's
+        ``[finetune]`` / ``[qat]`` ``section`` and the model's ``[train]`` config (the task's own loss
+        parameters: flips, label smoothing, the expectation loss weight)."""
+        from edgematrix.train.distill import DistillConfig
+
+        return DistillConfig(
+            epochs=section.epochs, batch_size=section.batch_size, lr=section.lr, weight_decay=section.weight_decay,
+            warmup_fraction=section.warmup_fraction, alpha=section.alpha, temperature=section.temperature,
+            seed=section.seed, amp=section.amp, flip=train.flip, label_sigma=train.label_sigma,
+            expectation_weight=train.expectation_weight, **overrides,
+        )  # fmt: skip
+
+    def holdout(self, split: Any, n: int) -> Any:
+        """The last ``n`` samples of ``split`` as a split of its own (scoring held-out training images: the
+        mixed-precision search; calibration takes the first images)."""
+        raise EdgeMatrixError(
+            f"task {self.name!r} has no held-out subset of its training split: mixed precision by sensitivity "
+            "runs on lane models"
+        )
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (NHWC or NCHW) -> the model's float32 NCHW input."""
         return imagenet_preprocess(images)
 
     @abstractmethod
+    def score(
+        self, outputs: Sequence[dict[str, np.ndarray]], split: Any, out_dir: Path | None, role: str, *, model: Any
+    ) -> TaskScore:
+        """Score per-sample batch-1 ``outputs`` (sample i at index i; they may cover only the first n samples
+        of ``split``: those are scored) with the task metric. With ``out_dir``, write
+        ``out_dir/predictions-<role>.*`` (and the labels, once) in the dataset's own submission format.
+        The score depends on the outputs alone: nothing measured while they were computed enters it."""
+
+    def feeds(self, split: Any, input_name: str = "input") -> list[dict[str, np.ndarray]]:
+        """The model's batch-1 inputs for every sample of ``split``, in order."""
+        return [{input_name: self.preprocess(split.images[i : i + 1])} for i in range(len(split))]
+
     def evaluate(
         self,
         runner: Runner,
         split: Any,
-        out_dir: Path,
+        out_dir: Path | None,
         role: str,
         *,
         model: Any,
         input_name: str = "input",
         progress: Callable[[int], Any] | None = None,
     ) -> TaskScore:
-        """Run ``runner`` on every test image (batch 1) and score; write ``out_dir/predictions-<role>.*``
-        (and the labels, once) in the dataset's own submission format."""
+        """Run ``runner`` on every sample of ``split`` (batch 1) and :meth:`score` its outputs."""
+        return self.score(self.infer_all(runner, split, input_name, progress), split, out_dir, role, model=model)
 
     @abstractmethod
     def drive(self, model_cfg: Any, frames: int, seed: int) -> np.ndarray:

@@ -3,13 +3,12 @@ distillation, COCO mAP@[.5:.95] through pycocotools."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgematrix.backends.base import Runner
 from edgematrix.errors import DataError
 from edgematrix.models.detector import OUTPUT_NAMES
 from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore
@@ -60,25 +59,19 @@ class DetectionTask(TaskAdapter):
             root, synthetic, fingerprint(root), label, "synthetic-coco" if synthetic else "coco", train, test
         )
 
-    def evaluate(
-        self,
-        runner: Runner,
-        split: Any,
-        out_dir: Path,
-        role: str,
-        *,
-        model: Any,
-        input_name: str = "input",
-        progress: Callable[[int], Any] | None = None,
+    def score(
+        self, outputs: Sequence[dict[str, np.ndarray]], split: Any, out_dir: Path | None, role: str, *, model: Any
     ) -> TaskScore:
         """COCO mAP@[.5:.95] (points), extras map50 / map75 / ar100 (points); writes predictions-<role>.json
         (COCO results) and labels.json (the ground-truth instances of the images evaluated)."""
         from edgematrix.data.coco import write_instances
 
-        outputs = self.infer_all(runner, split, input_name, progress)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_instances(out_dir / "labels.json", split.instances)
-        return score_detection_outputs(outputs, split, model.geometry, out_dir / f"predictions-{role}.json")
+        out_file = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_instances(out_dir / "labels.json", split.instances)
+            out_file = out_dir / f"predictions-{role}.json"
+        return score_detection_outputs(list(outputs), split, model.geometry, out_file)
 
     def drive(self, model_cfg: Any, frames: int, seed: int) -> np.ndarray:
         """Synthetic road scenes: the ego car drives on, vehicles move, signs and pedestrians come closer."""

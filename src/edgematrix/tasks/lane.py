@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgematrix.backends.base import Runner
 from edgematrix.data.lanes import LaneSplit
 from edgematrix.metrics.tusimple import RUN_TIME_LIMIT_MS
 from edgematrix.models.ufld import OUTPUT_NAMES, LaneGeometry
@@ -44,28 +43,27 @@ class LaneTask(TaskAdapter):
         tag = "synthetic-tusimple" if synthetic else "tusimple"
         return TaskData(root, synthetic, fingerprint(root), label, tag, train, test)
 
-    def evaluate(
-        self,
-        runner: Runner,
-        split: Any,
-        out_dir: Path,
-        role: str,
-        *,
-        model: Any,
-        input_name: str = "input",
-        progress: Callable[[int], Any] | None = None,
+    def score(
+        self, outputs: Sequence[dict[str, np.ndarray]], split: Any, out_dir: Path | None, role: str, *, model: Any
     ) -> TaskScore:
         """TuSimple accuracy/FP/FN; writes predictions-<role>.json and labels.json."""
         from edgematrix.data.tusimple import write_label_file
 
-        outputs = self.infer_all(runner, split, input_name, progress)
-        write_label_file(out_dir / "labels.json", split.samples)
+        if out_dir is not None:
+            write_label_file(out_dir / "labels.json", split.samples)
         return score_lane_outputs(
             stack_outputs(outputs, ("loc_row", "exist_row")),
             split,
             model.geometry,
-            out_dir / f"predictions-{role}.json",
+            out_dir / f"predictions-{role}.json" if out_dir is not None else None,
         )
+
+    def holdout(self, split: Any, n: int) -> Any:
+        import copy
+
+        ds = copy.copy(split.dataset)
+        ds.samples = split.samples[-n:]
+        return LaneSplit(ds, split.images[-n:])
 
     def record_latency(self, score: TaskScore, p50_ms: float) -> None:
         """TuSimple's ``run_time`` of every prediction: the model's p50 from the latency stage."""

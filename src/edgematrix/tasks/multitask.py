@@ -4,13 +4,12 @@ distillation, mIoU (primary, points) with depth AbsRel / RMSE / δ1 and pixel ac
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgematrix.backends.base import Runner
 from edgematrix.data.scenes import ScenesSplit, colorize
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.metrics.segmentation import DepthAccumulator, confusion_matrix, segmentation_scores
@@ -57,22 +56,18 @@ class MultiTaskTask(TaskAdapter):
         tag = "synthetic-scenes" if synthetic else "scenes"
         return TaskData(root, synthetic, fingerprint(root), label, tag, train, test)
 
-    def evaluate(
-        self,
-        runner: Runner,
-        split: Any,
-        out_dir: Path,
-        role: str,
-        *,
-        model: Any,
-        input_name: str = "input",
-        progress: Callable[[int], Any] | None = None,
+    def score(
+        self, outputs: Sequence[dict[str, np.ndarray]], split: Any, out_dir: Path | None, role: str, *, model: Any
     ) -> TaskScore:
         """mIoU (points) + depth/pixel extras; writes predictions-<role>.npz and labels.json."""
-        outputs = self.infer_all(runner, split, input_name, progress)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "labels.json").write_text(json.dumps(list(split.files), indent=1))
-        return score_multitask_outputs(outputs, split, out_dir / f"predictions-{role}.npz")
+        from edgematrix.fileio import atomic_write_text
+
+        out_file = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "labels.json", json.dumps(list(split.files), indent=1))
+            out_file = out_dir / f"predictions-{role}.npz"
+        return score_multitask_outputs(outputs, split, out_file)
 
     def drive(self, model_cfg: Any, frames: int, seed: int) -> np.ndarray:
         """The synthetic road bending while the ego car drifts, poles passing, vehicles ahead."""

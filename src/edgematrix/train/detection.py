@@ -226,7 +226,7 @@ def distill_detector(
     config.validate()
     if getattr(student, "geometry", None) != getattr(teacher, "geometry", None):
         raise EdgeMatrixError("student and teacher must be detectors of the same geometry (input size, classes)")
-    if reuse_checkpoint(student, checkpoint) is not None:
+    if checkpoint is not None and reuse_checkpoint(student, checkpoint) is not None:
         student.eval()
         return TrainResult(checkpoint, True, 0.0, [])
     torch.manual_seed(config.seed)

@@ -100,7 +100,7 @@ def distill_lane_model(
     Reuses ``checkpoint`` when it exists (the caller keys it by content); ``None`` keeps nothing.
     """
     config.validate()
-    if reuse_checkpoint(student, checkpoint) is not None:
+    if checkpoint is not None and reuse_checkpoint(student, checkpoint) is not None:
         student.eval()
         return TrainResult(checkpoint, True, 0.0, [])
     return _distill_impl(student, teacher, train, config, checkpoint, progress=progress, label=label)

@@ -217,7 +217,7 @@ def distill_multitask_model(
     """Fine-tune ``student`` in place against ``teacher`` (frozen, eval mode) and the labels; reuses
     ``checkpoint`` when it exists (``None`` keeps nothing). ``config.channels_last`` = False for ModelOpt QAT."""
     config.validate()
-    if reuse_checkpoint(student, checkpoint) is not None:
+    if checkpoint is not None and reuse_checkpoint(student, checkpoint) is not None:
         student.eval()
         return TrainResult(checkpoint, True, 0.0, [])
     _check_split(student, train)

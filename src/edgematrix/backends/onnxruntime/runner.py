@@ -116,8 +116,10 @@ class OnnxrtRunner(Runner):
 
     @classmethod
     def options_for(cls, target: Mapping[str, Any], *, role: str, precision: str, model: Any = None) -> dict[str, Any]:
-        """The target's execution providers in order and its thread count (0 = physical cores), every role."""
-        return {"providers": tuple(target.get("providers", ())), "intra_op_threads": int(target.get("threads", 0))}
+        """The target's execution providers in order (none named: the CPU provider, as when ONNX Runtime stands
+        in for a device's runtime under emulation) and its thread count (0 = physical cores), every role."""
+        providers = tuple(target.get("providers") or ("CPUExecutionProvider",))
+        return {"providers": providers, "intra_op_threads": int(target.get("threads", 0))}
 
     def activate_impl(self) -> None:
         self.session = self.loader()
