@@ -2,10 +2,11 @@
 # Install the host tools edgematrix's offline image builds and emulated targets need, from the
 # distribution's own packages (Debian 12 "bookworm"):
 #   docker.io            the Docker engine (dockerd) and containerd
-#   debootstrap          builds the offline base image (docker/base/build-base.sh)
+#   debootstrap          builds the offline base images (edgematrix.executors.images.ensure_offline_base)
 #   qemu-user-static     runs arm64 containers and binaries under emulation (binfmt_misc);
 #                        from bookworm-backports: bookworm's own 7.2 crashes in onnxruntime for aarch64
-#   g++-aarch64-linux-gnu  the cross toolchain for the DriveOS runner (docker/driveos/trt_runner)
+#   g++-aarch64-linux-gnu  the cross toolchain for the DriveOS runner (docker/driveos/trt_runner) on this host;
+#                        the driveos image's offline variant debootstraps its own into its base
 #
 # The backports source is derived from the machine's existing Debian apt source (same mirror), so
 # no mirror host is written here. Idempotent; needs root.

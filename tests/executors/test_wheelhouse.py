@@ -108,3 +108,17 @@ def test_a_wheelhouse_without_recorded_hashes_is_rebuilt(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"edgematrix: cache: wheelhouse {out}: no manifest")
     assert (out / WHEEL).read_bytes()[:2] == b"PK" and not (out / ".complete").exists()
+
+
+def test_nothing_for_the_image_python_gives_an_empty_sealed_wheelhouse(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DriveOS PDK image: requirements.txt has lines for the offline variant's Python only."""
+    (repo / "docker" / "demo" / "requirements.txt").write_text('iniconfig==2.0.0; python_version >= "3.11"\n')
+    spec = image_spec(repo, "t", _target("3.8"))
+    with monkeypatch.context() as m:
+        m.setattr(images.subprocess, "run", _no_pip)
+        out = build_wheelhouse(spec, tmp_path, log=lambda s: None)
+        assert not list(out.glob("*.whl")) and (out / "requirements.resolved.txt").read_text() == ""
+        assert build_wheelhouse(spec, tmp_path) == out  # sealed: reused
+    assert sorted(json.loads((out / TREE_MANIFEST).read_text())) == ["requirements.resolved.txt"]

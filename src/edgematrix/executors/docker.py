@@ -15,6 +15,17 @@ local`` inside it with:
 
 Logs stream as they come; the container's exit code is the command's; the container is removed on
 success, failure and Ctrl-C.
+
+Running something else in a target's image (an evaluation bundle through the target's runtime, a
+training stage, the DriveOS runner) is two calls::
+
+    image = target_image("ti", target, cache_dir=cache)          # built when missing; offline variant by default
+    code = run_in_image(image, ["python3", "-m", "edgematrix.executors.on_device", ...],
+                        mounts=[Mount(bundle_dir, "/bundle"), Mount(out_dir, "/out", writable=True)])
+
+:func:`run_in_image` adds the source read-only at ``/workspace`` (on ``PYTHONPATH`` in every image),
+runs as the host user with ``HOME=/tmp``, without network, and returns the exit code; an arm64 image
+runs under qemu-user (binfmt_misc) on an x86-64 host.
 """
 
 from __future__ import annotations
@@ -34,10 +45,9 @@ from edgematrix.executors.images import (
     DockerUnavailableError,
     ImageSpec,
     docker_client,
-    ensure_image,
-    ensure_offline_base,
-    image_spec,
+    ensure_target_image,
 )
+from edgematrix.executors.select import host_arch
 
 #: environment variables passed into the container when set on the host (never secrets by default)
 ENV_ALLOWLIST = (
@@ -58,6 +68,8 @@ ENV_ALLOWLIST = (
 )
 
 WORKSPACE, RESULTS, CACHE, DATA, AB_BASE, MATRIX = "/workspace", "/results", "/cache", "/data", "/ab-base", "/matrix"
+#: this checkout (src/edgematrix/executors/docker.py -> the repository root): what is mounted at /workspace
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class ContainerError(EdgeMatrixError):
@@ -163,11 +175,129 @@ def prepare_image(
     client: Any, target_name: str, target: Mapping[str, Any], options: DockerRunOptions
 ) -> tuple[ImageSpec, str, bool]:
     """Resolve the target's image spec and make sure the image exists. Returns (spec, tag, built)."""
-    arch = target.get("image_arch") or target["arch"]
-    base = ensure_offline_base(client, arch, log=options.log) if options.offline_base else None
-    spec = image_spec(options.repo_root, target_name, target, offline_base=base)
-    tag, built = ensure_image(client, spec, options.cache_dir, log=options.log, rebuild=options.rebuild)
-    return spec, tag, built
+    return ensure_target_image(
+        client,
+        options.repo_root,
+        target_name,
+        target,
+        options.cache_dir,
+        offline=options.offline_base,
+        rebuild=options.rebuild,
+        log=options.log,
+    )
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host folder or file inside the container at ``container`` (an absolute path), read-only unless
+    ``writable``. The container runs as the host user: a writable folder must be writable by that user."""
+
+    host: Path
+    container: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class TargetImage:
+    """A target's image that exists on this host."""
+
+    target: str
+    tag: str
+    spec: ImageSpec
+    built: bool  # built by this call (else found)
+    offline: bool  # the offline variant (debootstrap base), else the vendor base
+
+    @property
+    def arch(self) -> str:
+        return self.spec.arch
+
+    @property
+    def emulated(self) -> bool:
+        """Whether its containers run under qemu-user here (an arm64 image on an x86-64 host)."""
+        return self.spec.arch != host_arch()
+
+    def describe(self) -> str:
+        variant = "offline variant" if self.offline else "vendor base"
+        how = ", under qemu-user" if self.emulated else ""
+        return (
+            f"{self.tag} ({'built' if self.built else 'cached'}; docker/{self.spec.name}/ {variant}, {self.arch}{how})"
+        )
+
+
+def target_image(
+    target_name: str,
+    target: Mapping[str, Any] | Any,
+    *,
+    cache_dir: Path,
+    repo_root: Path | None = None,
+    offline: bool = True,
+    rebuild: bool = False,
+    log: Callable[[str], None] | None = None,
+    client: Any = None,
+) -> TargetImage:
+    """The image of ``target`` (its table: a mapping, or the matrix's pydantic ``Target``), built when missing.
+
+    ``offline`` (the default here, where nothing can be pulled): the recipe's offline variant on the
+    debootstrap base (``docker/<image>/offline.toml``; needs root once, to debootstrap the base). The wheelhouse
+    and the debootstrap base are kept under ``cache_dir`` and in the engine; the tag is a hash of the
+    recipe, so an unchanged recipe is found, not rebuilt.
+    """
+    table = target if isinstance(target, Mapping) else target.model_dump()
+    engine = client if client is not None else docker_client()
+    spec, tag, built = ensure_target_image(
+        engine,
+        (repo_root or REPO_ROOT).resolve(),
+        target_name,
+        table,
+        cache_dir,
+        offline=offline,
+        rebuild=rebuild,
+        log=log,
+    )
+    return TargetImage(target_name, tag, spec, built, offline)
+
+
+def run_in_image(
+    image: TargetImage | str,
+    command: Sequence[str],
+    *,
+    mounts: Sequence[Mount] = (),
+    repo_root: Path | None = None,
+    environment: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    out: Any = None,
+    network: bool = False,
+    gpus: bool = False,
+    client: Any = None,
+) -> int:
+    """Run ``command`` in ``image`` (a :class:`TargetImage` or a tag) and return its exit code.
+
+    The source (``repo_root``, default this checkout) is mounted read-only at ``/workspace``, the working
+    folder; ``mounts`` add host paths (each must exist). The container runs as the host user with
+    ``HOME=/tmp`` plus ``environment``, without network unless ``network``, with the host's GPUs only if
+    ``gpus``; its output streams to ``out`` (default stdout) and it is removed afterwards, also on Ctrl-C.
+    """
+    tag = image.tag if isinstance(image, TargetImage) else image
+    if not command:
+        raise ContainerError(f"run_in_image({tag}): empty command")
+    source = (repo_root or REPO_ROOT).resolve()
+    binds: dict[str, dict[str, str]] = {str(source): {"bind": WORKSPACE, "mode": "ro"}}
+    for m in mounts:
+        if not m.container.startswith("/") or m.container.rstrip("/") in ("", WORKSPACE):
+            raise ContainerError(
+                f"mount {m.host} -> {m.container!r}: the container path must be absolute and not / or {WORKSPACE}"
+            )
+        host = Path(m.host).resolve()
+        if not host.exists():
+            raise ContainerError(f"mount {m.host} -> {m.container}: {m.host} does not exist")
+        if str(host) in binds:
+            raise ContainerError(f"{host} is mounted twice ({binds[str(host)]['bind']} and {m.container})")
+        binds[str(host)] = {"bind": m.container, "mode": "rw" if m.writable else "ro"}
+    env = {"HOME": "/tmp", **(environment or {})}
+    engine = client if client is not None else docker_client()
+    return run_command(
+        engine, tag, command, mounts=binds, environment=env, gpus=gpus, network=network, labels=labels, out=out
+    )
 
 
 @contextlib.contextmanager
@@ -281,9 +411,14 @@ __all__ = [
     "ContainerError",
     "DockerRunOptions",
     "DockerUnavailableError",
+    "Mount",
+    "TargetImage",
     "container_command",
     "container_environment",
     "container_mounts",
+    "prepare_image",
     "run_cell_in_container",
     "run_command",
+    "run_in_image",
+    "target_image",
 ]

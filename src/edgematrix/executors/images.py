@@ -18,8 +18,13 @@ again.
 
 Hosts without registry access (this project's CI) build the base themselves: ``debootstrap`` of
 Debian's packages for the target's architecture, then ``docker import`` (:func:`ensure_offline_base`).
+Each recipe's *offline variant* is the same Dockerfile with other build args: by default
+``BASE_IMAGE`` becomes the debootstrap base; a recipe whose vendor base cannot stand in that simply
+says what changes in ``docker/<image>/offline.toml`` (:class:`OfflineVariant`: the build args, and
+Debian packages its base needs, e.g. the DriveOS image's aarch64 cross toolchain).
+:func:`ensure_target_image` is the one call that gets a target's image, either variant.
 Docker is never asked to pull: builds pass ``pull=False``, and a base image that is not on the
-host is an error naming how to provide it.
+host (every ``FROM`` of the recipe, resolved with its build args) is an error naming how to provide it.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import string
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +60,10 @@ DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 OFFLINE_PYTHON = "3.11"
 # label of the recipes' intermediate build stages (pruned after a build)
 STAGE_LABEL = "org.edgematrix.stage=build"
+#: a recipe's offline variant, when it differs from "BASE_IMAGE is the debootstrap base"
+OFFLINE_FILE = "offline.toml"
+#: what an offline variant's build args may name: the base image's reference, repository and tag
+OFFLINE_PLACEHOLDERS = ("base", "base_repo", "base_version")
 
 
 class ImageError(EdgeMatrixError):
@@ -109,10 +121,77 @@ class ImageSpec:
         return f"edgematrix/{self.name}:{self.content_hash()}"
 
 
-def image_spec(
-    repo_root: Path, target_name: str, target: Mapping[str, Any], *, offline_base: str | None = None
-) -> ImageSpec:
-    """The image of ``target`` (a target table); ``offline_base`` replaces its BASE_IMAGE."""
+@dataclass(frozen=True)
+class OfflineVariant:
+    """How a recipe builds on the debootstrap base instead of its vendor base.
+
+    Read from ``docker/<image>/offline.toml`` when the recipe has one; otherwise ``BASE_IMAGE`` becomes
+    the base. ``packages``: Debian packages debootstrapped into that base besides :data:`BASE_PACKAGES`
+    (a cross toolchain, qemu-user): the build itself fetches nothing. ``build_args``: the build args that
+    replace the vendor defaults of ``matrix/targets.toml``, where ``{base}``, ``{base_repo}`` and
+    ``{base_version}`` stand for the base image's reference, repository and tag. ``PYTHON_VERSION`` is
+    always the base's (Debian 12: 3.11), so the lock applies to its wheelhouse.
+    """
+
+    packages: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=lambda: {"BASE_IMAGE": "{base}"})
+    source: Path | None = None  # the offline.toml it came from
+
+    def args_for(self, base: str) -> dict[str, str]:
+        """The build args with the base image ``base`` (``repo:tag``) filled in."""
+        repo, _, version = base.rpartition(":")
+        values = {"base": base, "base_repo": repo, "base_version": version}
+        args = {k: v.format_map(values) for k, v in self.build_args.items()}
+        args["PYTHON_VERSION"] = OFFLINE_PYTHON
+        return args
+
+
+def offline_variant(recipe_dir: Path) -> OfflineVariant:
+    """The offline variant of the recipe in ``recipe_dir`` (its ``offline.toml``, or the default)."""
+    path = recipe_dir / OFFLINE_FILE
+    if not path.is_file():
+        return OfflineVariant()
+    where = f"docker/{recipe_dir.name}/{OFFLINE_FILE}"
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ImageError(f"{where}: not valid TOML ({e})") from None
+    unknown = sorted(set(doc) - {"packages", "build_args"})
+    if unknown:
+        raise ImageError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; an offline variant has packages and build_args"
+        )
+    packages = doc.get("packages", [])
+    if not isinstance(packages, list) or not all(
+        isinstance(p, str) and re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p) for p in packages
+    ):
+        raise ImageError(f"{where}: packages must be a list of Debian package names, got {packages!r}")
+    args = doc.get("build_args", {})
+    if not isinstance(args, dict) or not args or not all(isinstance(v, str) for v in args.values()):
+        raise ImageError(f"{where}: [build_args] must map build arg names to strings, got {args!r}")
+    used: set[str] = set()
+    for key, value in args.items():
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as e:
+            raise ImageError(f"{where}: build_args.{key} = {value!r}: {e}") from None
+        bad = sorted(fields - set(OFFLINE_PLACEHOLDERS))
+        if bad:
+            raise ImageError(
+                f"{where}: build_args.{key} = {value!r} names {{{bad[0]}}}; known: "
+                + ", ".join(f"{{{p}}}" for p in OFFLINE_PLACEHOLDERS)
+            )
+        used |= fields
+    if not used:
+        raise ImageError(
+            f"{where}: no build arg names the debootstrap base ({', '.join(f'{{{p}}}' for p in OFFLINE_PLACEHOLDERS)}): "
+            "the variant would still build on the vendor base"
+        )
+    return OfflineVariant(tuple(packages), {str(k): v for k, v in args.items()}, path)
+
+
+def recipe_dir(repo_root: Path, target_name: str, target: Mapping[str, Any]) -> Path:
+    """``docker/<image>/`` of ``target``; an error listing the recipes when it has no Dockerfile."""
     name = target.get("image") or target_name
     recipe = repo_root / "docker" / name
     if not (recipe / "Dockerfile").is_file():
@@ -121,11 +200,25 @@ def image_spec(
             f"target {target_name!r} names image {name!r}, but docker/{name}/Dockerfile does not exist; "
             f"image recipes: {', '.join(known) or '(none)'}"
         )
+    return recipe
+
+
+def image_arch(target: Mapping[str, Any]) -> str:
+    """The architecture of the target's image (``image_arch``, else the target's ``arch``)."""
+    return str(target.get("image_arch") or target["arch"])
+
+
+def image_spec(
+    repo_root: Path, target_name: str, target: Mapping[str, Any], *, offline_base: str | None = None
+) -> ImageSpec:
+    """The image of ``target`` (a target table). With ``offline_base`` (the debootstrap base's tag) it is the
+    recipe's offline variant (:func:`offline_variant`): its build args replace the vendor defaults."""
+    recipe = recipe_dir(repo_root, target_name, target)
+    name = recipe.name
     args = {k: str(v) for k, v in dict(target.get("image_args") or {}).items()}
     if offline_base:
-        args["BASE_IMAGE"] = offline_base
-        args["PYTHON_VERSION"] = OFFLINE_PYTHON
-    arch = target.get("image_arch") or target["arch"]
+        args.update(offline_variant(recipe).args_for(offline_base))
+    arch = image_arch(target)
     spec = ImageSpec(name=name, recipe_dir=recipe, arch=arch, build_args=args)
     lock_file = repo_root / LOCK_PATH
     if lock_file.is_file() and lock_applies(read_lock(lock_file), spec.python_version):
@@ -204,14 +297,25 @@ def debian_mirror(
     )
 
 
-def offline_base_tag(arch: str) -> str:
-    h = hashlib.sha256(f"{BASE_SUITE} {arch} {' '.join(BASE_PACKAGES)} v{BASE_RECIPE_VERSION}".encode()).hexdigest()
+def _extra_packages(packages: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(packages) - set(BASE_PACKAGES)))
+
+
+def offline_base_tag(arch: str, packages: Iterable[str] = ()) -> str:
+    """The tag of the debootstrap base for ``arch`` with ``packages`` besides :data:`BASE_PACKAGES`."""
+    recipe = f"{BASE_SUITE} {arch} {' '.join(BASE_PACKAGES)} v{BASE_RECIPE_VERSION}"
+    extra = _extra_packages(packages)
+    if extra:  # the plain base keeps the tag it always had
+        recipe += " + " + " ".join(extra)
+    h = hashlib.sha256(recipe.encode()).hexdigest()
     return f"{OFFLINE_BASE_REPO}:{BASE_SUITE}-{DOCKER_ARCH[arch]}-{h[:12]}"
 
 
-def ensure_offline_base(client: Any, arch: str, *, log: Log | None = None) -> str:
-    """The debootstrap base for ``arch``, built and imported when missing. Returns its tag."""
-    tag = offline_base_tag(arch)
+def ensure_offline_base(client: Any, arch: str, packages: Iterable[str] = (), *, log: Log | None = None) -> str:
+    """The debootstrap base for ``arch`` (with ``packages`` besides :data:`BASE_PACKAGES`), built and imported
+    when missing. Returns its tag."""
+    extra = _extra_packages(packages)
+    tag = offline_base_tag(arch, extra)
     if image_exists(client, tag):
         _emit(log, f"offline base {tag}: present")
         return tag
@@ -233,7 +337,7 @@ def ensure_offline_base(client: Any, arch: str, *, log: Log | None = None) -> st
             "debootstrap",
             f"--arch={DOCKER_ARCH[arch]}",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
+            f"--include={','.join((*BASE_PACKAGES, *extra))}",
             BASE_SUITE,
             str(rootfs),
             mirror,
@@ -345,7 +449,15 @@ def build_wheelhouse(spec: ImageSpec, cache_dir: Path, *, log: Log | None = None
     # pip evaluates environment markers against the interpreter running it, not --python-version:
     # resolve them for the image's Python and architecture first.
     resolved = out / "requirements.resolved.txt"
-    resolved.write_text("\n".join(requirements_for(spec)) + "\n")
+    lines = requirements_for(spec)
+    resolved.write_text("".join(f"{line}\n" for line in lines))
+    if not lines:  # e.g. the DriveOS PDK image: nothing of the recipe's applies to its Python
+        _emit(
+            log,
+            f"wheelhouse {out.name}: no requirement of {spec.requirements.name} applies to Python {spec.python_version}",
+        )
+        seal_tree(out)
+        return out
     cmd = [
         sys.executable,
         "-m",
@@ -408,13 +520,13 @@ def ensure_image(
     tag = spec.tag
     if not rebuild and image_exists(client, tag):
         return tag, False
-    base = spec.build_args.get("BASE_IMAGE", "")
-    if base and not image_exists(client, base):
-        raise ImageError(
-            f"base image {base!r} of docker/{spec.name}/ is not on this host, and edgematrix never pulls "
-            f"(no registry here). Either `docker pull {base}` on a host with registry access, or build offline: "
-            "`nox -s images` (debootstrap base from Debian's packages) and run with --offline-base."
-        )
+    for base in base_images(spec):
+        if not image_exists(client, base):
+            raise ImageError(
+                f"base image {base!r} of docker/{spec.name}/ is not on this host, and edgematrix never pulls "
+                f"(no registry here). Either `docker pull {base}` on a host with registry access, or build offline: "
+                "`nox -s images` (debootstrap base from Debian's packages) and run with --offline-base."
+            )
     wheels = build_wheelhouse(spec, cache_dir, log=log)
     with tempfile.TemporaryDirectory(prefix=f"edgematrix-ctx-{spec.name}-") as tmp:
         ctx = Path(tmp)
@@ -435,6 +547,38 @@ def ensure_image(
         )
         _build(client, ctx, tag, spec, log)
     return tag, True
+
+
+def base_images(spec: ImageSpec) -> list[str]:
+    """The images the recipe's ``FROM`` lines name, with its build args (and the Dockerfile's ``ARG``
+    defaults) substituted; ``scratch`` and the recipe's own stages are left out."""
+    defaults: dict[str, str] = {}
+    stages: set[str] = set()
+    bases: list[str] = []
+
+    def resolve(text: str) -> str:
+        values = {**defaults, **spec.build_args}
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), ""), text)
+
+    seen_from = False
+    for line in spec.dockerfile.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        keyword = words[0].upper()
+        if keyword == "ARG" and not seen_from and len(words) > 1:
+            key, _, value = words[1].partition("=")
+            defaults[key] = resolve(value.strip('"'))
+        elif keyword == "FROM":
+            seen_from = True
+            rest = [w for w in words[1:] if not w.startswith("--")]
+            if len(rest) >= 3 and rest[1].upper() == "AS":
+                stages.add(rest[2])
+            if rest:
+                ref = resolve(rest[0])
+                if ref != "scratch" and ref not in stages and ref not in bases:
+                    bases.append(ref)
+    return [b for b in bases if b not in stages]
 
 
 def _build(client: Any, ctx: Path, tag: str, spec: ImageSpec, log: Log | None) -> None:
@@ -469,6 +613,51 @@ def _build(client: Any, ctx: Path, tag: str, spec: ImageSpec, log: Log | None) -
         client.images.prune(filters={"dangling": True, "label": STAGE_LABEL})
 
 
+def target_image_spec(
+    repo_root: Path, target_name: str, target: Mapping[str, Any], *, offline: bool = False
+) -> ImageSpec:
+    """The spec of the target's image, vendor or offline variant, without building anything."""
+    if not offline:
+        return image_spec(repo_root, target_name, target)
+    _require_offline_variant(target_name, target)
+    variant = offline_variant(recipe_dir(repo_root, target_name, target))
+    base = offline_base_tag(image_arch(target), variant.packages)
+    return image_spec(repo_root, target_name, target, offline_base=base)
+
+
+def _require_offline_variant(target_name: str, target: Mapping[str, Any]) -> None:
+    if not target.get("offline_image"):
+        raise ImageError(
+            f"target {target_name!r} has no offline variant of its image (offline_image = false in "
+            "matrix/targets.toml): build it on a host with registry access, without --offline-base"
+        )
+
+
+def ensure_target_image(
+    client: Any,
+    repo_root: Path,
+    target_name: str,
+    target: Mapping[str, Any],
+    cache_dir: Path,
+    *,
+    offline: bool = False,
+    rebuild: bool = False,
+    log: Log | None = None,
+) -> tuple[ImageSpec, str, bool]:
+    """The image of ``target`` (its table in ``matrix/targets.toml``), built when missing: the recipe on its
+    vendor base, or with ``offline`` its offline variant on the debootstrap base (which is built first
+    when missing, with the packages the variant names). Returns ``(spec, tag, built)``."""
+    if offline:
+        _require_offline_variant(target_name, target)
+        variant = offline_variant(recipe_dir(repo_root, target_name, target))
+        base = ensure_offline_base(client, image_arch(target), variant.packages, log=log)
+        spec = image_spec(repo_root, target_name, target, offline_base=base)
+    else:
+        spec = image_spec(repo_root, target_name, target)
+    tag, built = ensure_image(client, spec, cache_dir, log=log, rebuild=rebuild)
+    return spec, tag, built
+
+
 def build_images(
     repo_root: Path,
     targets: Mapping[str, Mapping[str, Any]],
@@ -498,15 +687,13 @@ def build_images(
     client = docker_client()
     for name in wanted:
         target = targets[name]
-        base = None
-        if offline_base:
-            arch = target.get("image_arch") or target["arch"]
-            base = offline_base_tag(arch) if list_only else ensure_offline_base(client, arch, log=log)
-        spec = image_spec(repo_root, name, target, offline_base=base)
         if list_only:
+            spec = target_image_spec(repo_root, name, target, offline=offline_base)
             state = "present" if image_exists(client, spec.tag) else "not built"
             yield f"{name:<10} docker/{spec.name}/  {spec.arch:<8} {spec.tag}  {state}"
             continue
         t0 = time.perf_counter()
-        tag, built = ensure_image(client, spec, cache_dir, log=log, rebuild=rebuild)
+        spec, tag, built = ensure_target_image(
+            client, repo_root, name, target, cache_dir, offline=offline_base, rebuild=rebuild, log=log
+        )
         yield f"{name:<10} {tag}  {'built' if built else 'present'} ({time.perf_counter() - t0:.1f} s)"
