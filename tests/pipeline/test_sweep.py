@@ -262,6 +262,29 @@ def test_run_sweep_writes_json_png_and_report(models: dict[str, Path], tmp_path:
     assert [p["batch"] for p in json.loads((out / "batch_sweep.json").read_text())["points"]] == [1, 8]
 
 
+def test_the_sweep_runs_on_the_backend_the_cell_selected(models: dict[str, Path], tmp_path: Path) -> None:
+    """A cell whose run selected OpenVINO is swept on OpenVINO; a busy run (no selection) on its backend of record."""
+    from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
+
+    out = fake_results(tmp_path, "tiny_int8", models["fp32"], models["int8"])
+
+    def results(selected: str) -> None:
+        entries = [
+            BenchmarkEntry(f"tiny_int8[{role}{'' if b == 'onnxruntime' else '@' + b}]", "tiny_int8", [0.001] * 5,
+                           {"role": role, "backend": b, "primary_backend": "onnxruntime", "selected_backend": selected})
+            for b in ("onnxruntime", "openvino") for role in ("reference", "candidate")
+        ]  # fmt: skip
+        write_benchmark_json(out / "benchmark.json", entries)
+
+    results("openvino")
+    result = run_sweep(tmp_path, "tiny_int8", [1, 2])
+    assert result.facts["backend"] == "openvino" and result.facts["sweep_backend"] == "openvino"
+    assert "the backend the cell's run selected" in (out / "report.md").read_text()
+    results("")
+    result = run_sweep(tmp_path, "tiny_int8", [1, 2])
+    assert result.facts["backend"] == "onnxruntime" and result.facts["sweep_backend_reason"] == "the backend of record"
+
+
 def test_sweep_point_arithmetic() -> None:
     p = SweepPoint(
         batch=4,

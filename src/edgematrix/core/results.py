@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from edgematrix.errors import EdgeMatrixError
 from edgematrix.fileio import atomic_write_text
@@ -225,3 +227,126 @@ def read_benchmark_json(path: str | os.PathLike[str], *, require_data: bool = Tr
         if len(data) != stats["rounds"]:
             raise _fail(path, f"{where}.stats.data", f"{len(data)} samples but rounds = {stats['rounds']}")
     return doc
+
+
+# ----------------------------------------------------------------------------------------------
+# typed records: one writer (the pipeline's publish stage) and one reader for every consumer
+
+
+class BenchmarkInfo(BaseModel):
+    """The ``extra_info`` of one benchmark of a cell run, typed.
+
+    pytest-benchmark keeps ``extra_info`` flat, with plain values; the named fields are the contract
+    every consumer reads (reports, plots, history, gate compare, sweeps, the demo). Task extras (``fp``,
+    ``map50`` ...), recipe facts (``prune_ratio`` ...) and contention figures are further plain fields
+    (``extra="allow"``, validated as float / int / str). Fields missing in older files take their
+    defaults, so a reader never guesses with ``.get``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: str = "candidate"  # reference | candidate | base | a recipe step's role (unpruned, ptq ...)
+    backend: str = ""
+    primary_backend: str = ""  # the backend of record of the run ("" in files older than the field)
+    precision: str = ""
+    recipe: str = ""
+    cell: str = ""
+    target: str = ""
+    model: str = ""
+    backend_version: str = ""
+    inference_precision: str = ""
+    accuracy: float | None = None  # the task metric of record
+    metric: str = "accuracy"
+    metric_direction: Literal["higher", "lower"] = "higher"
+    model_kind: Literal["onnx", "split", "module", "engine"] = "onnx"
+    model_bytes: int = 0
+    input_shape: str = ""
+    artifact_sha256: str = ""
+    threads: int = 0
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    speedup_vs_reference: float | None = None
+    max_rel_diff_vs_reference: float = 0.0
+    selected_backend: str = ""
+    runner: str = ""
+    executor: str = ""
+    device: str = ""
+    latency_kind: str = "local"
+    accuracy_source: str = "local"
+    dataset: str = ""
+
+    @model_validator(mode="after")
+    def _plain_extras(self) -> BenchmarkInfo:
+        for key, value in (self.model_extra or {}).items():
+            if type(value) not in (float, int, str):
+                raise ValueError(f"extra_info[{key!r}] is {type(value).__name__}; extra_info holds float/int/str only")
+        return self
+
+    @property
+    def is_primary(self) -> bool:
+        """Measured on the run's backend of record (older files: benchmark names without ``@backend``)."""
+        return not self.primary_backend or self.backend == self.primary_backend
+
+    def extras(self) -> dict[str, float | int | str]:
+        """The fields beyond the named ones: task extras, recipe facts, contention figures."""
+        return dict(self.model_extra or {})
+
+    def extra_info(self) -> dict[str, ExtraValue]:
+        """Plain values for pytest-benchmark's ``extra_info`` (``None`` fields are left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark of a results file: its name, typed info and per-round samples (seconds)."""
+
+    name: str
+    group: str
+    info: BenchmarkInfo
+    samples_s: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CellResults:
+    """A cell run's ``benchmark.json``, typed."""
+
+    path: Path
+    benchmarks: tuple[Benchmark, ...]
+    machine_info: dict[str, Any]
+    commit_info: dict[str, Any]
+
+    @property
+    def primary_backend(self) -> str:
+        for b in self.benchmarks:
+            if b.info.primary_backend:
+                return b.info.primary_backend
+        first = next((b for b in self.benchmarks if "@" not in b.name), None)
+        return first.info.backend if first else ""
+
+    def of(self, role: str, backend: str | None = None) -> Benchmark | None:
+        """The benchmark of ``role`` on ``backend`` (default: the primary backend)."""
+        backend = backend or self.primary_backend
+        return next((b for b in self.benchmarks if b.info.role == role and b.info.backend == backend), None)
+
+
+def read_results(path: str | os.PathLike[str], *, require_data: bool = False) -> CellResults:
+    """Read and validate a cell's ``benchmark.json`` (or its results folder) into typed records; a file
+    that does not hold them is an :class:`EdgeMatrixError` naming the benchmark and the field."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "benchmark.json"
+    doc = read_benchmark_json(path, require_data=require_data)
+    out = []
+    for i, bench in enumerate(doc["benchmarks"]):
+        try:
+            info = BenchmarkInfo.model_validate(bench.get("extra_info", {}))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "extra_info"
+            raise _fail(path, f"benchmarks[{i}] ({bench['name']}).extra_info.{where}", first["msg"]) from None
+        data = bench["stats"].get("data") or ()
+        out.append(Benchmark(bench["name"], str(bench.get("group") or ""), info, tuple(float(x) for x in data)))
+    return CellResults(path, tuple(out), dict(doc["machine_info"]), dict(doc["commit_info"]))

@@ -102,7 +102,7 @@ def run_demo(
                 f"{cell}: the {role} model {path} (from {folder / 'artifacts.json'}) is gone, e.g. the cache was "
                 f"cleared; run the cell again (`nox -s {cell}`)"
             )
-    return _run_demo_impl(cell, config, ref, cand, target, frames, fps, seed, log or (lambda _m: None))
+    return _run_demo_impl(cell, folder, config, ref, cand, target, frames, fps, seed, log or (lambda _m: None))
 
 
 def _require_ffmpeg() -> None:
@@ -138,6 +138,7 @@ def _model_config(cell: str, config: dict[str, Any]) -> Any:
 
 def _run_demo_impl(
     cell: str,
+    results_folder: Path,
     config: dict[str, Any],
     ref_path: Path,
     cand_path: Path,
@@ -148,7 +149,9 @@ def _run_demo_impl(
     log: Callable[[str], None],
 ) -> DemoResult:
     from edgematrix.backends.base import create_runner
+    from edgematrix.core.registries import backends
     from edgematrix.models import create_model
+    from edgematrix.pipeline.sweep import sweep_backend
     from edgematrix.tasks.base import get_task
 
     t_start = time.perf_counter()
@@ -168,13 +171,21 @@ def _run_demo_impl(
             f"{w}, 3] (a bug in the task adapter)"
         )
     log(f"{cell}: {frames} frames of a synthetic {model_cfg.task} drive at {w}x{h}")
-    threads = int((config.get("target") or {}).get("threads", 0))
-    runners = {  # a split candidate (manifest.json) runs encoder → heads through the split backend
-        role: create_runner(
-            "split" if path.suffix == ".json" else "onnxruntime", path=path, name=role, intra_op_threads=threads
+    target_cfg = config.get("target") or {}
+    threads = int(target_cfg.get("threads", 0))
+    backend, why = sweep_backend(results_folder, target_cfg)
+    log(f"backend: {backend} ({why})")
+    runner_cls = backends.get(backend)
+
+    def open_runner(role: str, path: Path) -> Any:
+        if path.suffix == ".json":  # a split candidate (manifest.json): encoder → heads, each on the backend
+            return create_runner("split", path=path, name=role, inner_backend=backend, intra_op_threads=threads)
+        role_precision = "fp32" if role == "reference" else precision.lower()
+        return create_runner(
+            backend, path=path, name=role, **runner_cls.options_for(target_cfg, role=role, precision=role_precision)
         )
-        for role, path in (("reference", ref_path), ("candidate", cand_path))
-    }
+
+    runners = {role: open_runner(role, path) for role, path in (("reference", ref_path), ("candidate", cand_path))}
     scale = max(1, math.ceil(MIN_PANEL_WIDTH / w))
     canvas = _Canvas(w * scale, h * scale, title=f"{cell}: {model_name}", labels=labels)
     times: dict[str, list[float]] = {"reference": [], "candidate": []}

@@ -33,7 +33,7 @@ def busy_reasons(measured: dict[tuple[str, str], Measured]) -> tuple[str, ...]:
 
 
 def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellResult:
-    from edgematrix.core.results import BenchmarkEntry, write_benchmark_json
+    from edgematrix.core.results import BenchmarkEntry, BenchmarkInfo, write_benchmark_json
     from edgematrix.fileio import atomic_write_text
     from edgematrix.gates.baseline import Baseline, baseline_key, libc, load_baselines, write_baseline
     from edgematrix.gates.latency import select_fastest
@@ -146,7 +146,7 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
     roles = [*ROLE_ORDER, *build.extra]
     for b, role in [(b, r) for b in backends for r in roles if (b, r) in measured]:
         m = measured[b, role]
-        extra: dict[str, float | int | str] = {
+        fields: dict[str, Any] = {
             "role": role,
             "recipe": cell.recipe_name,
             "precision": m.precision,
@@ -180,10 +180,11 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
             "dataset": src.data.tag,
         }
         if m.samples.contention is not None:
-            extra.update(m.samples.contention.extra_info(f"{b}:{role}"))
+            fields.update(m.samples.contention.extra_info(f"{b}:{role}"))
         if role == "candidate":
-            extra.update(build.facts)
-            extra.update(step_facts)
+            fields.update(build.facts)
+            fields.update(step_facts)
+        extra = BenchmarkInfo(**fields).extra_info()  # the typed record: what every reader gets back
         suffix = role if b == primary else f"{role}@{b}"
         entries.append(BenchmarkEntry(f"{cell.name}[{suffix}]", cell.name, m.samples.samples_s, extra))
         shown = task.summary_extras if task.summary_extras is not None else tuple(m.score.extras)

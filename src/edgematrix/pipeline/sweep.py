@@ -3,7 +3,8 @@
 ``run_sweep(results_dir, cell, [1, 2, 4, 8])`` reads ``results/<cell>/artifacts.json`` (the FP32
 reference and the candidate ONNX files, exported with a static batch of 1) and ``config.json``,
 writes a verified batch-N copy of each model next to it (:func:`edgematrix.export.rebatch.rebatch_onnx`),
-and measures every batch with ONNX Runtime (intra-op spinning off), interleaved:
+and measures every batch on the cell's *selected* backend (the one its run chose, else its backend of
+record; ONNX Runtime with intra-op spinning off), interleaved:
 
     batch N:  FP32 batch-N  |  candidate batch-N  |  FP32 batch-1 (the anchor)   -- same rounds
 
@@ -237,6 +238,31 @@ def rebatch_split(manifest: Path, batch: int, *, seed: int = 0) -> tuple[str, fl
     return str(batched.save(manifest.with_name(f"{manifest.stem}.b{batch}.json"))), worst
 
 
+#: backends that run ONNX files (a sweep re-batches the cell's ONNX models)
+ONNX_BACKENDS = ("onnxruntime", "openvino", "tensorrt", "tidl", "trt_cpp")
+
+
+def sweep_backend(out: Path, target: dict[str, Any]) -> tuple[str, str]:
+    """The backend a sweep (or demo) runs on and why: the backend the cell's run selected, else its
+    backend of record (no selection: one backend, or a busy run that selected none)."""
+    from edgematrix.core.results import read_results
+
+    primary = str(target.get("backend", "onnxruntime"))
+    bench = out / "benchmark.json"
+    selected = ""
+    if bench.is_file():
+        results = read_results(bench)
+        selected = next((b.info.selected_backend for b in results.benchmarks if b.info.selected_backend), "")
+        primary = results.primary_backend or primary
+    backend, why = (selected, "the backend the cell's run selected") if selected else (primary, "the backend of record")
+    if backend not in ONNX_BACKENDS:
+        raise EdgeMatrixError(
+            f"the cell's {why} is {backend!r}, which runs torch modules: a batch sweep re-batches ONNX files; "
+            f"sweep a cell whose backend runs ONNX ({', '.join(ONNX_BACKENDS)})"
+        )
+    return backend, why
+
+
 def latency_from_config(config: dict[str, Any]) -> LatencyConfig:
     lat = (config.get("recipe") or {}).get("latency") or {}
     fields = ("warmup", "min_rounds", "max_rounds", "min_time_s", "max_time_s")
@@ -254,16 +280,16 @@ def _run_sweep_impl(
     log: Callable[[str], None],
 ) -> SweepResult:
     from edgematrix.backends.base import create_runner
+    from edgematrix.core.registries import backends
     from edgematrix.export.rebatch import rebatch_onnx
     from edgematrix.measure.harness import measure_interleaved
 
     target = config.get("target") or {}
     recipe = config.get("recipe") or {}
     model_name = str((config.get("model") or {}).get("name", ""))
-    providers = tuple(target.get("providers") or ()) if target.get("backend") == "onnxruntime" else ()
-    runner_kwargs: dict[str, Any] = {"intra_op_threads": int(target.get("threads", 0)), "allow_spinning": False}
-    if providers:
-        runner_kwargs["providers"] = providers
+    backend, why = sweep_backend(out, target)
+    log(f"backend: {backend} ({why})")
+    runner_cls = backends.get(backend)
     precision = str(recipe.get("precision", "")) if "candidate" in paths else ""
     started = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -283,15 +309,21 @@ def _run_sweep_impl(
 
     def open_runner(role: str, batch: int, name: str) -> Any:
         path = files[role][batch]
-        if path.endswith(".json"):
-            threads = runner_kwargs["intra_op_threads"]
-            return create_runner("split", path=path, name=name, intra_op_threads=threads, threads=threads)
-        return create_runner("onnxruntime", path=path, name=name, **runner_kwargs)
+        threads = int(target.get("threads", 0))
+        if path.endswith(".json"):  # a split model: each subgraph on the backend
+            return create_runner(
+                "split", path=path, name=name, inner_backend=backend, intra_op_threads=threads, threads=threads
+            )
+        role_precision = precision if role == "candidate" else "fp32"
+        options = runner_cls.options_for(target, role=role, precision=role_precision)
+        if backend == "onnxruntime":
+            options["allow_spinning"] = False
+        return create_runner(backend, path=path, name=name, **options)
 
     rng = np.random.default_rng(seed)
     points: list[SweepPoint] = []
     facts: dict[str, Any] = {}
-    fact_keys = ("backend", "version", "provider", "intra_op_threads", "intra_op_allow_spinning")
+    fact_keys = ("backend", "version", "provider", "intra_op_threads", "intra_op_allow_spinning", "threads")
     for b in batches:
         runners = {role: open_runner(role, b, f"{role}@b{b}") for role in paths}
         if b > 1:  # the anchor: FP32 at batch 1, in the same rounds
@@ -331,7 +363,9 @@ def _run_sweep_impl(
             "latency_config": asdict(lcfg),
             "target": str(target.get("name", "")),
             "recipe": str(recipe.get("name", "")),
-            "providers": ",".join(providers) or "CPUExecutionProvider",
+            "providers": ",".join(target.get("providers") or ()) if backend == "onnxruntime" else "",
+            "sweep_backend": backend,
+            "sweep_backend_reason": why,
         }
     )
     result = SweepResult(cell, model_name, precision, points, facts, files)
@@ -397,8 +431,9 @@ def sweep_markdown(result: SweepResult) -> str:
     lines = [
         REPORT_HEADING,
         "",
-        f"{f.get('backend', 'onnxruntime')} {f.get('version', '')} ({f.get('providers', '')}, "
-        f"{f.get('intra_op_threads', '?')} intra-op threads, spinning off). Each batch is measured interleaved: "
+        f"On {f.get('backend', '?')} {f.get('version', '')}, {f.get('sweep_backend_reason', 'the backend of record')}"
+        + (f" ({f['providers']})" if f.get("providers") else "")
+        + f", {f.get('intra_op_threads', f.get('threads', '?'))} threads. Each batch is measured interleaved: "
         + ("the FP32 and " + cand + " batch-N models" if has_cand else "the FP32 batch-N model")
         + " and the FP32 batch-1 model in the same rounds, so every ratio below is a same-run ratio. "
         f"Samples/s = N / p50. Rounds per batch: {rounds} (≥{lcfg.get('min_rounds', '?')} rounds, "
