@@ -146,7 +146,9 @@ def test_errors_are_clear(results: Path, tmp_path: Path) -> None:
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model": {"name": "x", "family": "ufld_v2"}}))
     (broken / "artifacts.json").write_text((results / "tiny_int8" / "artifacts.json").read_text())
-    with pytest.raises(EdgeMatrixError, match=r"model\.description: Field required.*nox -s broken"):
+    with pytest.raises(
+        EdgeMatrixError, match=r"config\.json is not a cell's config\.json \(cell: Field required.*nox -s broken"
+    ):
         run_demo(results, "broken", frames=2)
 
 

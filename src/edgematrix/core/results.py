@@ -350,3 +350,60 @@ def read_results(path: str | os.PathLike[str], *, require_data: bool = False) ->
         data = bench["stats"].get("data") or ()
         out.append(Benchmark(bench["name"], str(bench.get("group") or ""), info, tuple(float(x) for x in data)))
     return CellResults(path, tuple(out), dict(doc["machine_info"]), dict(doc["commit_info"]))
+
+
+class RunnerRecord(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "local"
+    reason: str = ""
+    host: str = ""
+    remote: str | None = None
+
+
+class CellConfig(BaseModel):
+    """``results/<cell>/config.json``: the fully resolved cell and where it ran (one writer: the pipeline)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    cell: str
+    description: str = ""
+    target: dict[str, Any]
+    model: dict[str, Any]
+    recipe: dict[str, Any]
+    gates: dict[str, Any] = {}
+    runner: RunnerRecord = RunnerRecord()
+    executor: str = "local"
+    backends: list[str] = []
+    steps: list[str] = []
+    started: str = ""
+
+
+def write_config(path: str | os.PathLike[str], config: CellConfig) -> None:
+    atomic_write_text(Path(path), config.model_dump_json(indent=2) + "\n")
+
+
+def read_config(path: str | os.PathLike[str]) -> CellConfig:
+    """Read ``config.json`` (or a results folder's); a file that is not one is an :class:`EdgeMatrixError`."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        return CellConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeMatrixError(
+            f"{path} is missing: the cell has not finished a run; run it (`nox -s {path.parent.name}`)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise EdgeMatrixError(
+            f"{path} is not UTF-8 ({e.reason}); run the cell again (`nox -s {path.parent.name}`)"
+        ) from None
+    except ValidationError as e:
+        what = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()[:4]
+        )
+        raise EdgeMatrixError(
+            f"{path} is not a cell's config.json ({what}); run the cell again (`nox -s {path.parent.name}`)"
+        ) from None

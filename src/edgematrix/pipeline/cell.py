@@ -83,7 +83,8 @@ def resolve_ab_base(path: Path | None) -> Path | None:
 
 def run_cell(cell: Cell, options: CellOptions) -> CellResult:
     """Run ``cell`` and write its artifacts; raises GateFailure (after writing them) when a gate fails."""
-    from edgematrix.fileio import atomic_write_text, staged_folder
+    from edgematrix.core.results import CellConfig, RunnerRecord, write_config
+    from edgematrix.fileio import staged_folder
     from edgematrix.pipeline.evaluate import plan, run_plan
     from edgematrix.pipeline.publish import gate_and_publish
     from edgematrix.pipeline.source import build_source
@@ -102,20 +103,15 @@ def run_cell(cell: Cell, options: CellOptions) -> CellResult:
         ctx.backends = executor.backends(cell.target)
         steps = compose(ctx)
         ctx.stages.total = 3 + sum(s.stage_count() for s in steps) + 1
-        config = {
+        config = CellConfig(
             **cell.resolved(),
-            "runner": {
-                "name": choice.runner,
-                "reason": choice.reason,
-                "host": platform.node(),
-                "remote": options.remote,
-            },
-            "executor": executor.name,
-            "backends": ctx.backends,
-            "steps": [s.name for s in steps],
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
+            runner=RunnerRecord(name=choice.runner, reason=choice.reason, host=platform.node(), remote=options.remote),
+            executor=executor.name,
+            backends=ctx.backends,
+            steps=[s.name for s in steps],
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_config(out / "config.json", config)
         ctx.source = build_source(ctx)
         ctx.build = Build(candidate=ctx.source.fp32)
         for step in steps:

@@ -154,6 +154,9 @@ def load_cell_results(results_dir: Path, cell: str) -> tuple[Path, dict[str, Any
             raise EdgeMatrixError(f"{path} is not a JSON object; run the cell again (`nox -s {cell}`)")
         docs.append(doc)
     config, artifacts = docs
+    from edgematrix.core.results import read_config
+
+    config = read_config(out / "config.json").model_dump(mode="json")  # validated: the pipeline's record
     for role in ROLES:
         if not isinstance(artifacts.get(role), str):
             raise EdgeMatrixError(f"{out / 'artifacts.json'} names no {role!r} model; run the cell again")
