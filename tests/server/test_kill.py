@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,52 +12,7 @@ from edgematrix.errors import DeviceUnreachableError
 from edgematrix.measure.harness import LatencyConfig
 from edgematrix.server.client import RemoteMeter
 
-from .serverkit import TOKEN, alive, worker_pids
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-@contextlib.contextmanager
-def _served() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`edgematrix serve` in a child process (its own environment, token included); always stopped."""
-    env = {**os.environ, "EDGEMATRIX_TOKEN": TOKEN, "PYTHONPATH": SRC}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgematrix.cli", "serve", "--port", "0", "--timeout-s", "60"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "listening on" in line, line
-        yield proc, line.split("listening on ", 1)[1].split()[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
-def _slow_measurement(meter: RemoteMeter, model: Path, server: subprocess.Popen[str]) -> tuple[threading.Thread, dict]:
-    """Start a 30 s measurement on a client thread; return once its worker runs. ``outcome["error"]``: how it ended."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            meter.measure(model)
-        except Exception as exc:  # the answer or the dropped connection of a stopping server
-            outcome["error"] = exc
-
-    client = threading.Thread(target=run)
-    client.start()
-    deadline = time.monotonic() + 30
-    while not worker_pids(server.pid):
-        assert time.monotonic() < deadline, "the measurement never started"
-        time.sleep(0.05)
-    return client, outcome
-
+from .serverkit import TOKEN, alive, run_until_worker, served_process, worker_pids
 
 SLOW = LatencyConfig(warmup=0, min_rounds=1, max_rounds=10**7, min_time_s=30.0, max_time_s=30.0)
 
@@ -72,9 +20,9 @@ SLOW = LatencyConfig(warmup=0, min_rounds=1, max_rounds=10**7, min_time_s=30.0, 
 @pytest.mark.slow
 def test_killing_the_server_mid_run_fails_clearly_after_retries(mlp_model: Path) -> None:
     sleeps: list[float] = []
-    with _served() as (proc, url):
+    with served_process() as (proc, url):
         meter = RemoteMeter(url, token=TOKEN, config=SLOW, retries=2, backoff_s=0.1, sleep=sleeps.append)
-        client, outcome = _slow_measurement(meter, mlp_model, proc)
+        client, outcome = run_until_worker(lambda: meter.measure(mlp_model), proc)
         workers = worker_pids(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -95,7 +43,7 @@ def test_killing_the_server_mid_run_fails_clearly_after_retries(mlp_model: Path)
 
 
 def test_sigterm_stops_the_server_cleanly() -> None:
-    with _served() as (proc, url):
+    with served_process() as (proc, url):
         assert RemoteMeter(url).health()["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
@@ -107,8 +55,10 @@ def test_stopping_the_server_ends_its_workers_and_removes_the_clients_model(
 ) -> None:
     # issue 15: SIGTERM stopped the HTTP loop but left the measuring worker running (re-parented to
     # PID 1) and the request folder with the client's model in /tmp
-    with _served() as (proc, url):
-        client, outcome = _slow_measurement(RemoteMeter(url, token=TOKEN, config=SLOW, retries=0), mlp_model, proc)
+    with served_process() as (proc, url):
+        client, outcome = run_until_worker(
+            RemoteMeter(url, token=TOKEN, config=SLOW, retries=0).measure, proc, mlp_model
+        )
         (worker,) = worker_pids(proc.pid)
         folder = Path((Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0"))[3].decode())
         assert (folder / "model.onnx").read_bytes() == mlp_model.read_bytes()  # the client's model, on the board

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import hmac
 import json
 import logging
@@ -48,7 +49,16 @@ from edgematrix.server.config import MIN_TOKEN_CHARS, ServerConfig
 from edgematrix.server.device import dynamic_facts, static_facts
 from edgematrix.server.options import Limits, OptionError, WorkOrder, runner_option_names, validate_request
 from edgematrix.server.token import TOKEN_ENV
-from edgematrix.server.wire import CONTENT_TYPE, MAX_HEADER_BYTES, decode_frame, frame_parts, npz_members
+from edgematrix.server.wire import (
+    CONTENT_TYPE,
+    MAX_HEADER_BYTES,
+    NpzSource,
+    copy_blob,
+    file_entry,
+    frame_head,
+    npz_members,
+    read_frame_head,
+)
 
 log = logging.getLogger("edgematrix.server")
 
@@ -179,8 +189,9 @@ def worker_environment(config: ServerConfig | None, folder: Path) -> dict[str, s
 class Workers:
     """The worker processes of one server and their request folders (all under one private ``root``).
 
-    :meth:`stop_all` (server shutdown) ends every worker's process group and removes ``root``; a
-    request that arrives afterwards gets 503.
+    A request's blobs go straight from the socket into its folder (:meth:`spool`), where it waits for
+    the device; :meth:`run` starts the worker on that folder. :meth:`stop_all` (server shutdown) ends
+    every worker's process group and removes ``root``; a request that arrives afterwards gets 503.
     """
 
     def __init__(self, config: ServerConfig | None = None) -> None:
@@ -198,33 +209,32 @@ class Workers:
     def _shutting_down(self) -> HttpError:
         return HttpError(503, "shutting_down", "the server is shutting down; retry against its next start")
 
-    def run(
-        self, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float
-    ) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """Run one order in a fresh worker process; returns (result, answer blobs) or raises HttpError.
-
-        The answer blobs are the outputs files the worker wrote (:func:`answer_files`), by blob name."""
+    @contextlib.contextmanager
+    def spool(self) -> Iterator[Path]:
+        """A new private request folder, removed with everything in it (the client's models) at the end."""
         with self._lock:
             if self.closing:
                 raise self._shutting_down()
             folder = Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
         try:
-            return self._run(folder, order, blobs, timeout_s)
+            yield folder
+        except OSError as exc:  # writing the request's files
+            if self.closing:
+                raise self._shutting_down() from None
+            if exc.errno == errno.ENOSPC:
+                raise HttpError(
+                    507,
+                    "insufficient_storage",
+                    f"the board's temporary folder ({self.root.parent}) is full; send a smaller request, or free space",
+                ) from None
+            raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _run(
-        self, folder: Path, order: WorkOrder, blobs: dict[str, bytes], timeout_s: float
-    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    def run(self, order: WorkOrder, folder: Path, timeout_s: float) -> tuple[dict[str, Any], dict[str, Path]]:
+        """Run one order in a fresh worker process on a spooled folder holding its files (:func:`blob_files`);
+        returns (result, the outputs files to answer by blob name) or raises HttpError."""
         (folder / worker.ORDER_FILE).write_text(json.dumps(order.as_dict()), encoding="utf-8")
-        if order.op == "evaluate":  # fixed file names: a role never becomes a path
-            for model in order.models:
-                (folder / model["file"]).write_bytes(blobs[f"model.{model['role']}"])
-        else:
-            (folder / f"model{order.model_suffix}").write_bytes(blobs["model"])
-        if "bundle" in blobs:
-            (folder / worker.BUNDLE_FILE).write_bytes(blobs["bundle"])
-        blobs.clear()  # on disk now: the server holds none of the request while the worker runs
         cmd = [sys.executable, "-m", "edgematrix.server.worker", str(folder), str(os.getpid()), str(0.8 * timeout_s)]
         with self._lock:
             if self.closing:
@@ -279,6 +289,16 @@ class Workers:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def blob_files(order: WorkOrder) -> dict[str, str]:
+    """Where each blob a request may carry goes in its folder: fixed names, so a blob or role never becomes a path."""
+    files = {"bundle": worker.BUNDLE_FILE}
+    if order.op == "evaluate":
+        files.update({f"model.{model['role']}": model["file"] for model in order.models})
+    else:
+        files["model"] = f"model{order.model_suffix}"
+    return files
+
+
 def answer_files(order: WorkOrder) -> dict[str, str]:
     """The files of a worker's request folder that go back to the client, by their blob name in the answer."""
     if order.op == "evaluate":
@@ -291,7 +311,7 @@ def answer_files(order: WorkOrder) -> dict[str, str]:
 
 def _worker_answer(
     folder: Path, code: int, stderr: bytes, files: dict[str, str]
-) -> tuple[dict[str, Any], dict[str, bytes]]:
+) -> tuple[dict[str, Any], dict[str, Path]]:
     if code == worker.EXIT_ERROR and (folder / worker.ERROR_FILE).is_file():
         err = json.loads((folder / worker.ERROR_FILE).read_text(encoding="utf-8"))
         if int(err["status"]) >= 500:
@@ -308,15 +328,20 @@ def _worker_answer(
             "the server kept running and its log has the worker's output",
         )
     result = json.loads((folder / worker.RESULT_FILE).read_text(encoding="utf-8"))
-    blobs = {name: (folder / file).read_bytes() for name, file in files.items() if (folder / file).is_file()}
-    return result, blobs
+    return result, {name: folder / file for name, file in files.items() if (folder / file).is_file()}
 
 
 def run_worker(order: WorkOrder, blobs: dict[str, bytes], timeout_s: float) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Run one order in a fresh worker process of a one-off :class:`Workers` (tests, tools)."""
+    """Run one order in a fresh worker process of a one-off :class:`Workers` (tests, tools); returns
+    (result, the outputs by blob name)."""
     workers = Workers()
     try:
-        return workers.run(order, blobs, timeout_s)
+        with workers.spool() as folder:
+            files = blob_files(order)
+            for name, data in blobs.items():
+                (folder / files[name]).write_bytes(data)
+            result, outputs = workers.run(order, folder, timeout_s)
+            return result, {name: path.read_bytes() for name, path in outputs.items()}
     finally:
         workers.stop_all()
 
@@ -344,14 +369,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_parts(self, status: int, parts: list[bytes], content_type: str) -> None:
-        """One answer written piece by piece (a large frame is not joined into one more buffer)."""
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
+    def _send_frame(self, meta: dict[str, Any], files: dict[str, Path]) -> None:
+        """A frame answer whose blobs are files, streamed from disk (never all in memory)."""
+        head = frame_head(meta, [file_entry(name, path) for name, path in files.items()])
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(head) + sum(path.stat().st_size for path in files.values())))
         self.end_headers()
-        for part in parts:
-            self.wfile.write(part)
+        self.wfile.write(head)
+        for path in files.values():
+            with path.open("rb") as fh:
+                shutil.copyfileobj(fh, self.wfile, _DRAIN_CHUNK)
 
     def _send_json(self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data, allow_nan=False).encode("utf-8"), "application/json", headers)
@@ -470,52 +498,52 @@ class _Handler(BaseHTTPRequestHandler):
             f"POST {API}/measure, POST {API}/run, POST {API}/evaluate",
         )
 
-    def _read_body(self, length: int) -> bytes:
-        body = self.rfile.read(length)
-        self._body_read = True
-        if len(body) != length:
+    def _read(self, n: int) -> bytes:
+        """Exactly ``n`` more bytes of the request's body (a 400 when the client sent fewer)."""
+        data = self.rfile.read(n)
+        self._consumed += len(data)
+        if len(data) != n:
             self.close_connection = True
-            raise HttpError(400, "truncated", f"body ended after {len(body)} of {length} bytes")
-        return body
+            raise HttpError(400, "truncated", f"body ended after {self._consumed} of {self._length} bytes")
+        return data
 
     def do_POST(self) -> None:
-        length = 0
-        self._body_read = False
+        self._length = self._consumed = 0
         try:
             op = {f"{API}/measure": "measure", f"{API}/run": "run", f"{API}/evaluate": "evaluate"}.get(self.path)
             if op is None:
                 raw_length = self.headers.get("Content-Length") or ""
-                length = int(raw_length) if raw_length.isdigit() else 0
+                self._length = int(raw_length) if raw_length.isdigit() else 0
                 raise self._not_found()
-            length = self._content_length()
+            self._length = self._content_length()
             self._require_auth()
             limit = self.state.config.max_body_bytes
-            if length > limit:
+            if self._length > limit:
                 raise HttpError(
                     413,
                     "too_large",
-                    f"body is {length} bytes; this server accepts at most {limit} bytes "
+                    f"body is {self._length} bytes; this server accepts at most {limit} bytes "
                     f"({limit / 2**20:.0f} MiB); start it with a larger --max-body-mb if the model needs it",
                 )
-            # no name holds the body here: _post lets it go once it is decoded into blobs
-            self._post(op, self._read_body(length))
+            self._post(op)
         except HttpError as err:
-            if not self._body_read:
-                self._drain(length)
+            if not self.close_connection:
+                self._drain(self._length - self._consumed)
             self._send_error(err)
         except Exception as exc:  # a bug: answer 500 and keep serving
             log.exception("internal error")
             self.close_connection = True
             self._send_error(HttpError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
-    def _post(self, op: str, body: bytes) -> None:
+    def _post(self, op: str) -> None:
+        """One POST: its frame's header first (validated), then its blobs streamed into a request folder,
+        where it waits for the device; the server holds no more than 1 MiB of a request in memory."""
         cfg = self.state.config
         limits = cfg.limits
         try:
-            meta, blobs = decode_frame(body, max_depth=limits.max_json_depth)
+            meta, entries = read_frame_head(self._read, self._length, max_depth=limits.max_json_depth)
         except WireFormatError as exc:
             raise HttpError(400, "bad_frame", str(exc)) from None
-        del body  # the blobs are copies: hold the request once while it waits and runs
         meta = {"op": op, **meta}
         if meta["op"] != op:
             raise HttpError(400, "bad_request", f"meta 'op' is {meta['op']!r} but the endpoint is {self.path}")
@@ -530,26 +558,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except OptionError as exc:
             raise HttpError(400, "unknown_option" if "unknown" in str(exc) else "bad_option", str(exc)) from None
-        need = {
-            "measure": {"model"},
-            "run": {"model", "bundle"},
-            "evaluate": {"bundle", *(f"model.{m['role']}" for m in order.models)},
-        }[op]
-        if set(blobs) != need:
-            raise HttpError(400, "bad_request", f"{self.path} takes blobs {sorted(need)}; got {sorted(blobs)}")
-        if op == "evaluate":
-            check_eval_bundle(blobs["bundle"], limits)
-        elif op == "run":
-            try:  # headers only, checked here so a bad bundle gets 400 before it waits for the device
-                npz_members(
-                    blobs["bundle"],
-                    max_bytes=limits.max_bundle_bytes,
-                    what="bundle",
-                    max_arrays=limits.max_arrays,
-                    max_ndim=limits.max_ndim + 1,  # + the sample axis
-                )
-            except WireFormatError as exc:
-                raise HttpError(400, "bad_bundle", str(exc)) from None
+        files = blob_files(order)
+        need = {"measure": {"model"}, "run": {"model", "bundle"}, "evaluate": set(files)}[op]
+        got = [entry.name for entry in entries]
+        if set(got) != need or len(got) != len(need):
+            raise HttpError(400, "bad_request", f"{self.path} takes blobs {sorted(need)}; got {sorted(got)}")
         # the server's own runner options (executables, caches, libraries) over the client's checked ones
         settings = cfg.settings_for(order.backend)
         order = dataclasses.replace(
@@ -558,12 +571,37 @@ class _Handler(BaseHTTPRequestHandler):
             models=[{**m, "runner_options": settings.apply(order.backend, m["runner_options"])} for m in order.models],
             memory_mb=cfg.worker_memory_mb,
         )
+        with self.state.workers.spool() as folder:
+            for entry in entries:
+                try:
+                    copy_blob(self._read, entry, folder / files[entry.name])
+                except WireFormatError as exc:
+                    raise HttpError(400, "bad_frame", str(exc)) from None
+            # the bundle's headers, checked here so a bad bundle gets its 4xx before it waits for the device
+            if op == "evaluate":
+                check_eval_bundle(folder / worker.BUNDLE_FILE, limits)
+            elif op == "run":
+                try:
+                    npz_members(
+                        folder / worker.BUNDLE_FILE,
+                        max_bytes=limits.max_bundle_bytes,
+                        what="bundle",
+                        max_arrays=limits.max_arrays,
+                        max_ndim=limits.max_ndim + 1,  # + the sample axis
+                    )
+                except WireFormatError as exc:
+                    raise HttpError(400, "bad_bundle", str(exc)) from None
+            self._answer(op, order, folder)
+
+    def _answer(self, op: str, order: WorkOrder, folder: Path) -> None:
+        """Wait for the device, run the order in a worker, answer (outputs streamed from the request folder)."""
+        cfg = self.state.config
         request_id = self.state.next_id()
         try:
             with self.state.slot.hold(cfg.timeout_s) as waited_s:
                 start = time.monotonic()
                 try:
-                    result, outputs = self.state.workers.run(order, blobs, cfg.timeout_s)
+                    result, outputs = self.state.workers.run(order, folder, cfg.timeout_s)
                 finally:
                     with self.state.lock:
                         self.state.history.append(Measurement(request_id, start, time.monotonic(), op))
@@ -579,23 +617,21 @@ class _Handler(BaseHTTPRequestHandler):
         if op == "measure":
             self._send_json(200, result)
             return
-        if op == "run":
-            outputs = {"outputs": outputs.get("outputs", b"")}
-        elif set(outputs) != set(answer_files(order)):  # the worker wrote every model's outputs or failed
+        if set(outputs) != set(answer_files(order)):  # the worker wrote every outputs file or failed
             raise RuntimeError(f"the worker answered blobs {sorted(outputs)}; expected {sorted(answer_files(order))}")
-        parts = frame_parts(result, outputs)
-        size = sum(len(blob) for blob in outputs.values())
-        if size > limits.max_response_bytes or len(parts[0]) > MAX_HEADER_BYTES:
+        size = sum(path.stat().st_size for path in outputs.values())
+        # the worker bounds the arrays by max_response_bytes; this bounds what it wrote (npz headers included)
+        if size > cfg.limits.max_response_bytes + MAX_HEADER_BYTES:
             raise HttpError(
                 422,
                 "response_too_large",
                 f"the outputs are {size} bytes; this server answers at most "
-                f"{limits.max_response_bytes} bytes (send fewer samples per request)",
+                f"{cfg.limits.max_response_bytes} bytes (send fewer samples per request)",
             )
-        self._send_parts(200, parts, CONTENT_TYPE)
+        self._send_frame(result, outputs)
 
 
-def check_eval_bundle(bundle: bytes, limits: Limits) -> None:
+def check_eval_bundle(bundle: NpzSource, limits: Limits) -> None:
     """An evaluation bundle's npz headers against the limits, before it waits for the device (nothing is read).
 
     Too many bytes in all, or in one sample, is a 413 naming the limit and the size; a malformed npz,

@@ -315,8 +315,9 @@ def run_bundle_remote(
 # ---------------------------------------------------------------------------------------------
 # /v1/evaluate: a set of models on a bundle, outputs and interleaved latency from the device
 
-#: room in a request's body for the frame header and the npz's own headers besides the arrays
-FRAME_MARGIN_BYTES = 1 << 20
+#: room in a request's body for the frame header and the npz's own headers besides the arrays (a few
+#: kB of JSON; under 1 kB of zip and .npy headers per array, at most [limits] max_arrays = 64 of them)
+FRAME_MARGIN_BYTES = 128 << 10
 #: harness settings of an evaluation that names none (those of :class:`RemoteMeter`)
 DEFAULT_LATENCY = LatencyConfig(warmup=5, min_rounds=30, min_time_s=2.0)
 _ROLE = re.compile(ROLE_PATTERN)

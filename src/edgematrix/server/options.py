@@ -579,6 +579,7 @@ def validate_request(
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _INT_MAX:
         raise OptionError(f"'seed' must be an integer >= 0, got {seed!r}")
     models: list[dict[str, Any]] = []
+    measure = _flag(meta, "measure", True)
     if op == "evaluate":
         target = check_target(meta.get("target"))
         models = check_models(
@@ -589,6 +590,14 @@ def validate_request(
             limits=limits,
             allow_engine_files=allow_engine_files,
         )
+        for model in models:  # a trtexec process per inference would time the process, not the engine
+            inference = model["runner_options"].get("inference", "polygraphy") if backend == "tensorrt" else ""
+            if measure and inference not in ("", "polygraphy"):
+                raise OptionError(
+                    f"model {model['role']!r}: tensorrt runner option inference={inference!r} cannot be measured "
+                    "interleaved (each inference would start a trtexec process); use inference='polygraphy' "
+                    "(in-process), or measure=false for outputs only"
+                )
     return WorkOrder(
         op=op,
         backend=backend,
@@ -599,6 +608,6 @@ def validate_request(
         seed=seed,
         limits=limits.as_dict(),
         models=models,
-        measure=_flag(meta, "measure", True),
+        measure=measure,
         partial=_flag(meta, "partial", False),
     )

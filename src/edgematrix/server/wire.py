@@ -12,6 +12,7 @@ refused instead of unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,7 +22,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -39,29 +40,35 @@ MAX_JSON_DEPTH = 16
 _BLOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+@dataclass(frozen=True)
+class BlobEntry:
+    """One blob as a frame's header declares it."""
+
+    name: str
+    size: int
+    sha256: str
+
+
 def encode_frame(meta: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> bytes:
     """One frame: ``meta`` (JSON values only) plus named byte blobs."""
-    return b"".join(frame_parts(meta, blobs))
-
-
-def frame_parts(meta: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> list[bytes]:
-    """The frame of :func:`encode_frame` as its pieces (prefix and header, then each blob), not joined:
-    a large answer is written piece by piece instead of copied into one more buffer."""
     blobs = dict(blobs or {})
-    for name in blobs:
-        if not _BLOB_NAME.match(name):
-            raise WireFormatError(f"blob name {name!r} is not allowed; use letters, digits, '_', '.', '-' (1-64)")
-    header = {
-        "meta": dict(meta),
-        "blobs": [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in blobs.items()],
-    }
+    entries = [BlobEntry(n, len(b), hashlib.sha256(b).hexdigest()) for n, b in blobs.items()]
+    return b"".join([frame_head(meta, entries), *blobs.values()])
+
+
+def frame_head(meta: Mapping[str, Any], entries: Sequence[BlobEntry]) -> bytes:
+    """A frame's prefix and header: what precedes blobs of these sizes and sha256s (written by the caller)."""
+    for entry in entries:
+        if not _BLOB_NAME.match(entry.name):
+            raise WireFormatError(f"blob name {entry.name!r} is not allowed; use letters, digits, '_', '.', '-' (1-64)")
+    header = {"meta": dict(meta), "blobs": [dataclasses.asdict(e) for e in entries]}
     try:
         head = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise WireFormatError(f"frame metadata must be plain JSON values (no NaN): {exc}") from exc
     if len(head) > MAX_HEADER_BYTES:
         raise WireFormatError(f"frame header is {len(head)} bytes; the limit is {MAX_HEADER_BYTES}")
-    return [_PREFIX.pack(MAGIC, VERSION, len(head)) + head, *blobs.values()]
+    return _PREFIX.pack(MAGIC, VERSION, len(head)) + head
 
 
 def json_depth(value: Any) -> int:
@@ -77,11 +84,11 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def decode_frame(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """``(meta, blobs)`` of a frame; raises :class:`WireFormatError` saying what is wrong with it."""
-    if len(data) < _PREFIX.size:
-        raise WireFormatError(f"body is {len(data)} bytes, shorter than a frame prefix ({_PREFIX.size} bytes)")
-    magic, version, head_len = _PREFIX.unpack_from(data)
+def _header_length(prefix: bytes, body_bytes: int) -> int:
+    """The header length of a frame of ``body_bytes`` from its prefix, which is checked."""
+    if len(prefix) < _PREFIX.size:
+        raise WireFormatError(f"body is {body_bytes} bytes, shorter than a frame prefix ({_PREFIX.size} bytes)")
+    magic, version, head_len = _PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise WireFormatError(
             f"body does not start with {MAGIC!r} (got {magic!r}); send an edgematrix frame "
@@ -89,11 +96,15 @@ def decode_frame(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[
         )
     if version != VERSION:
         raise WireFormatError(f"frame version {version} is not supported; this side speaks version {VERSION}")
-    if head_len > MAX_HEADER_BYTES or _PREFIX.size + head_len > len(data):
-        raise WireFormatError(f"frame header length {head_len} does not fit the {len(data)}-byte body")
+    if head_len > MAX_HEADER_BYTES or _PREFIX.size + head_len > body_bytes:
+        raise WireFormatError(f"frame header length {head_len} does not fit the {body_bytes}-byte body")
+    return int(head_len)
+
+
+def _parse_header(raw: bytes, max_depth: int) -> tuple[dict[str, Any], list[BlobEntry]]:
     too_deep = f"frame header nests objects / lists deeper than {max_depth} levels; send flat options"
     try:
-        header = json.loads(data[_PREFIX.size : _PREFIX.size + head_len].decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"))
     except RecursionError:  # the decoder's own guard, far deeper than max_depth
         raise WireFormatError(too_deep) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -102,29 +113,89 @@ def decode_frame(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[
         raise WireFormatError(too_deep)
     if not isinstance(header, dict) or not isinstance(header.get("meta"), dict):
         raise WireFormatError("frame header must be a JSON object with an object 'meta'")
-    entries = header.get("blobs", [])
-    if not isinstance(entries, list):
+    raw_entries = header.get("blobs", [])
+    if not isinstance(raw_entries, list):
         raise WireFormatError("frame header 'blobs' must be a list")
-    blobs: dict[str, bytes] = {}
-    offset = _PREFIX.size + head_len
-    for entry in entries:
+    entries: list[BlobEntry] = []
+    for entry in raw_entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise WireFormatError(f"frame blob entry {entry!r} needs a string 'name'")
         name, size, digest = entry["name"], entry.get("size"), entry.get("sha256")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise WireFormatError(f"frame blob {name!r} has size {size!r}; expected an integer >= 0")
-        if name in blobs:
+        if any(e.name == name for e in entries):
             raise WireFormatError(f"frame blob {name!r} appears twice")
-        blob = data[offset : offset + size]
-        if len(blob) != size:
-            raise WireFormatError(f"frame blob {name!r} is truncated: {len(blob)} of {size} bytes present")
-        if digest != hashlib.sha256(blob).hexdigest():
-            raise WireFormatError(f"frame blob {name!r} does not match its sha256; the body was altered in transit")
-        blobs[name] = blob
-        offset += size
+        entries.append(BlobEntry(name, size, digest if isinstance(digest, str) else ""))
+    return header["meta"], entries
+
+
+def _altered(name: str) -> WireFormatError:
+    return WireFormatError(f"frame blob {name!r} does not match its sha256; the body was altered in transit")
+
+
+def decode_frame(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``(meta, blobs)`` of a frame; raises :class:`WireFormatError` saying what is wrong with it."""
+    head_len = _header_length(data[: _PREFIX.size], len(data))
+    meta, entries = _parse_header(data[_PREFIX.size : _PREFIX.size + head_len], max_depth)
+    blobs: dict[str, bytes] = {}
+    offset = _PREFIX.size + head_len
+    for entry in entries:
+        blob = data[offset : offset + entry.size]
+        if len(blob) != entry.size:
+            raise WireFormatError(f"frame blob {entry.name!r} is truncated: {len(blob)} of {entry.size} bytes present")
+        if entry.sha256 != hashlib.sha256(blob).hexdigest():
+            raise _altered(entry.name)
+        blobs[entry.name] = blob
+        offset += entry.size
     if offset != len(data):
         raise WireFormatError(f"frame has {len(data) - offset} bytes after its last blob")
-    return header["meta"], blobs
+    return meta, blobs
+
+
+def read_frame_head(
+    read: Callable[[int], bytes], body_bytes: int, *, max_depth: int = MAX_JSON_DEPTH
+) -> tuple[dict[str, Any], list[BlobEntry]]:
+    """``(meta, blob entries)`` of a frame of ``body_bytes`` read from a stream (``read(n)`` returns n bytes),
+    which is left at its first blob; the declared sizes must add up to the rest of the body exactly.
+    Reads the prefix and the header only (at most :data:`MAX_HEADER_BYTES`): :func:`copy_blob` moves each
+    blob on, so a large body never has to be held in memory."""
+    head_len = _header_length(read(_PREFIX.size) if body_bytes >= _PREFIX.size else b"", body_bytes)
+    meta, entries = _parse_header(read(head_len), max_depth)
+    rest = body_bytes - _PREFIX.size - head_len
+    for entry in entries:
+        if entry.size > rest:
+            raise WireFormatError(f"frame blob {entry.name!r} is truncated: {rest} of {entry.size} bytes present")
+        rest -= entry.size
+    if rest:
+        raise WireFormatError(f"frame has {rest} bytes after its last blob")
+    return meta, entries
+
+
+def copy_blob(read: Callable[[int], bytes], entry: BlobEntry, path: str | os.PathLike[str]) -> None:
+    """Move the next blob of a stream into a new file at ``path`` (1 MiB at a time), checking its sha256."""
+    digest = hashlib.sha256()
+    remaining = entry.size
+    with open(path, "xb") as fh:
+        while remaining:
+            chunk = read(min(_CHUNK, remaining))
+            if not chunk:
+                raise WireFormatError(f"frame blob {entry.name!r} is truncated: the body ended {remaining} bytes early")
+            digest.update(chunk)
+            fh.write(chunk)
+            remaining -= len(chunk)
+    if entry.sha256 != digest.hexdigest():
+        raise _altered(entry.name)
+
+
+def file_entry(name: str, path: str | os.PathLike[str]) -> BlobEntry:
+    """The entry of a blob that is the file at ``path`` (its size and sha256, read 1 MiB at a time)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return BlobEntry(name, size, digest.hexdigest())
 
 
 def arrays_to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:

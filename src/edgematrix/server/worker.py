@@ -2,10 +2,16 @@
 runtime (a segfault in a vendor library) cannot take the server down.
 
 ``python -m edgematrix.server.worker DIR`` reads ``DIR/order.json`` (a validated
-:class:`~edgematrix.server.options.WorkOrder`) and the model file ``DIR/model<suffix>``, and writes
-``DIR/result.json`` (+ ``DIR/outputs.npz`` for a bundle run) or ``DIR/error.json``
+:class:`~edgematrix.server.options.WorkOrder`) and the model file ``DIR/model<suffix>`` (``evaluate``:
+``DIR/model-<i><suffix>``, one per model), and writes ``DIR/result.json`` (+ ``DIR/outputs.npz`` for a
+bundle run, ``DIR/outputs-<i>.npz`` per model for an evaluation) or ``DIR/error.json``
 (``{"status": http status, "kind": ..., "message": ...}``). It exits by itself when the server that
-started it is gone (checked every timed round).
+started it is gone (checked every sample and every timed round).
+
+An evaluation (``/v1/evaluate``) loads one runner per model (released together, also when a later one
+fails to load), runs every bundle sample through every model, then measures all of them with
+:func:`~edgematrix.measure.harness.measure_interleaved` on the bundle's first sample, in the time the
+outputs left of the worker's.
 
 A runner with its own ``measure(iterations=..., duration_s=...) -> LatencyReport`` (the ``tensorrt``
 backend, which times engines with trtexec and runs no numpy feeds) is timed that way: ``min_rounds``
@@ -14,7 +20,8 @@ go through the same statistics. Every other runner is timed by :func:`~edgematri
 
 Everything the worker reads comes from a client and is bounded by the order's ``limits`` before it
 is allocated: the random feed of ``/v1/measure`` and each bundle sample (``max_input_bytes``), the
-outputs of ``/v1/run`` (``max_response_bytes``, checked after every sample). An ONNX model must be
+outputs of ``/v1/run`` and ``/v1/evaluate`` (``max_response_bytes``, checked after every sample; an
+evaluation knows after the first sample whether the bundle's outputs fit). An ONNX model must be
 self-contained (external data would make the runtime read files next to it or elsewhere). Errors a
 client's model or options cause are 4xx answers with a message; the traceback of anything else goes
 to stderr (the server's log), never to the client.
@@ -61,6 +68,14 @@ EXIT_ORPHANED = 4  # the server went away
 
 class _Orphaned(Exception):
     pass
+
+
+class InModel(Exception):
+    """An error of one model of an ``evaluate`` order: the client is told which (its role)."""
+
+    def __init__(self, role: str, error: Exception) -> None:
+        super().__init__(role)
+        self.role, self.error = role, error
 
 
 class LimitExceeded(EdgeMatrixError):
@@ -266,14 +281,12 @@ def _run_samples(
     return stores, done
 
 
-def _capped_config(order: Mapping[str, Any], remaining_s: float) -> tuple[LatencyConfig, bool]:
-    """The order's harness settings with the time cut to what is left of the worker's time (and whether it was cut)."""
+def _capped_config(order: Mapping[str, Any], remaining_s: float) -> LatencyConfig:
+    """The order's harness settings with the time cut to what is left of the worker's time (the outputs ran first)."""
     merged = {**dataclasses.asdict(LatencyConfig()), **DEFAULT_CONFIG, **order["config"]}
-    cap = max(0.0, remaining_s)
-    capped = merged["max_time_s"] > cap
-    merged["max_time_s"] = min(merged["max_time_s"], cap)
+    merged["max_time_s"] = min(merged["max_time_s"], max(0.0, remaining_s))
     merged["min_time_s"] = min(merged["min_time_s"], merged["max_time_s"])
-    return LatencyConfig(**merged), capped
+    return LatencyConfig(**merged)
 
 
 def _plain_facts(runner: Runner) -> dict[str, Fact]:
@@ -296,13 +309,16 @@ def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) ->
         runners: dict[str, Runner] = {}
         for model in order["models"]:
             t0 = time.perf_counter()
-            runner = create_runner(
-                order["backend"],
-                path=folder / model["file"],
-                name=model["role"],
-                **runner_kwargs(order, model["runner_options"]),
-            )
-            stack.enter_context(runner)
+            try:
+                runner = create_runner(
+                    order["backend"],
+                    path=folder / model["file"],
+                    name=model["role"],
+                    **runner_kwargs(order, model["runner_options"]),
+                )
+                stack.enter_context(runner)
+            except Exception as exc:
+                raise InModel(model["role"], exc) from exc
             load_s[model["role"]] = time.perf_counter() - t0
             runners[model["role"]] = runner
         t0 = time.perf_counter()
@@ -321,12 +337,11 @@ def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) ->
         latency: dict[str, Any] | None = None
         contention: dict[str, Any] | None = None
         if order["measure"]:
-            cfg, capped = _capped_config(order, cap_s - (time.monotonic() - started))
+            cfg = _capped_config(order, cap_s - (time.monotonic() - started))
             feed = {name: np.ascontiguousarray(arr[0]) for name, arr in inputs.items()}
             measured = measure_interleaved(runners, feed, cfg, progress=lambda _r, _t: _check_parent(parent))
             latency = {
                 "config": dataclasses.asdict(cfg),
-                "time_capped": capped,
                 "feed_sample": 0,
                 "order": "alternating",
                 "rounds": measured[roles[0]].rounds,
@@ -433,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         _limit_memory(order.get("memory_mb"))
         if order["op"] == "evaluate":
             for entry in order["models"]:
-                check_self_contained(folder / entry["file"])
+                try:
+                    check_self_contained(folder / entry["file"])
+                except ModelError as exc:
+                    raise InModel(entry["role"], exc) from exc
             result = _evaluate(order, folder, parent, cap_s)
         elif order["op"] == "measure":
             check_self_contained(model)
@@ -443,13 +461,14 @@ def main(argv: list[str] | None = None) -> int:
             result = _run_bundle(order, model, folder, parent)
     except _Orphaned:
         return EXIT_ORPHANED
-    except Exception as exc:
-        status, kind = _status_for(exc)
-        message = f"{type(exc).__name__}: {exc}"
+    except Exception as caught:
+        error, where = (caught.error, f"model {caught.role!r}: ") if isinstance(caught, InModel) else (caught, "")
+        status, kind = _status_for(error)
+        message = f"{where}{type(error).__name__}: {error}"
         if status == 500:  # a bug: the traceback goes to the server's log, not to the client
-            traceback.print_exception(exc, file=sys.stderr)
-            message = f"{type(exc).__name__} in the worker (a bug of edgematrix; the server's log has the traceback)"
-        elif isinstance(exc, MemoryError):
+            traceback.print_exception(error, file=sys.stderr)
+            message = f"{type(error).__name__} in the worker (a bug of edgematrix; the server's log has the traceback)"
+        elif isinstance(error, MemoryError):
             message = "the model needed more memory than this worker may use (worker_memory_mb / the board's RAM)"
         _write_json(folder / ERROR_FILE, {"status": status, "kind": kind, "message": message[:8000]})
         return EXIT_ERROR
