@@ -18,6 +18,7 @@ from edgematrix.server.wire import (
     encode_frame,
     file_entry,
     frame_head,
+    map_npz,
     npz_to_arrays,
     read_frame_head,
     write_npz,
@@ -131,3 +132,27 @@ def test_a_corrupt_stream_is_refused_like_a_corrupt_frame(tmp_path: Path, mutate
         _, entries = read_frame_head(stream.read, len(body))
         for entry in entries:
             copy_blob(stream.read, entry, tmp_path / entry.name)
+
+
+def test_a_bundle_file_is_memory_mapped_not_read(tmp_path: Path) -> None:
+    arrays = {"x": np.arange(24, dtype=np.float32).reshape(4, 1, 6), "f": np.asfortranarray(np.ones((3, 2), np.int16))}
+    path = tmp_path / "bundle.npz"
+    write_npz(path, arrays)
+    mapped = map_npz(path, max_bytes=1000, max_arrays=4)
+    assert all(isinstance(arr, np.memmap) and not arr.flags.writeable for arr in mapped.values())
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(mapped[name], arr)
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, **arrays)  # deflated members are read, not mapped
+    read = map_npz(compressed)
+    assert not isinstance(read["x"], np.memmap)
+    np.testing.assert_array_equal(read["x"], arrays["x"])
+    with pytest.raises(WireFormatError, match=r"declares 108 bytes of arrays .* the limit is 100"):
+        map_npz(path, max_bytes=100)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x03\x04", 1)  # the second member's local header, overwritten
+    data[at : at + 4] = b"XXXX"
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(WireFormatError, match="member 'f.npy' cannot be read: Bad magic number"):
+        map_npz(broken)

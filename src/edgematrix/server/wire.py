@@ -24,7 +24,8 @@ import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -369,22 +370,64 @@ def npz_to_arrays(
     arrays = {}
     with _open_npz(data, what, max_arrays) as zf:
         for m in _members(zf, what, max_bytes, max_ndim):
-            buf = bytearray(m.nbytes)
-            view = memoryview(buf)
-            pos = 0
-            try:
-                with zf.open(m.info) as fp:
-                    fp.read(m.header_bytes)
-                    while pos < m.nbytes:
-                        chunk = fp.read(min(_CHUNK, m.nbytes - pos))
-                        if not chunk:
-                            break
-                        view[pos : pos + len(chunk)] = chunk
-                        pos += len(chunk)
-                    trailing = fp.read(1)  # reading to the end checks the member's CRC
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                raise WireFormatError(f"{what}: array {m.name!r} cannot be read: {exc}") from None
-            if pos != m.nbytes or trailing:
-                raise WireFormatError(f"{what}: array {m.name!r} holds {pos} of its {m.nbytes} declared bytes")
-            arrays[m.name] = np.frombuffer(buf, dtype=m.dtype).reshape(m.shape, order="F" if m.fortran else "C")
+            arrays[m.name] = _read_member(zf, m, what)
     return arrays
+
+
+def map_npz(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = None,
+    what: str = "npz",
+    max_arrays: int = 256,
+    max_ndim: int = 32,
+) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file at ``path``, checked as by :func:`npz_to_arrays`, without reading them:
+    an uncompressed member (what :func:`write_npz` and ``numpy.savez`` write) is a read-only memory map of
+    the file, so only the samples used are paged in; a compressed one is read into memory. For a file
+    whose integrity is known (a frame blob checked against its sha256): the members' CRCs are not read."""
+    arrays = {}
+    size = os.path.getsize(path)
+    with _open_npz(Path(path), what, max_arrays) as zf, open(path, "rb") as fh:
+        for m in _members(zf, what, max_bytes, max_ndim):
+            if m.info.compress_type != zipfile.ZIP_STORED:
+                arrays[m.name] = _read_member(zf, m, what)
+                continue
+            if m.info.compress_size != m.info.file_size:
+                raise WireFormatError(f"{what}: stored array {m.name!r} declares a compressed size of its own")
+            fh.seek(m.info.header_offset)
+            local = fh.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise WireFormatError(f"{what}: array {m.name!r} has no local zip header where the directory says")
+            name_len, extra_len = struct.unpack_from("<HH", local, 26)
+            offset = m.info.header_offset + 30 + name_len + extra_len + m.header_bytes
+            if offset + m.nbytes > size:
+                raise WireFormatError(f"{what}: array {m.name!r} runs past the end of the file")
+            order: Literal["C", "F"] = "F" if m.fortran else "C"
+            if m.nbytes == 0:
+                arrays[m.name] = np.zeros(m.shape, m.dtype, order=order)
+            else:
+                arrays[m.name] = np.memmap(path, m.dtype, mode="r", offset=offset, shape=m.shape, order=order)
+    return arrays
+
+
+def _read_member(zf: zipfile.ZipFile, m: NpyMember, what: str) -> np.ndarray:
+    """One member's array, read into a buffer of exactly its declared size (its CRC checked)."""
+    buf = bytearray(m.nbytes)
+    view = memoryview(buf)
+    pos = 0
+    try:
+        with zf.open(m.info) as fp:
+            fp.read(m.header_bytes)
+            while pos < m.nbytes:
+                chunk = fp.read(min(_CHUNK, m.nbytes - pos))
+                if not chunk:
+                    break
+                view[pos : pos + len(chunk)] = chunk
+                pos += len(chunk)
+            trailing = fp.read(1)  # reading to the end checks the member's CRC
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise WireFormatError(f"{what}: array {m.name!r} cannot be read: {exc}") from None
+    if pos != m.nbytes or trailing:
+        raise WireFormatError(f"{what}: array {m.name!r} holds {pos} of its {m.nbytes} declared bytes")
+    return np.frombuffer(buf, dtype=m.dtype).reshape(m.shape, order="F" if m.fortran else "C")

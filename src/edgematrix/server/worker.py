@@ -51,7 +51,7 @@ from edgematrix.measure.harness import LatencyConfig, LatencySamples, measure_in
 from edgematrix.measure.meter import LatencyReport
 from edgematrix.server.device import dynamic_facts
 from edgematrix.server.options import DEFAULT_CONFIG, Limits
-from edgematrix.server.wire import arrays_to_npz, npz_to_arrays, write_npz
+from edgematrix.server.wire import arrays_to_npz, map_npz, write_npz
 
 ORDER_FILE, RESULT_FILE, ERROR_FILE, BUNDLE_FILE, OUTPUTS_FILE = (
     "order.json",
@@ -134,8 +134,9 @@ def _measure(order: dict[str, Any], model: Path, parent: int, cap_s: float) -> d
 
 
 def _load_bundle(folder: Path, limits: Limits) -> tuple[dict[str, np.ndarray], int]:
-    """The bundle's arrays (read from its file, bounded by the limits) and its number of samples."""
-    inputs = npz_to_arrays(
+    """The bundle's arrays (memory-mapped from its file: a sample is paged in when it is fed; bounded by the
+    limits) and its number of samples."""
+    inputs = map_npz(
         folder / BUNDLE_FILE,
         max_bytes=limits.max_bundle_bytes,
         what="bundle",
@@ -156,6 +157,11 @@ def _load_bundle(folder: Path, limits: Limits) -> tuple[dict[str, np.ndarray], i
     return inputs, samples
 
 
+def _sample(inputs: Mapping[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    """Sample ``index`` of the bundle as a feed: writable C-contiguous copies (the bundle is a read-only map)."""
+    return {name: np.array(arr[index], order="C") for name, arr in inputs.items()}
+
+
 def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -> dict[str, Any]:
     from edgematrix.server.bundle import stack_outputs
 
@@ -167,7 +173,7 @@ def _run_bundle(order: dict[str, Any], model: Path, folder: Path, parent: int) -
     with create_runner(order["backend"], path=model, **runner_kwargs(order)) as runner:
         for i in range(samples):
             _check_parent(parent)
-            outputs = runner.infer({n: inputs[n][i] for n in inputs})
+            outputs = runner.infer(_sample(inputs, i))
             returned += sum(np.asarray(v).nbytes for v in outputs.values())
             if returned > limits.max_response_bytes:
                 raise LimitExceeded(
@@ -245,7 +251,7 @@ def _run_samples(
     done = total = capacity = 0
     for i in range(samples):
         _check_parent(parent)
-        feed = {name: np.ascontiguousarray(arr[i]) for name, arr in inputs.items()}
+        feed = _sample(inputs, i)
         results = {role: runner.infer(feed) for role, runner in runners.items()}
         size = sum(np.asarray(v).nbytes for outputs in results.values() for v in outputs.values())
         if i == 0:
@@ -338,7 +344,7 @@ def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) ->
         contention: dict[str, Any] | None = None
         if order["measure"]:
             cfg = _capped_config(order, cap_s - (time.monotonic() - started))
-            feed = {name: np.ascontiguousarray(arr[0]) for name, arr in inputs.items()}
+            feed = _sample(inputs, 0)
             measured = measure_interleaved(runners, feed, cfg, progress=lambda _r, _t: _check_parent(parent))
             latency = {
                 "config": dataclasses.asdict(cfg),
