@@ -119,9 +119,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def images(session: nox.Session) -> None:
-    """Build target images. `nox -s images` builds the offline ones (debootstrap base + host wheelhouse:
-    x86_cpu, emulated jetson); `nox -s images -- jetson x86_gpu` names targets; add --online to build
-    on the recipes' vendor base images (which must already be on the host: edgematrix never pulls)."""
+    """Build target images. `nox -s images` builds every target's offline variant (debootstrap base +
+    host wheelhouse: x86_cpu, x86_trainer with CPU torch, the emulated jetson, ti with the FX8 emulation,
+    driveos cross-compiling its runner; docker/README.md says what each runs); `nox -s images -- jetson
+    x86_gpu` names targets; add --online to build on the recipes' vendor base images (which must already be
+    on the host: edgematrix never pulls)."""
     _install(session, "-e", ".", "--no-deps")
     _install(session, *_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
     args = [a for a in session.posargs if a != "--online"]
