@@ -309,3 +309,17 @@ print(json.dumps({{"machine": elf_machine(binary), "emulator": emulator_for("aar
     for q in (50, 90, 99):
         assert report[f"p{q}_ms"] == float(np.percentile(samples, q))
     assert report["facts"]["selftest_input"] == f"{C}x{H}x{W}" and report["facts"]["selftest_seed"] == SEED
+
+
+@pytest.mark.parametrize("target", ["x86_gpu", "ti", "driveos"])
+def test_a_vendor_variant_names_its_missing_base_and_pulls_nothing(docker_engine: Any, target: str) -> None:
+    """Every FROM is checked before anything runs: DriveOS's PDK (not BASE_IMAGE) included."""
+    from edgematrix.executors.images import ImageError, base_images, target_image_spec
+
+    spec = target_image_spec(REPO, target, TARGETS[target].model_dump())
+    (base,) = base_images(spec)
+    with pytest.raises(ImageError, match=rf"base image '{re.escape(base)}' of docker/{spec.name}/ is not on this host"):
+        target_image(
+            target, TARGETS[target], cache_dir=REPO / ".cache" / "edgematrix", offline=False, client=docker_engine
+        )
+    assert not docker_engine.images.list(name=base.rpartition(":")[0])
