@@ -92,6 +92,57 @@ recipes = ["int8q", "fp32q"]
 TINY_MODELS_AND_RECIPES = TINY.split("[[cells]]")[0]
 
 
+#: a 64x96 SSD-lite detector (width 0.25) on 16 synthetic COCO-format scenes
+DET_TINY_MODEL = """
+[models.det_tiny]
+description = "SSD-lite tiny, for tests"
+family = "ssdlite"
+task = "detection"
+dataset = "coco"
+input_shape = [1, 3, 64, 96]
+
+[models.det_tiny.params]
+num_classes = 4
+width = 0.25
+neck_channels = 16
+head_depth = 1
+
+[models.det_tiny.synthetic]
+train = 16
+test = 6
+seed = 2
+
+[models.det_tiny.train]
+epochs = 1
+batch_size = 8
+"""
+
+#: a 64x128 multi-task network (segmentation + depth) on 16 synthetic scenes
+MT_TINY_MODEL = """
+[models.mt_tiny]
+description = "multi-task tiny, for tests"
+family = "multitask_seg_depth"
+task = "multitask"
+dataset = "scenes"
+input_shape = [1, 3, 64, 128]
+
+[models.mt_tiny.params]
+num_classes = 7
+width = 0.5
+features = 16
+head_channels = 8
+
+[models.mt_tiny.synthetic]
+train = 16
+test = 6
+seed = 1
+
+[models.mt_tiny.train]
+epochs = 1
+batch_size = 8
+"""
+
+
 def make_workspace(tmp_path_factory: pytest.TempPathFactory, name: str, matrix_text: str) -> Path:
     """A folder with matrix/targets.toml (the repository's) and matrix/tiny.toml (``matrix_text``)."""
     ws = tmp_path_factory.mktemp(name)

@@ -10,32 +10,11 @@ from pathlib import Path
 import pytest
 
 from edgematrix.cli import main
-from tiny_cells import TINY_GATES, make_workspace, quick_latency, run_cell
+from tiny_cells import DET_TINY_MODEL, TINY_GATES, make_workspace, quick_latency, run_cell
 
 DETECTION_TINY = (
-    """
-[models.det_tiny]
-description = "SSD-lite tiny, for tests"
-family = "ssdlite"
-task = "detection"
-dataset = "coco"
-input_shape = [1, 3, 64, 96]
-
-[models.det_tiny.params]
-num_classes = 4
-width = 0.25
-neck_channels = 16
-head_depth = 1
-
-[models.det_tiny.synthetic]
-train = 16
-test = 6
-seed = 2
-
-[models.det_tiny.train]
-epochs = 1
-batch_size = 8
-
+    DET_TINY_MODEL
+    + """
 [recipes.int8q]
 description = "INT8 PTQ quick"
 precision = "int8"

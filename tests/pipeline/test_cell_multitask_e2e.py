@@ -10,32 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiny_cells import TINY_GATES, make_workspace, quick_latency, run_cell
+from tiny_cells import MT_TINY_MODEL, TINY_GATES, make_workspace, quick_latency, run_cell
 
 MULTITASK_TINY = (
-    """
-[models.mt_tiny]
-description = "multi-task tiny, for tests"
-family = "multitask_seg_depth"
-task = "multitask"
-dataset = "scenes"
-input_shape = [1, 3, 64, 128]
-
-[models.mt_tiny.params]
-num_classes = 7
-width = 0.5
-features = 16
-head_channels = 8
-
-[models.mt_tiny.synthetic]
-train = 16
-test = 6
-seed = 1
-
-[models.mt_tiny.train]
-epochs = 1
-batch_size = 8
-
+    MT_TINY_MODEL
+    + """
 [recipes.splitq]
 description = "split quick"
 precision = "int8"

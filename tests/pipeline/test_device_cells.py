@@ -13,7 +13,7 @@ import pytest
 
 from edgematrix.executors.emulated import EMULATED_FLOAT_IMAGES
 from edgematrix.optimize.fx8 import verify_power_of_two
-from tiny_cells import TINY_MODELS_AND_RECIPES, make_workspace, run_cell
+from tiny_cells import DET_TINY_MODEL, MT_TINY_MODEL, TINY_MODELS_AND_RECIPES, make_workspace, run_cell
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "device-cell-test-token-0123456789"
@@ -68,6 +68,44 @@ target = "x86_cpu"
 model = "ufld_tiny"
 recipes = ["int8q"]
 
+# every task through the same device pipeline: a detector and a multi-task network on the board and the
+# emulated Jetson
+[[cells]]
+target = "board"
+model = "det_tiny"
+recipes = ["int8q"]
+name = "{target}_{model}_{recipe}"
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+
+[[cells]]
+target = "board"
+model = "mt_tiny"
+recipes = ["int8q"]
+name = "{target}_{model}_{recipe}"
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+
+[[cells]]
+target = "jetson"
+model = "det_tiny"
+recipes = ["int8q"]
+name = "{target}_{model}_{recipe}"
+
+[cells.gates]
+accuracy_drop_vs_reference = 100.0
+min_accuracy = 0.0
+
+[[cells]]
+target = "jetson"
+model = "mt_tiny"
+recipes = ["int8q"]
+name = "{target}_{model}_{recipe}"
+
 [cells.gates]
 accuracy_drop_vs_reference = 100.0
 min_accuracy = 0.0
@@ -76,7 +114,9 @@ min_accuracy = 0.0
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_workspace(tmp_path_factory, "device", TINY_MODELS_AND_RECIPES + DEVICE_CELLS)
+    return make_workspace(
+        tmp_path_factory, "device", TINY_MODELS_AND_RECIPES + DET_TINY_MODEL + MT_TINY_MODEL + DEVICE_CELLS
+    )
 
 
 def _run(ws: Path, cell: str, *args: str) -> int:
@@ -135,12 +175,24 @@ def test_remote_cell_runs_the_bundle_and_measures_on_the_server(
     monkeypatch.setenv("EDGEMATRIX_TOKEN", TOKEN)
     with serve_in_thread(ServerConfig(token=TOKEN)) as server:
         assert _run(workspace, "board_int8q", "--remote", server.url) == 0  # auto + --remote -> remote
-        served = len(server.history)
+        first_gates = _gates(workspace, "board_int8q")
+        # a device baseline recorded through the same server, then the device's latency is gated against it
+        assert _run(workspace, "board_int8q", "--remote", server.url, "--update-baseline") == 0
+        assert _run(workspace, "board_int8q", "--remote", server.url) == 0
+        served = [h.op for h in server.history]
+    assert first_gates["latency_vs_baseline"] == "skipped"  # no baseline of this device yet
     info = _bench(workspace, "board_int8q")
     for role in ("reference", "candidate"):
         assert info[role]["latency_kind"] == "device" and info[role]["runner"] == "remote"
         assert info[role]["executor"] == "remote" and info[role]["accuracy_source"] == "device"
-    assert served >= 2  # the models went through the server
+        assert info[role]["backend"] == "onnxruntime"  # the board's backend of record
+    assert served.count("evaluate") == 3  # one evaluation (outputs + interleaved rounds) per run
+    gates = _gates(workspace, "board_int8q")
+    assert gates["latency_vs_baseline"] == "passed" and gates["accuracy_vs_baseline"] == "passed"
+    (record,) = json.loads((workspace / "matrix" / "baselines" / "board_int8q.json").read_text())["records"]
+    assert record["environment"]["arch"] and record["ratio_samples"]  # keyed by the device's environment
+    doc = json.loads((workspace / "results" / "board_int8q" / "benchmark.json").read_text())
+    assert doc["machine_info"]["latency_contention"]["rounds"] > 0  # the device's own contention record
     # the board's outputs are scored like any executor's: the same INT8 file on the same ORT build here gives
     # the same accuracy through the local executor
     assert _run(workspace, "x86_cpu_int8q") == 0
@@ -151,6 +203,30 @@ def test_remote_cell_runs_the_bundle_and_measures_on_the_server(
     config = json.loads((workspace / "results" / "board_int8q" / "config.json").read_text())
     assert config["runner"]["name"] == "remote" and config["runner"]["remote"] == server.url
     assert config["executor"] == "remote"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("cell", "metric"), [("board_det_tiny_int8q", "mAP@[.5:.95]"), ("board_mt_tiny_int8q", "mIoU")]
+)
+def test_detection_and_multitask_cells_run_on_a_remote_device(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, cell: str, metric: str
+) -> None:
+    from edgematrix.server.app import ServerConfig, serve_in_thread
+
+    monkeypatch.setenv("EDGEMATRIX_TOKEN", TOKEN)
+    with serve_in_thread(ServerConfig(token=TOKEN)) as server:
+        assert _run(workspace, cell, "--remote", server.url, "--update-baseline") == 0
+        assert _run(workspace, cell, "--remote", server.url) == 0
+    info = _bench(workspace, cell)
+    assert set(info) == {"reference", "candidate"}
+    for role in ("reference", "candidate"):
+        assert info[role]["metric"] == metric and info[role]["executor"] == "remote"
+        assert info[role]["latency_kind"] == "device" and 0 <= info[role]["accuracy"] <= 100
+    gates = _gates(workspace, cell)
+    assert gates["latency_vs_baseline"] == "passed" and gates["accuracy_vs_baseline"] == "passed"
+    labels = workspace / "results" / cell / "labels.json"
+    assert labels.is_file()  # the task's own submission format, as a local cell writes it
 
 
 def test_remote_cell_without_url_says_what_to_pass(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,3 +254,15 @@ def test_emulated_jetson_matches_x86(workspace: Path, docker_engine: Any) -> Non
     report = (workspace / "results" / "jetson_int8q" / "report.md").read_text()
     assert "emulated-qemu-aarch64" in report or "qemu-user" in report
     assert "never gated" in report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["jetson_det_tiny_int8q", "jetson_mt_tiny_int8q"])
+def test_detection_and_multitask_cells_run_emulated(workspace: Path, docker_engine: Any, cell: str) -> None:
+    assert _run(workspace, cell, "--runner", "emulated") == 0
+    info = _bench(workspace, cell)
+    assert info["candidate"]["accuracy_source"] == "device" and info["candidate"]["executor"] == "emulated"
+    gates = _gates(workspace, cell)
+    assert gates["device_outputs_match_host[candidate]"] == "passed"
+    assert gates["device_accuracy_matches_host[candidate]"] == "passed"
+    assert gates["latency_vs_baseline"] == "skipped"
