@@ -58,6 +58,8 @@ recipe_steps: Registry[Any] = Registry(
     "recipe step",
     builtin={
         "prune": "edgematrix.pipeline.steps.prune:PruneStep",
+        "prune_ratio": "edgematrix.pipeline.steps.prune_ratio:FixedRatioPruneStep",
+        "dynamic_int8": "edgematrix.pipeline.steps.dynamic:DynamicInt8Step",
         "qat": "edgematrix.pipeline.steps.qat:QatStep",
         "ptq": "edgematrix.pipeline.steps.quantize:PtqStep",
         "mixed_precision": "edgematrix.pipeline.steps.mixed:MixedPrecisionStep",

@@ -119,6 +119,12 @@ class Model(_Strict):
 
 
 class QuantizeSection(_Strict):
+    mode: Literal["static", "dynamic"] = Field(
+        "static",
+        description="static: QDQ with calibrated activation ranges (PTQ); dynamic: ONNX Runtime dynamic-range "
+        "quantization (int8 weights, activations quantized at run time: ConvInteger / MatMulInteger; no "
+        "calibration, so method, calibration_images, percentile, activations and pad_input_channels do not apply)",
+    )
     method: Literal["minmax", "entropy", "percentile"] = "percentile"
     calibration_images: int = Field(64, ge=1)
     per_channel: bool = True
@@ -145,6 +151,18 @@ class QuantizeSection(_Strict):
             return backend != "onnxruntime"
         return self.activations == "symmetric"
 
+    @model_validator(mode="after")
+    def _dynamic(self) -> QuantizeSection:
+        static_only = {"method", "calibration_images", "percentile", "activations", "pad_input_channels"}
+        static_only |= {"accuracy_budget", "sensitivity_images", "max_float_layers"}
+        given = sorted(static_only & self.model_fields_set)
+        if self.mode == "dynamic" and given:
+            raise ValueError(
+                f"mode 'dynamic' quantizes activations at run time: {', '.join(given)} configure(s) static "
+                "quantization; remove them (or use mode = 'static')"
+            )
+        return self
+
 
 class LatencySection(_Strict):
     warmup: int = Field(10, ge=0)
@@ -155,9 +173,28 @@ class LatencySection(_Strict):
 
 
 class PruneSection(_Strict):
-    """Latency-aware structured pruning (torch-pruning) to ``speedup``× in the deployed precision."""
+    """Structured pruning (torch-pruning): latency-aware to ``speedup``× in the deployed precision, or a
+    fixed ``ratio`` of the channels (``scope``: per layer or ranked across layers). Exactly one of the two."""
 
-    speedup: float = Field(gt=1, description="requested p50 ratio unpruned / pruned, both in the recipe's precision")
+    speedup: float | None = Field(
+        None, gt=1, description="requested p50 ratio unpruned / pruned, both in the recipe's precision"
+    )
+    ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="fixed pruning ratio instead of a speedup: this fraction of the channels / neurons is removed "
+        "(no latency search)",
+    )
+    scope: Literal["local", "global"] = Field(
+        "local",
+        description="with ratio: local removes the ratio from every layer (per-layer ranking); global ranks the "
+        "channels of all layers together and removes the ratio of the total (no layer loses more than "
+        "max_layer_ratio)",
+    )
+    max_layer_ratio: float = Field(
+        0.8, gt=0, lt=1, description="scope = 'global': the largest fraction any one layer loses"
+    )
     round_to: int = Field(8, ge=1, description="channel counts after pruning are multiples of this")
     ignored_layers: list[str] = Field(
         default_factory=lambda: ["pool", "cls"], description="modules (dotted names) whose output channels stay"
@@ -185,6 +222,39 @@ class PruneSection(_Strict):
     confidence: float = Field(0.9, ge=0.5, lt=1, description="a probe lands when this interval lies inside the range")
     probe_rounds: int = Field(30, ge=5, description="latency rounds per paired block (at least)")
     probe_min_time_s: float = Field(2.0, ge=0, description="seconds of latency rounds per paired block (at least)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneSection:
+        if (self.speedup is None) == (self.ratio is None):
+            got = "both" if self.speedup is not None else "neither"
+            raise ValueError(
+                f"give exactly one of speedup (latency-aware search) and ratio (fixed fraction of channels); got {got}"
+            )
+        set_ = self.model_fields_set
+        if self.speedup is not None:
+            fixed_only = sorted({"scope", "max_layer_ratio"} & set_)
+            if fixed_only:
+                raise ValueError(
+                    f"{', '.join(fixed_only)} apply to a fixed ratio; the latency-aware search prunes every layer "
+                    "by the same ratio: remove them or give ratio instead of speedup"
+                )
+        else:
+            search = {"tolerance", "bound", "max_probes", "max_ratio", "pairs", "remeasure", "confidence"}
+            search_only = sorted((search | {"probe_rounds", "probe_min_time_s"}) & set_)
+            if search_only:
+                raise ValueError(
+                    f"{', '.join(search_only)} configure the latency-aware search (speedup); a fixed ratio "
+                    "does not search: remove them"
+                )
+            if self.scope == "local" and "max_layer_ratio" in set_:
+                raise ValueError("max_layer_ratio bounds global pruning; with scope = 'local' every layer loses ratio")
+            ratio = float(self.ratio or 0.0)
+            if self.scope == "global" and self.max_layer_ratio < ratio:
+                raise ValueError(
+                    f"max_layer_ratio {self.max_layer_ratio} is below ratio {ratio}: global pruning could not "
+                    "remove the ratio"
+                )
+        return self
 
 
 class FinetuneSection(_Strict):
@@ -276,6 +346,17 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"split: the lowest subgraph precision is {lowest!r}, so the recipe's precision must be "
                     f"{lowest!r}, not {self.precision!r}"
+                )
+        if self.quantize is not None and self.quantize.mode == "dynamic":
+            if self.precision != "int8":
+                raise ValueError(
+                    f"quantize.mode 'dynamic' produces an INT8 model; precision must be 'int8', not {self.precision!r}"
+                )
+            others = [k for k in ("prune", "qat", "split") if getattr(self, k) is not None]
+            if others:
+                raise ValueError(
+                    f"quantize.mode 'dynamic' quantizes the FP32 model alone; remove [{'], ['.join(others)}] "
+                    "(pruning and QAT deploy through static INT8)"
                 )
         if self.quantize is not None and self.quantize.accuracy_budget is not None:
             if self.qat is not None:

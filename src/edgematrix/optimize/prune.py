@@ -228,11 +228,15 @@ def prune_model(
     round_to: int = 8,
     ignored_layers: Sequence[str] = (),
     importance: str = "magnitude",
+    global_pruning: bool = False,
+    max_layer_ratio: float = 1.0,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable layer group of ``model`` (in place).
 
-    Returns ``model`` in eval mode. ``ratio == 0`` leaves it unchanged. BatchNorm running
-    statistics are not touched by the tracing forward.
+    ``global_pruning``: rank the groups of all layers together and remove ``ratio`` of the total
+    instead (no layer loses more than ``max_layer_ratio``). Returns ``model`` in eval mode.
+    ``ratio == 0`` leaves it unchanged. BatchNorm running statistics are not touched by the tracing
+    forward.
     """
     import torch
 
@@ -257,7 +261,8 @@ def prune_model(
                 pruning_ratio=ratio,
                 ignored_layers=ignored,
                 round_to=round_to,
-                global_pruning=False,
+                global_pruning=global_pruning,
+                max_pruning_ratio=max_layer_ratio,
                 forward_fn=_trace_forward,
                 output_transform=_output_sum,
             )

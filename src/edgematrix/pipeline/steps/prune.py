@@ -26,6 +26,64 @@ def runner_options(ctx: Any, backend: str, role: str, precision: str) -> dict[st
     return options
 
 
+def finish_pruned(ctx: Any, student: Any, facts: dict[str, Fact], key: tuple[Any, ...] = ()) -> None:
+    """The pruned ``student`` (a pruned copy of the source model) to the candidate: fine-tuned by distillation
+    from the unpruned model when the recipe has ``[finetune]`` (cached by content; ``key``: what else made the
+    student), exported, and with ``[quantize]`` quantized together with the unpruned model (the speedup's
+    base, role ``unpruned``). ``facts`` (plus parameter counts and fine-tune settings) go into ``ctx.build``."""
+    import torch
+
+    from edgematrix.core.cache import code_hash, content_key, file_sha256
+    from edgematrix.optimize.prune import channel_counts, parameter_count
+    from edgematrix.tasks.base import TrainOutcome
+
+    src, build, stages, cell, task = ctx.source, ctx.build, ctx.stages, ctx.cell, ctx.task
+    recipe, p = cell.recipe, cell.recipe.prune
+    counts = channel_counts(student)
+    ft = recipe.finetune
+    tune_key = content_key(
+        file_sha256(src.checkpoint), counts, p.importance, ft.model_dump() if ft else None, src.data_key,
+        code_hash([*task.train_code, "train/distill", "optimize/prune"]), torch.__version__.split("+")[0], *key,
+    )  # fmt: skip
+    facts = {**facts, "params": parameter_count(student), "unpruned_params": parameter_count(src.model)}
+    if ft is not None:
+        from edgematrix.train.lane import reuse_checkpoint, save_checkpoint
+
+        dcfg = task.distill_config(ft, cell.model.train)
+        ft_ckpt = ctx.options.cache_dir / "checkpoints" / f"{cell.model_name}-pruned-{tune_key}.pt"
+        stages.start(
+            "finetune",
+            f"distillation from the unpruned model: {ft.epochs} epochs, lr {ft.lr:g}, alpha {ft.alpha:g}, "
+            f"T {ft.temperature:g} (cache key {tune_key})",
+        )
+        if reuse_checkpoint(student, ft_ckpt) is not None:
+            student.eval()
+            tuned = TrainOutcome(ft_ckpt, True, 0.0, [])
+        else:
+            tuned = task.finetune(student, src.model, src.data, dcfg, progress=ctx.options.progress, label="finetune")
+            save_checkpoint(student, ft_ckpt, {"history": tuned.history, "seconds": tuned.seconds})
+        last = tuned.history[-1] if tuned.history else {}
+        stages.done(
+            "reused cached checkpoint"
+            if tuned.cache_hit
+            else f"{tuned.seconds:.0f} s, last epoch kd {last.get('kd', 0):.3f} task {last.get('task', 0):.3f}"
+        )
+        facts.update({"finetune_epochs": ft.epochs, "distill_alpha": ft.alpha, "distill_temperature": ft.temperature})
+    pruned_fp32 = src.art_dir / f"pruned-{tune_key}.onnx"
+    stages.start("export pruned", f"ONNX → {pruned_fp32.name}")
+    stages.done(export_cached(student, cell.model.input_shape, pruned_fp32, task.output_names))
+    build.candidate_module = student
+    build.candidate = Artifact(pruned_fp32, "fp32")
+    if recipe.quantize is not None:
+        stages.start("quantize", "INT8 PTQ of the pruned model, and of the unpruned one (the speedup's base)")
+        pruned_int8, note = ptq(ctx, pruned_fp32, "pruned-int8")
+        unpruned, note2 = ptq(ctx, src.fp32.path, "int8")
+        build.candidate = Artifact(pruned_int8, recipe.precision)
+        build.extra["unpruned"] = Artifact(unpruned, "int8")
+        stages.done(f"pruned: {note}; unpruned: {note2}")
+    build.facts.update(facts)
+
+
 class PruneStep(RecipeStep):
     name = "prune"
     order = 10
@@ -33,7 +91,7 @@ class PruneStep(RecipeStep):
 
     @classmethod
     def applies(cls, recipe: Any) -> bool:
-        return recipe.prune is not None
+        return recipe.prune is not None and recipe.prune.speedup is not None  # a fixed ratio: steps/prune_ratio.py
 
     def stage_count(self) -> int:
         recipe = self.ctx.cell.recipe
@@ -69,25 +127,21 @@ class PruneStep(RecipeStep):
         import torch
 
         from edgematrix.backends.meter import LocalMeter
-        from edgematrix.core.cache import code_hash, content_key, file_sha256
         from edgematrix.optimize.prune import (
             LatencyCache,
             PruneSettings,
             RoundMember,
-            channel_counts,
-            parameter_count,
             prune_model,
             save_search,
             search_pruning_ratio,
         )
-        from edgematrix.tasks.base import TrainOutcome
 
         ctx = self.ctx
         src, build, stages, cell = ctx.source, ctx.build, ctx.stages, ctx.cell
         assert src is not None and build is not None
         recipe, shape = cell.recipe, cell.model.input_shape
         p = recipe.prune
-        assert p is not None
+        assert p is not None and p.speedup is not None
         settings = PruneSettings(
             speedup=p.speedup, round_to=p.round_to, ignored_layers=tuple(p.ignored_layers), importance=p.importance,
             tolerance=p.tolerance, max_probes=p.max_probes, max_ratio=p.max_ratio, pairs=p.pairs,
@@ -158,12 +212,6 @@ class PruneStep(RecipeStep):
             copy.deepcopy(src.model), example, chosen.ratio, round_to=p.round_to, ignored_layers=p.ignored_layers,
             importance=p.importance,
         )  # fmt: skip
-        counts = channel_counts(student)
-        ft = recipe.finetune
-        tune_key = content_key(
-            file_sha256(src.checkpoint), counts, p.importance, ft.model_dump() if ft else None, src.data_key,
-            code_hash([*task.train_code, "train/distill", "optimize/prune"]), torch.__version__.split("+")[0],
-        )  # fmt: skip
         facts: dict[str, Fact] = {
             "prune_requested_speedup": float(p.speedup),
             "prune_ratio": float(chosen.ratio),
@@ -177,49 +225,8 @@ class PruneStep(RecipeStep):
             "prune_widths": chosen.channels,
             "prune_round_to": p.round_to,
             "prune_ignored_layers": ",".join(p.ignored_layers),
-            "params": parameter_count(student),
-            "unpruned_params": parameter_count(src.model),
         }
-        if ft is not None:
-            from edgematrix.train.lane import reuse_checkpoint, save_checkpoint
-
-            dcfg = task.distill_config(ft, cell.model.train)
-            ft_ckpt = ctx.options.cache_dir / "checkpoints" / f"{cell.model_name}-pruned-{tune_key}.pt"
-            stages.start(
-                "finetune",
-                f"distillation from the unpruned model: {ft.epochs} epochs, lr {ft.lr:g}, alpha {ft.alpha:g}, "
-                f"T {ft.temperature:g} (cache key {tune_key})",
-            )
-            if reuse_checkpoint(student, ft_ckpt) is not None:
-                student.eval()
-                tuned = TrainOutcome(ft_ckpt, True, 0.0, [])
-            else:
-                tuned = task.finetune(
-                    student, src.model, src.data, dcfg, progress=ctx.options.progress, label="finetune"
-                )
-                save_checkpoint(student, ft_ckpt, {"history": tuned.history, "seconds": tuned.seconds})
-            last = tuned.history[-1] if tuned.history else {}
-            stages.done(
-                "reused cached checkpoint"
-                if tuned.cache_hit
-                else f"{tuned.seconds:.0f} s, last epoch kd {last.get('kd', 0):.3f} task {last.get('task', 0):.3f}"
-            )
-            facts.update(
-                {"finetune_epochs": ft.epochs, "distill_alpha": ft.alpha, "distill_temperature": ft.temperature}
-            )
-        pruned_fp32 = src.art_dir / f"pruned-{tune_key}.onnx"
-        stages.start("export pruned", f"ONNX → {pruned_fp32.name}")
-        stages.done(export_cached(student, shape, pruned_fp32, outputs))
-        build.candidate_module = student
-        build.candidate = Artifact(pruned_fp32, "fp32")
-        if int8:
-            stages.start("quantize", "INT8 PTQ of the pruned model, and of the unpruned one (the speedup's base)")
-            pruned_int8, note = ptq(ctx, pruned_fp32, "pruned-int8")
-            unpruned, note2 = ptq(ctx, src.fp32.path, "int8")
-            build.candidate = Artifact(pruned_int8, recipe.precision)
-            build.extra["unpruned"] = Artifact(unpruned, "int8")
-            stages.done(f"pruned: {note}; unpruned: {note2}")
-        build.facts.update(facts)
+        finish_pruned(ctx, student, facts)
         self.search = search
         save_search(search, ctx.out / "prune_search.json")
 
@@ -238,7 +245,7 @@ class PruneStep(RecipeStep):
         from edgematrix.gates.verdicts import Verdict
 
         p = self.ctx.cell.recipe.prune
-        assert p is not None
+        assert p is not None and p.speedup is not None
         search, chosen = self.search, self.search.chosen
         assert chosen is not None
         landing_lo = p.speedup * (1 - p.tolerance) if p.bound == "nearest" else p.speedup
@@ -273,7 +280,7 @@ class PruneStep(RecipeStep):
     def report(self) -> list[str]:
         ctx = self.ctx
         p = ctx.cell.recipe.prune
-        assert p is not None
+        assert p is not None and p.speedup is not None
         search = self.search
         assert search.chosen is not None
         primary = ctx.primary

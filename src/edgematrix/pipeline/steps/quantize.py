@@ -83,7 +83,7 @@ class PtqStep(RecipeStep):
     def applies(cls, recipe: Any) -> bool:
         q = recipe.quantize
         others = recipe.prune is not None or recipe.qat is not None or recipe.split is not None
-        return q is not None and q.accuracy_budget is None and not others
+        return q is not None and q.mode == "static" and q.accuracy_budget is None and not others
 
     def build(self) -> None:
         ctx = self.ctx
