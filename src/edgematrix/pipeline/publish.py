@@ -68,7 +68,10 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
         version = str(cand.facts.get("version", ""))
         # the latency ratio stays within the backend: candidate vs that backend's FP32 reference, paired
         # round by round (the rounds are interleaved, so machine drift cancels in each pair)
-        ratios = tuple(c / r for c, r in zip(cand.samples.samples_s, ref.samples.samples_s, strict=True))
+        paired = evaluation.latency_gated  # interleaved rounds: one sample per model per round
+        ratios = (
+            tuple(c / r for c, r in zip(cand.samples.samples_s, ref.samples.samples_s, strict=True)) if paired else ()
+        )
         figs_ref = RunFigures(ref_of_record.score.accuracy, ref.samples.p50_ms, b, version, evaluation.device)
         figs_cand = RunFigures(
             cand.score.accuracy, cand.samples.p50_ms, b, version, evaluation.device, cand.precision,
