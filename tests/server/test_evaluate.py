@@ -156,8 +156,12 @@ def test_the_answer_on_the_wire(server: DeviceServer, models: dict[str, tuple[Pa
     )
     assert status == 200
     meta, blobs = decode_frame(answer)
-    assert set(blobs) == {"outputs.reference", "outputs.candidate", "outputs.heads"}
+    assert set(blobs) == {"outputs.reference", "outputs.candidate", "outputs.heads", "samples"}
     assert set(npz_to_arrays(blobs["outputs.heads"])) == {"logits", "features"}
+    samples = npz_to_arrays(blobs["samples"])  # per-round seconds: binary, up to max_rounds of them
+    assert {role: (arr.dtype, arr.shape) for role, arr in samples.items()} == {
+        role: (np.dtype(np.float64), (5,)) for role in ("reference", "candidate", "heads")
+    }
     assert meta["samples"] == meta["bundle_samples"] == SAMPLES and meta["complete"] is True
     latency = meta["latency"]
     assert latency["feed_sample"] == 0 and latency["order"] == "alternating" and latency["rounds"] == 5
@@ -358,6 +362,45 @@ def test_the_server_answers_the_samples_that_fit_and_the_client_goes_on_from_the
     assert ev.requests == 5  # 2 + 2 + 2 + 2 + 1 samples
     assert_outputs_equal(ev, local_outputs(models, bundle))
     assert ev.rounds == 5
+
+
+def test_the_outputs_stop_in_time_for_the_measurement_and_the_next_request_goes_on(
+    models: dict[str, tuple[Path, str]], bundle: EvalBundle
+) -> None:
+    # 10 s per request: 8 s for the worker; a 5 s measurement (+ half as much again, + 1 s) leaves no time
+    # for a second sample's outputs, so the first request answers one sample and measures
+    five = LatencyConfig(warmup=0, min_rounds=1, max_rounds=10**7, min_time_s=5.0, max_time_s=5.0)
+    with serve_in_thread(ServerConfig(token=TOKEN, timeout_s=10)) as srv:
+        ev = session(srv.url).evaluate(models, bundle, options={"intra_op_threads": 1}, latency=five)
+    assert ev.requests == 2  # 1 sample, then the other 8 (outputs only)
+    assert_outputs_equal(ev, local_outputs(models, bundle))
+    assert ev.config["min_time_s"] == ev.config["max_time_s"] == 5.0  # the measurement kept its time
+    assert ev.rounds > 1 and ev.contention is not None and ev.contention["rounds"] == ev.rounds
+
+
+def test_a_measurement_that_cannot_fit_the_servers_time_is_a_504_saying_why(
+    models: dict[str, tuple[Path, str]], bundle: EvalBundle
+) -> None:
+    # 10 s per request, 8 s for the worker, all of which an 8 s measurement needs
+    long = LatencyConfig(warmup=0, min_rounds=1, max_rounds=100_000, min_time_s=8.0, max_time_s=8.0)
+    with (
+        serve_in_thread(ServerConfig(token=TOKEN, timeout_s=10)) as srv,
+        pytest.raises(RemoteError, match=r"answered 504: LimitExceeded: the outputs of 1 sample\(s\) took") as info,
+    ):
+        session(srv.url).evaluate(models, bundle, latency=long)
+    message = str(info.value)
+    assert "of this worker's 8 s (0.8 x the server's --timeout-s) for a measurement that needs about 8.0 s" in message
+    assert info.value.status == 504
+
+
+def test_a_lane_cell_takes_two_requests_at_the_default_limits_and_one_at_640_mib() -> None:
+    per_sample = 3 * 288 * 800 * 4  # float32[1, 3, 288, 800]: 150 of them are the lane test bundle
+    models = 129_607_125 + 33_136_166  # UFLD-v2 ResNet-18, FP32 and INT8 ONNX files
+    default = ServerConfig(token=TOKEN)
+    device = {"max_body_bytes": default.max_body_bytes, "limits": default.limits.as_dict()}
+    assert plan_samples_per_request(per_sample, models, device) == 135  # 135 + 15
+    device["max_body_bytes"] = 640 * 2**20
+    assert plan_samples_per_request(per_sample, models, device) >= 150
 
 
 def test_requests_are_planned_from_the_body_and_bundle_limits() -> None:

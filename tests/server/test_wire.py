@@ -154,5 +154,5 @@ def test_a_bundle_file_is_memory_mapped_not_read(tmp_path: Path) -> None:
     data[at : at + 4] = b"XXXX"
     broken = tmp_path / "broken.npz"
     broken.write_bytes(bytes(data))
-    with pytest.raises(WireFormatError, match="member 'f.npy' cannot be read: Bad magic number"):
+    with pytest.raises(WireFormatError, match=r"member 'f\.npy' cannot be read: Bad magic number"):
         map_npz(broken)

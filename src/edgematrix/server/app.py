@@ -302,10 +302,11 @@ def blob_files(order: WorkOrder) -> dict[str, str]:
 def answer_files(order: WorkOrder) -> dict[str, str]:
     """The files of a worker's request folder that go back to the client, by their blob name in the answer."""
     if order.op == "evaluate":
-        return {
+        files = {
             f"outputs.{model['role']}": worker.EVAL_OUTPUTS_FILE.format(index=index)
             for index, model in enumerate(order.models)
         }
+        return {**files, "samples": worker.EVAL_SAMPLES_FILE} if order.measure else files
     return {"outputs": worker.OUTPUTS_FILE}
 
 

@@ -515,17 +515,33 @@ class RemoteSession:
             done = collected.add(self.url, start, stop - start, list(specs), result, outputs)
             if start == 0:
                 first = result
+                if measure:
+                    collected.add_samples(self.url, list(specs), result, outputs)
             start += done
             requests += 1
         return _evaluation(self.url, first, collected, requests)
 
 
 class _Collected:
-    """The outputs of every request of one evaluation, written into arrays of the whole bundle."""
+    """The outputs of every request of one evaluation, written into arrays of the whole bundle, and the
+    per-round samples of the request that measured."""
 
     def __init__(self, samples: int) -> None:
         self.samples = samples
         self.outputs: dict[str, dict[str, np.ndarray]] = {}
+        self.samples_s: dict[str, tuple[float, ...]] = {}
+
+    def add_samples(self, url: str, roles: list[str], result: Mapping[str, Any], blobs: Mapping[str, bytes]) -> None:
+        latency = result.get("latency")
+        if not isinstance(latency, dict) or "samples" not in blobs:
+            raise WireFormatError(f"{url}/v1/evaluate measured without answering its latency and 'samples' blob")
+        arrays = npz_to_arrays(blobs["samples"], what="the device's latency samples")
+        rounds = {role: arrays[role].shape if role in arrays else None for role in roles}
+        if set(arrays) != set(roles) or set(rounds.values()) != {(latency.get("rounds"),)}:
+            raise WireFormatError(
+                f"{url}/v1/evaluate answered latency samples of shapes {rounds} for {latency.get('rounds')} rounds"
+            )
+        self.samples_s = {role: tuple(float(v) for v in arrays[role]) for role in roles}
 
     def add(
         self, url: str, start: int, sent: int, roles: list[str], result: Mapping[str, Any], blobs: Mapping[str, bytes]
@@ -560,9 +576,7 @@ class _Collected:
 def _evaluation(url: str, first: Mapping[str, Any], collected: _Collected, requests: int) -> RemoteEvaluation:
     roles = tuple(str(r) for r in first["roles"])
     latency = first.get("latency") or {}
-    samples_s = {role: tuple(float(s) for s in latency.get("samples_s", {}).get(role, ())) for role in roles}
-    if latency and len({len(v) for v in samples_s.values()}) != 1:
-        raise WireFormatError(f"{url}/v1/evaluate answered different numbers of rounds per model: {samples_s}")
+    samples_s = {role: collected.samples_s.get(role, ()) for role in roles}
     facts = first.get("facts", {})
     environment = first.get("environment", {})
     return RemoteEvaluation(

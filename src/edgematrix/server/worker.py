@@ -36,7 +36,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,9 @@ ORDER_FILE, RESULT_FILE, ERROR_FILE, BUNDLE_FILE, OUTPUTS_FILE = (
 )
 #: ``evaluate``: the outputs of the i-th model of the order (its role's blob ``outputs.<role>`` in the answer)
 EVAL_OUTPUTS_FILE = "outputs-{index}.npz"
+#: ``evaluate``: the per-round seconds of every model, ``{role: float64[rounds]}`` (the answer's blob ``samples``;
+#: up to [limits] max_rounds per model, too many for the JSON header)
+EVAL_SAMPLES_FILE = "samples.npz"
 EXIT_ERROR = 3  # the worker wrote error.json
 EXIT_ORPHANED = 4  # the server went away
 
@@ -240,19 +243,29 @@ def _run_samples(
     max_bytes: int,
     partial: bool,
     parent: int,
-) -> tuple[dict[str, _OutputStore], int]:
-    """Run every sample through every runner (sample by sample); returns the outputs and how many samples ran.
+    end: float,
+    reserve: Callable[[float], float],
+) -> tuple[dict[str, _OutputStore], int, float]:
+    """Run every sample through every runner (sample by sample); returns the outputs, how many samples ran
+    and the typical seconds of one sample through all of them (about one harness round).
 
     The outputs are bounded by ``max_bytes``: the first sample tells how many bytes one sample's
     outputs take; a bundle whose outputs would not fit is refused right then (or, with ``partial``,
-    the samples that fit are run and the rest left to another request).
+    the samples that fit are run and the rest left to another request). With ``partial`` the samples
+    also stop where the next one would leave less than ``reserve(seconds of one sample)`` before
+    ``end`` (``time.monotonic``): the time the measurement after them needs.
     """
     stores: dict[str, _OutputStore] = {}
     done = total = capacity = 0
+    took: list[float] = []
     for i in range(samples):
         _check_parent(parent)
+        if partial and took and time.monotonic() + took[-1] + reserve(_typical(took)) > end:
+            break
+        t0 = time.monotonic()
         feed = _sample(inputs, i)
         results = {role: runner.infer(feed) for role, runner in runners.items()}
+        took.append(time.monotonic() - t0)
         size = sum(np.asarray(v).nbytes for outputs in results.values() for v in outputs.values())
         if i == 0:
             fit = max_bytes // size if size else samples
@@ -284,7 +297,18 @@ def _run_samples(
             stores[role].put(i, outputs)
         total += size
         done = i + 1
-    return stores, done
+    return stores, done, _typical(took)
+
+
+def _typical(took: list[float]) -> float:
+    """Seconds of one sample: the median, without the first sample (lazy initialization) once there are others."""
+    return float(np.median(took[1:] if len(took) > 1 else took))
+
+
+def measurement_need_s(cfg: LatencyConfig, round_s: float) -> float:
+    """About how long the harness runs with rounds of ``round_s``: its warm-up, then rounds until its stop rule."""
+    timed = min(cfg.max_time_s, cfg.max_rounds * round_s, max(cfg.min_time_s, cfg.min_rounds * round_s))
+    return cfg.warmup * round_s + timed
 
 
 def _capped_config(order: Mapping[str, Any], remaining_s: float) -> LatencyConfig:
@@ -304,7 +328,7 @@ def _plain_facts(runner: Runner) -> dict[str, Fact]:
 def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) -> dict[str, Any]:
     """Every bundle sample through every model of the order (outputs), then the models measured interleaved
     on the bundle's first sample. Writes one outputs file per model; returns the answer's meta."""
-    started = time.monotonic()
+    end = time.monotonic() + cap_s
     limits = Limits(**order["limits"])
     inputs, samples = _load_bundle(folder, limits)
     if samples < 1:
@@ -327,14 +351,18 @@ def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) ->
                 raise InModel(model["role"], exc) from exc
             load_s[model["role"]] = time.perf_counter() - t0
             runners[model["role"]] = runner
+        wanted = _capped_config(order, cap_s) if order["measure"] else None
         t0 = time.perf_counter()
-        stores, done = _run_samples(
+        stores, done, round_s = _run_samples(
             runners,
             inputs,
             samples,
             max_bytes=limits.max_response_bytes,
             partial=order["partial"],
             parent=parent,
+            end=end,
+            # room for the measurement (half as much again, and a second) or, outputs only, for the answer
+            reserve=lambda one_s: 1.5 * measurement_need_s(wanted, one_s) + 1.0 if wanted else 1.0,
         )
         run_s = time.perf_counter() - t0
         for index, role in enumerate(roles):
@@ -342,16 +370,30 @@ def _evaluate(order: dict[str, Any], folder: Path, parent: int, cap_s: float) ->
         del stores
         latency: dict[str, Any] | None = None
         contention: dict[str, Any] | None = None
-        if order["measure"]:
-            cfg = _capped_config(order, cap_s - (time.monotonic() - started))
+        if wanted is not None:
+            left_s, need_s = end - time.monotonic(), measurement_need_s(wanted, round_s)
+            if left_s < need_s:
+                raise LimitExceeded(
+                    f"the outputs of {done} sample(s) took {run_s:.1f} s and left {max(0.0, left_s):.1f} s of this "
+                    f"worker's {cap_s:.0f} s (0.8 x the server's --timeout-s) for a measurement that needs about "
+                    f"{need_s:.1f} s (warm-up, then min_rounds / min_time_s of {round_s * 1e3:.1f} ms rounds): send "
+                    "fewer samples per request (with partial=true the server stops the outputs in time), ask for a "
+                    "shorter measurement, or start the server with a larger --timeout-s",
+                    status=504,
+                    kind="timeout",
+                )
+            cfg = _capped_config(order, left_s)
             feed = _sample(inputs, 0)
             measured = measure_interleaved(runners, feed, cfg, progress=lambda _r, _t: _check_parent(parent))
+            write_npz(
+                folder / EVAL_SAMPLES_FILE,
+                {role: np.asarray(measured[role].samples_s, np.float64) for role in roles},
+            )
             latency = {
                 "config": dataclasses.asdict(cfg),
                 "feed_sample": 0,
                 "order": "alternating",
                 "rounds": measured[roles[0]].rounds,
-                "samples_s": {role: measured[role].samples_s for role in roles},
                 "summary": {role: measured[role].summary() for role in roles},
             }
             contention = measured.contention.as_dict()
