@@ -16,7 +16,9 @@ renamed or removed benchmark is a review matter, not a regression). Per matched 
   joint rule: a speedup does not buy accuracy — a candidate may lose at most ``accuracy_budget``
   points vs the base, and a faster candidate that loses more fails with the trade named
   ("faster by 20% but lost 0.8 points"). A slower or unchanged candidate is held to the same
-  budget (losing accuracy without a speedup is not better).
+  budget (losing accuracy without a speedup is not better). A lower-is-better metric
+  (``extra_info["metric_direction"] = "lower"``, e.g. a steering MSE) may *rise* by at most the
+  budget, in its own units.
 
 Only like is compared with like: the comparison is refused (:class:`EdgeMatrixError` naming both
 values) when a matched benchmark's ``extra_info`` ``backend`` / ``backend_version`` / ``precision``
@@ -213,12 +215,32 @@ def _accuracy(extra: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _direction(extra: Mapping[str, Any]) -> tuple[str, str]:
+    """The benchmark's metric name and direction (``extra_info`` ``metric`` / ``metric_direction``)."""
+    return str(extra.get("metric", "accuracy")), str(extra.get("metric_direction", "higher"))
+
+
 def _accuracy_gate(
-    base_acc: float | None, cand_acc: float | None, latency: LatencyVerdict, budget: float
+    base_acc: float | None,
+    cand_acc: float | None,
+    latency: LatencyVerdict,
+    budget: float,
+    metric: tuple[str, str] = ("accuracy", "higher"),
 ) -> tuple[AccuracyStatus, str]:
     if base_acc is None or cand_acc is None:
         missing = " and ".join(w for w, a in (("base", base_acc), ("candidate", cand_acc)) if a is None)
         return "not applicable", f"no extra_info accuracy in {missing}"
+    name, direction = metric
+    if direction == "lower":
+        rise = cand_acc - base_acc
+        detail = (
+            f"{name} {cand_acc:.4g} vs base {base_acc:.4g}: {rise:+.3g} ({name} is lower-is-better: it may rise by "
+            f"at most {budget:g})"
+        )
+        if rise <= budget + 1e-12:
+            return "passed", detail
+        trade = f"faster by {(1 - latency.ratio) * 100:.1f}% but " if latency.status == "improvement" else ""
+        return "failed", f"{trade}{name} rose by {rise:.3g}, more than the budget of {budget:g}; {detail}"
     delta = cand_acc - base_acc
     detail = f"accuracy {cand_acc:.2f} vs base {base_acc:.2f}: {delta:+.2f} points (budget {budget:.2f})"
     if -delta <= budget + 1e-9:  # 1e-9: accuracies are stored rounded, a drop of exactly the budget passes
@@ -304,8 +326,13 @@ def _compare_impl(
             )
         except EdgeMatrixError as exc:
             raise EdgeMatrixError(f"benchmark {base['name']!r}: {exc}") from None
-        b_acc, c_acc = _accuracy(base.get("extra_info", {})), _accuracy(cand.get("extra_info", {}))
-        acc_status, acc_message = _accuracy_gate(b_acc, c_acc, latency, accuracy_budget)
+        b_extra, c_extra = base.get("extra_info", {}), cand.get("extra_info", {})
+        b_acc, c_acc = _accuracy(b_extra), _accuracy(c_extra)
+        if _direction(b_extra) != _direction(c_extra):
+            acc_status: AccuracyStatus = "not applicable"
+            acc_message = f"different metrics: base {_direction(b_extra)}, candidate {_direction(c_extra)}"
+        else:
+            acc_status, acc_message = _accuracy_gate(b_acc, c_acc, latency, accuracy_budget, _direction(c_extra))
         rows.append(
             BenchmarkComparison(
                 name=base["name"],

@@ -1,4 +1,12 @@
-"""The gates of one cell run. Each gate gives a verdict: passed, failed or not applicable."""
+"""The gates of one cell run. Each gate gives a verdict: passed, failed or not applicable.
+
+The accuracy gates follow the task metric's direction (:attr:`RunFigures.direction`). Higher is
+better (TuSimple accuracy, mAP, mIoU, in points): the budgets of :class:`~edgematrix.matrix.schema.Gates`
+are the points the candidate may lose and ``min_accuracy`` is a floor. Lower is better (an error such
+as the MSE of a steering command): the same budgets are in the metric's own units, how much it may
+*rise* ("MSE may rise by at most 0.0001"), and ``min_accuracy``, a floor on a higher-is-better
+percentage, does not apply. Every message names the metric and, for lower-is-better, the direction.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,32 @@ from dataclasses import dataclass, field
 from edgematrix.gates.baseline import ABSENT, LOCK_HINT, Baseline, environment_toolchain, pick_baselines
 from edgematrix.matrix.schema import Gates
 
+DIRECTIONS = ("higher", "lower")
+
+
+def metric_loss(reference: float, candidate: float, direction: str) -> float:
+    """How much worse ``candidate`` is than ``reference`` in the metric's units (positive: worse): the drop
+    of a higher-is-better metric, the rise of a lower-is-better one."""
+    _check_direction(direction)
+    return reference - candidate if direction == "higher" else candidate - reference
+
+
+def metric_text(value: float, direction: str = "higher") -> str:
+    """A metric value as the reports print it: points with two decimals (higher is better), four
+    significant digits for an error (lower is better: an MSE of 0.000338 is not "0.00")."""
+    return f"{value:.2f}" if direction == "higher" else f"{value:.4g}"
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"metric direction {direction!r} is neither of {', '.join(DIRECTIONS)}")
+
 
 @dataclass(frozen=True)
 class RunFigures:
     """What a cell run measured, for one role."""
 
-    accuracy: float  # task metric, percent
+    accuracy: float  # the task metric of record (TuSimple accuracy in percent, mAP, an MSE ...)
     p50_ms: float
     backend: str
     backend_version: str
@@ -24,6 +52,11 @@ class RunFigures:
     ratio_samples: tuple[float, ...] = ()  # per-round candidate/reference (candidate figures only)
     # why the machine was busy during this run's latency rounds (Measurement.contention.reasons()); empty: quiet
     busy: tuple[str, ...] = ()
+    metric: str = "accuracy"  # the task metric's name, for messages (TaskAdapter.metric)
+    direction: str = "higher"  # "higher" or "lower" is better (TaskAdapter.metric_direction)
+
+    def __post_init__(self) -> None:
+        _check_direction(self.direction)
 
     def toolchain(self) -> dict[str, str]:
         return {
@@ -55,6 +88,26 @@ def _check(gate: str, ok: bool, detail: str) -> Verdict:
     return Verdict(gate, "passed" if ok else "failed", detail)
 
 
+def _accuracy_check(
+    gate: str, candidate: RunFigures, other: float, other_name: str, budget: float, where: str = ""
+) -> Verdict:
+    """``candidate``'s metric against ``other`` (the reference's or the baseline's): worse by at most ``budget``."""
+    loss = metric_loss(other, candidate.accuracy, candidate.direction)
+    ok = loss <= budget + 1e-12  # stored figures are rounded: a loss of exactly the budget passes
+    if candidate.direction == "higher":
+        detail = (
+            f"candidate {candidate.accuracy:.2f} vs {other_name} {other:.2f}{where}: drop {loss:+.2f} points "
+            f"(budget {budget:.2f})"
+        )
+    else:
+        name = candidate.metric
+        detail = (
+            f"candidate {name} {metric_text(candidate.accuracy, 'lower')} vs {other_name} {metric_text(other, 'lower')}"
+            f"{where}: change {loss:+.3g} ({name} is lower-is-better: it may rise by at most {budget:g})"
+        )
+    return _check(gate, ok, detail)
+
+
 def evaluate_gates(
     gates: Gates,
     reference: RunFigures,
@@ -76,26 +129,38 @@ def evaluate_gates(
     them. A candidate measured on a busy machine (``candidate.busy``) gets an "inconclusive"
     latency verdict — "not comparable: machine busy — re-measure" — never a pass or a failure.
     """
+    if (reference.metric, reference.direction) != (candidate.metric, candidate.direction):
+        raise ValueError(
+            f"reference ({reference.metric}, {reference.direction} is better) and candidate ({candidate.metric}, "
+            f"{candidate.direction} is better) figures are of different metrics"
+        )
     out = []
     if same_artifact:
         out.append(Verdict("accuracy_vs_reference", "not applicable", "the candidate is the FP32 reference itself"))
     else:
-        drop = reference.accuracy - candidate.accuracy
         out.append(
-            _check(
-                "accuracy_vs_reference",
-                drop <= gates.accuracy_drop_vs_reference,
-                f"candidate {candidate.accuracy:.2f} vs reference {reference.accuracy:.2f}: "
-                f"drop {drop:+.2f} points (budget {gates.accuracy_drop_vs_reference:.2f})",
+            _accuracy_check(
+                "accuracy_vs_reference", candidate, reference.accuracy, "reference", gates.accuracy_drop_vs_reference
             )
         )
-    out.append(
-        _check(
-            "min_accuracy",
-            candidate.accuracy >= gates.min_accuracy,
-            f"candidate {candidate.accuracy:.2f} (floor {gates.min_accuracy:.2f})",
+    if candidate.direction == "higher":
+        out.append(
+            _check(
+                "min_accuracy",
+                candidate.accuracy >= gates.min_accuracy,
+                f"candidate {candidate.accuracy:.2f} (floor {gates.min_accuracy:.2f})",
+            )
         )
-    )
+    else:
+        out.append(
+            Verdict(
+                "min_accuracy",
+                "not applicable",
+                f"{candidate.metric} is lower-is-better: min_accuracy (configured {gates.min_accuracy:g}) is a floor "
+                f"on a higher-is-better metric; the candidate's {candidate.metric} "
+                f"{metric_text(candidate.accuracy, 'lower')} is held to the budgets vs its reference and baseline",
+            )
+        )
     records = [] if baseline is None else [baseline] if isinstance(baseline, Baseline) else list(baseline)
     if not records:
         msg = f"no baseline yet; {baseline_hint}"
@@ -117,13 +182,9 @@ def evaluate_gates(
         return out
     acc_base = choice.accuracy
     where = "" if acc_base.cpu == candidate.device else f" (recorded on {acc_base.cpu})"
-    drop = acc_base.accuracy - candidate.accuracy
     out.append(
-        _check(
-            "accuracy_vs_baseline",
-            drop <= gates.accuracy_drop_vs_baseline,
-            f"candidate {candidate.accuracy:.2f} vs baseline {acc_base.accuracy:.2f}{where}: drop {drop:+.2f} points "
-            f"(budget {gates.accuracy_drop_vs_baseline:.2f})",
+        _accuracy_check(
+            "accuracy_vs_baseline", candidate, acc_base.accuracy, "baseline", gates.accuracy_drop_vs_baseline, where
         )
     )
     baseline = choice.latency

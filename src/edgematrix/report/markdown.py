@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from edgematrix.gates.verdicts import Verdict
+from edgematrix.gates.verdicts import Verdict, metric_text
 
 #: control, format and bidirectional characters: they hide or reorder text (the "Trojan source" ones)
 _INVISIBLE = re.compile(
@@ -75,6 +75,8 @@ def render_report(
 ) -> str:
     failed = [v for v in verdicts if v.failed]
     metric = md_text(rows[0].get("metric", "accuracy")) if rows else "accuracy"
+    if rows and rows[0].get("metric_direction") == "lower":
+        metric += " (lower is better)"
     keys = extras_keys(rows)
     lines = [
         f"# {md_text(cell)}: {'FAILED' if failed else 'passed'}",
@@ -91,7 +93,7 @@ def render_report(
         assert isinstance(extras, Mapping)
         names = " | ".join(md_text(r.get(k, "")) for k in ("backend", "role", "precision", "inference_precision"))
         lines.append(
-            f"| {names} | {float(str(r['accuracy'])):.2f} |"
+            f"| {names} | {metric_text(float(str(r['accuracy'])), str(r.get('metric_direction', 'higher')))} |"
             + "".join(f" {float(extras.get(k, float('nan'))):.4f} |" for k in keys)
             + f" {float(str(r['p50_ms'])):.2f} | {float(str(r['p90_ms'])):.2f} | {float(str(r['p99_ms'])):.2f} "
             f"| {float(str(r['speedup'])):.2f}× | {_mb(int(str(r['model_bytes'])))} |"

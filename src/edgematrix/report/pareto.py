@@ -1,10 +1,13 @@
 """Accuracy-vs-latency Pareto fronts across recipes / strategies, per model and target.
 
 Points come from ``results/*/benchmark.json``: one per benchmark (recipe, or reference), grouped by
-``extra_info`` ``model`` and ``target``. The quality axis is ``extra_info[task_metric]`` when a
-benchmark names one (PilotNet: ``mse``, with ``task_metric_direction = "lower"``), else
-``accuracy`` (higher is better). The same FP32 artifact measured by several cells (each cell's
-reference) is one point.
+``extra_info`` ``model`` and ``target``. The quality axis is the task metric of record,
+``extra_info["accuracy"]``, named by ``metric`` and better in the direction of ``metric_direction``
+(``"lower"`` for an error: a steering model's MSE); files of the retired strategies pipeline name it
+``task_metric`` / ``task_metric_direction`` instead, and are read too. The same artifact measured by
+several cells (each cell's FP32 reference; an FP32 cell's candidate, which is its reference) is one
+point; models a recipe step measured beside the candidate (``unpruned``, ``ptq`` ...) are points
+labelled ``<recipe> (<role>)``.
 
 A point is on the front when no other point dominates it: at least as fast (p50) and at least as
 good, and strictly better in one of the two. Two identical points do not dominate each other, so
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.gates.verdicts import metric_text
 from edgematrix.report.markdown import md_text
 
 _DIRECTIONS = ("higher", "lower")
@@ -88,50 +92,61 @@ def points_from_benchmarks(
     disagree on the metric or its direction raises :class:`EdgeMatrixError`.
     """
     groups: dict[tuple[str, str], ParetoGroup] = {}
-    seen: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
-    for doc in docs:
-        for bench in doc.get("benchmarks", []):
-            extra = bench.get("extra_info", {})
-            metric = str(extra.get("task_metric", "accuracy"))
-            direction = str(extra.get("task_metric_direction", "higher"))
-            if direction not in _DIRECTIONS:
-                raise EdgeMatrixError(
-                    f"{source}: benchmark {bench.get('name')!r} has task_metric_direction {direction!r}; "
-                    f"use one of {', '.join(_DIRECTIONS)}"
-                )
-            value, p50 = extra.get(metric), _p50_ms(bench)
-            model, target = str(extra.get("model", "")), str(extra.get("target", ""))
-            if type(value) not in (int, float) or p50 is None or not model or not target:
-                continue
-            key = (model, target)
-            group = groups.setdefault(key, ParetoGroup(model, target, metric, direction, []))
-            if (group.metric, group.direction) != (metric, direction):
-                raise EdgeMatrixError(
-                    f"{source}: {model} on {target} mixes quality metrics ({group.metric}, {group.direction} is "
-                    f"better vs {metric}, {direction}); one model's recipes must report the same task metric"
-                )
-            role = str(extra.get("role", "candidate"))
-            backend = str(extra.get("backend", ""))
-            precision = str(extra.get("precision", ""))
-            recipe = str(extra.get("recipe", bench.get("name", "?")))
-            label = f"{precision or 'fp32'} reference" if role == "reference" and recipe != "fp32" else recipe
-            identity = (str(extra.get("artifact_sha256") or bench.get("name")), backend, role)
-            if identity in seen.setdefault(key, set()):
-                continue  # the same FP32 artifact as the reference of several cells: one point
-            seen[key].add(identity)
-            speedup = extra.get("speedup_vs_reference")
-            group.points.append(
-                Point(
-                    label=label,
-                    metric=float(value),
-                    p50_ms=p50,
-                    model_bytes=int(extra.get("model_bytes", 0) or 0),
-                    speedup=float(speedup) if type(speedup) in (int, float) else None,
-                    role=role,
-                    precision=precision,
-                )
+    seen: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    benches = [bench for doc in docs for bench in doc.get("benchmarks", [])]
+    # the cells' own models first, so a model measured again as a step's role keeps its recipe's label
+    benches.sort(key=lambda b: b.get("extra_info", {}).get("role", "candidate") not in ("reference", "candidate"))
+    for bench in benches:
+        extra = bench.get("extra_info", {})
+        if "task_metric" in extra:  # the retired strategies pipeline's files
+            metric = str(extra["task_metric"])
+            direction, key = str(extra.get("task_metric_direction", "higher")), "task_metric_direction"
+            value = extra.get(metric)
+        else:
+            metric = str(extra.get("metric", "accuracy"))
+            direction, key = str(extra.get("metric_direction", "higher")), "metric_direction"
+            value = extra.get("accuracy")
+        if direction not in _DIRECTIONS:
+            raise EdgeMatrixError(
+                f"{source}: benchmark {bench.get('name')!r} has {key} {direction!r}; "
+                f"use one of {', '.join(_DIRECTIONS)}"
             )
-            group.points[-1] = _with_backend(group.points[-1], backend)
+        p50 = _p50_ms(bench)
+        model, target = str(extra.get("model", "")), str(extra.get("target", ""))
+        if type(value) not in (int, float) or p50 is None or not model or not target:
+            continue
+        group_key = (model, target)
+        group = groups.setdefault(group_key, ParetoGroup(model, target, metric, direction, []))
+        if (group.metric, group.direction) != (metric, direction):
+            raise EdgeMatrixError(
+                f"{source}: {model} on {target} mixes quality metrics ({group.metric}, {group.direction} is "
+                f"better vs {metric}, {direction}); one model's recipes must report the same task metric"
+            )
+        role = str(extra.get("role", "candidate"))
+        backend = str(extra.get("backend", ""))
+        precision = str(extra.get("precision", ""))
+        recipe = str(extra.get("recipe", bench.get("name", "?")))
+        if role == "reference":
+            label = recipe if recipe == "fp32" else f"{precision or 'fp32'} reference"
+        else:
+            label = recipe if role == "candidate" else f"{recipe} ({role})"
+        identity = (str(extra.get("artifact_sha256") or bench.get("name")), backend)
+        if identity in seen.setdefault(group_key, set()):
+            continue  # the same artifact measured by several cells (their FP32 reference ...): one point
+        seen[group_key].add(identity)
+        speedup = extra.get("speedup_vs_reference")
+        group.points.append(
+            Point(
+                label=label,
+                metric=float(value),
+                p50_ms=p50,
+                model_bytes=int(extra.get("model_bytes", 0) or 0),
+                speedup=float(speedup) if type(speedup) in (int, float) else None,
+                role=role,
+                precision=precision,
+            )
+        )
+        group.points[-1] = _with_backend(group.points[-1], backend)
     return {k: g for k, g in groups.items() if g.points}
 
 
@@ -155,8 +170,11 @@ def collect(results_dir: str | os.PathLike[str]) -> dict[tuple[str, str], Pareto
     return points_from_benchmarks(docs, source=str(root))
 
 
-def _fmt_metric(value: float, metric: str) -> str:
-    return f"{value:.2f}" if metric == "accuracy" else f"{value:.4g}"
+def _axis_name(metric: str) -> str:
+    """The quality axis's name: ``accuracy (%)``; a lower-case short name upper-cased (``mse`` → ``MSE``)."""
+    if metric == "accuracy":
+        return "accuracy (%)"
+    return metric.upper() if metric == metric.lower() and len(metric) <= 5 else metric
 
 
 def _size(n: int) -> str:
@@ -177,7 +195,7 @@ def pareto_markdown(group: ParetoGroup) -> str:
     for p, on in order:
         speed = f"{p.speedup:.2f}×" if p.speedup is not None else "–"
         lines.append(
-            f"| {md_text(p.label)} | {_fmt_metric(p.metric, group.metric)} | {p.p50_ms:.3f} | {speed} | {_size(p.model_bytes)} "
+            f"| {md_text(p.label)} | {metric_text(p.metric, group.direction)} | {p.p50_ms:.3f} | {speed} | {_size(p.model_bytes)} "
             f"| {'yes' if on else 'no'} |"
         )
     return "\n".join(lines)
@@ -221,7 +239,7 @@ def plot_pareto(group: ParetoGroup, out_png: str | os.PathLike[str]) -> Path:
     if group.direction == "lower":
         ax.invert_yaxis()  # better is up on every Pareto plot
     better = "higher" if group.direction == "higher" else "lower"
-    name = "accuracy (%)" if group.metric == "accuracy" else group.metric.upper()
+    name = _axis_name(group.metric)
     if group.direction == "lower":
         ax.set_ylabel(f"{name}, {better} is better (axis inverted)")
     else:

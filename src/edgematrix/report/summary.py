@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgematrix.errors import EdgeMatrixError
+from edgematrix.gates.verdicts import metric_text
 from edgematrix.report.markdown import md_text
 from edgematrix.report.merge import GateResult, find_cells, read_gates
 
@@ -41,6 +42,8 @@ class _Bench:
     speedup: float | None
     samples_s: list[float] | None
     backend_version: str = ""
+    metric: str = "accuracy"
+    direction: str = "higher"  # of the metric: "lower" for an error such as a steering MSE
 
 
 @dataclass
@@ -74,6 +77,8 @@ class SummaryRow:
     latency_status: str = ""
     latency_message: str = ""
     base_speedup: float | None = None
+    metric: str = "accuracy"  # the task metric's name (extra_info ``metric``)
+    direction: str = "higher"  # which is better (extra_info ``metric_direction``)
 
     @property
     def mark(self) -> str:
@@ -138,6 +143,8 @@ def _read_cell_run(cell_dir: Path) -> _CellRun | None:
             speedup=_num(extra, "speedup_vs_reference"),
             samples_s=[float(x) for x in data] if data else None,
             backend_version=str(extra.get("backend_version", "")),
+            metric=str(extra.get("metric", "accuracy")),
+            direction="lower" if extra.get("metric_direction") == "lower" else "higher",
         )
         if "@" not in bench["name"] and not primary:
             primary = backend
@@ -271,6 +278,8 @@ def build_summary(
                 p99=cand.p99,
                 speedup=cand.speedup,
                 gates=_gates_of(gates, backend, run.primary),
+                metric=cand.metric,
+                direction=cand.direction,
             )
             if base_run is not None and backend in base_run.benches:
                 _compare_with_base(row, cand, base_run.benches[backend], notes)
@@ -319,9 +328,22 @@ def _mark_text(row: SummaryRow) -> str:
     return f"{MARK_FAILED} {n_failed} failed" if n_failed else row.mark
 
 
+def _metric_cells(row: SummaryRow) -> tuple[str, str]:
+    """The metric and its delta: points for a higher-is-better metric; an error (lower is better) with four
+    significant digits and its name and direction, so an MSE of 0.000338 is neither "0.00" nor read as points."""
+    if row.direction == "higher":
+        return _f(row.accuracy), "—" if row.d_accuracy is None else _signed(row.d_accuracy, 2)
+    value = (
+        "—"
+        if row.accuracy is None
+        else f"{metric_text(row.accuracy, 'lower')} ({md_text(row.metric)}, lower is better)"
+    )
+    return value, "—" if row.d_accuracy is None else f"{row.d_accuracy + 0.0:+.3g}"
+
+
 def _row_line(row: SummaryRow) -> str:
     backend = f"**{md_text(row.backend)}** (selected)" if row.selected else md_text(row.backend)
-    d_acc = "—" if row.d_accuracy is None else _signed(row.d_accuracy, 2)
+    metric, d_acc = _metric_cells(row)
     d_p50 = " ".join(x for x in (_pct(row.d_p50), _ci(row)) if x)
     if row.latency_status in REGRESSION_STATUSES:
         d_p50 += " ⚠️"
@@ -332,7 +354,7 @@ def _row_line(row: SummaryRow) -> str:
         md_text(row.cell),
         backend,
         md_text(row.precision) or "—",
-        _f(row.accuracy),
+        metric,
         d_acc,
         _f(row.p50),
         d_p50,
@@ -348,7 +370,7 @@ def _row_line(row: SummaryRow) -> str:
 
 
 TABLE_HEADER = [
-    "| cell | backend | precision | accuracy (%) | Δ acc (pts) | p50 (ms) | Δ p50 | p90 (ms) | Δ p90 | p99 (ms) | Δ p99 "
+    "| cell | backend | precision | task metric | Δ metric | p50 (ms) | Δ p50 | p90 (ms) | Δ p90 | p99 (ms) | Δ p99 "
     "| speedup vs FP32 | compared with | gates |",
     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
 ]
@@ -396,7 +418,9 @@ def render_summary(summary: Summary) -> str:
         lines += ["", "### Notes", "", *(f"- {md_text(n, 2000)}" for n in summary.notes)]
     lines += [
         "",
-        "<sub>Δ p50/p90/p99: relative to the comparison run (⚠️ = regression beyond its confidence interval); "
+        "<sub>Task metric: points of a higher-is-better metric (TuSimple accuracy, mAP, mIoU) unless the row names "
+        "a lower-is-better one (an MSE), whose Δ is in its own units. "
+        "Δ p50/p90/p99: relative to the comparison run (⚠️ = regression beyond its confidence interval); "
         "speedups are same-run ratios against the FP32 reference, the robust comparison on shared machines.</sub>",
     ]
     return "\n".join(lines) + "\n"

@@ -137,13 +137,16 @@ class QatStep(RecipeStep):
         ctx = self.ctx
         m, primary = ctx.measured, ctx.primary
         ref, ptq_, cand, mo = (m[primary, r] for r in ("reference", "ptq", "candidate", "qat_modelopt_qdq"))
+        from edgematrix.gates.verdicts import metric_loss, metric_text
+
         extras = list(ref.score.extras)
-        metric = ctx.task.metric
+        metric, direction = ctx.task.metric, ctx.task.metric_direction
+        worse = "drop vs FP32" if direction == "higher" else "rise vs FP32 (lower is better)"
         lines = [
             "",
             "## QAT vs PTQ",
             "",
-            f"| model | {metric} | drop vs FP32 |" + "".join(f" {k} |" for k in extras) + " p50 (ms) | size |",
+            f"| model | {metric} | {worse} |" + "".join(f" {k} |" for k in extras) + " p50 (ms) | size |",
             "|---|---:|---:|" + "---:|" * len(extras) + "---:|---:|",
         ]
         for label, x in (
@@ -152,8 +155,10 @@ class QatStep(RecipeStep):
             ("QAT (INT8, PTQ form)", cand),
             ("QAT (ModelOpt QDQ)", mo),
         ):
+            loss = metric_loss(ref.score.accuracy, x.score.accuracy, direction)
             lines.append(
-                f"| {label} | {x.score.accuracy:.2f} | {ref.score.accuracy - x.score.accuracy:+.2f} |"
+                f"| {label} | {metric_text(x.score.accuracy, direction)} | "
+                + (f"{loss:+.2f} |" if direction == "higher" else f"{loss:+.3g} |")
                 + "".join(f" {x.score.extras.get(k, 0.0):.4f} |" for k in extras)
                 + f" {x.samples.p50_ms:.2f} | {x.artifact.model_bytes() / 1e6:.1f} MB |"
             )
@@ -166,7 +171,11 @@ class QatStep(RecipeStep):
             "measured too.",
             "",
             f"QAT: {self.info['qdq_pairs']} DequantizeLinear, {self.info['folded_batchnorms']} BatchNorms folded, "
-            f"{len(hist)} epochs (last: {last}); QAT − PTQ accuracy {cand.score.accuracy - ptq_.score.accuracy:+.2f} "
-            "points.",
+            f"{len(hist)} epochs (last: {last}); QAT − PTQ {metric} "
+            + (
+                f"{cand.score.accuracy - ptq_.score.accuracy:+.2f} points."
+                if direction == "higher"
+                else f"{cand.score.accuracy - ptq_.score.accuracy:+.3g} (lower is better)."
+            ),
         ]
         return lines
