@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, get_args
@@ -194,7 +196,8 @@ def test_runner_options_come_from_the_target_the_client_and_the_server_in_that_o
 ) -> None:
     two = {"reference": models["reference"], "candidate": models["candidate"]}
     with serve_in_thread(ServerConfig(token=TOKEN, timeout_s=60)) as srv:
-        ev = session(srv.url).evaluate(two, bundle, target={"threads": 2, "providers": []}, measure=False)
+        target = {"description": "x86 CPU", "backend": "onnxruntime", "threads": 2, "providers": []}  # a Target dump
+        ev = session(srv.url).evaluate(two, bundle, target=target, measure=False)
         assert {r: ev.facts[r]["intra_op_threads"] for r in two} == {"reference": 2, "candidate": 2}  # options_for
         assert ev.facts["reference"]["providers"] == "CPUExecutionProvider"
         ev = session(srv.url).evaluate(
@@ -534,3 +537,23 @@ def test_the_server_streams_a_large_request_to_disk_and_its_answer_from_disk(tmp
     assert ev.requests == 1 and ev.outputs["a"]["y"].shape == (96, 1, 256, 1, 1)
     np.testing.assert_allclose(ev.outputs["b"]["y"][:, 0, :, 0, 0], big.inputs["x"][:, 0].mean(axis=(2, 3)), atol=1e-6)
     assert grew_mib < 16, f"the server's peak memory grew by {grew_mib:.0f} MiB for a 96 MiB bundle"
+
+
+def test_a_body_that_ends_early_is_a_400_and_its_request_folder_is_gone(
+    server: DeviceServer, models: dict[str, tuple[Path, str]], bundle: EvalBundle
+) -> None:
+    body = evaluate_body(models, bundle.inputs)
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/evaluate HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body[:-100])  # the bundle's last 100 bytes never come
+        sock.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:300]
+    message = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["message"]
+    assert message == f"body ended after {len(body) - 100} of {len(body)} bytes"
+    assert list(server.workers.root.iterdir()) == [] and server.history == []

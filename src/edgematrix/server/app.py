@@ -7,14 +7,16 @@ Endpoints (wire format in :mod:`edgematrix.server.wire`, details in docs/latency
 - ``POST /v1/measure`` — token; frame with blob ``model`` and meta options → JSON latency report.
 - ``POST /v1/run`` — token; frame with blobs ``model`` and ``bundle`` (npz) → frame with blob ``outputs`` (npz).
 - ``POST /v1/evaluate`` — token; frame with blobs ``model.<role>`` (one per model) and ``bundle`` (npz), meta
-  ``models`` / ``runner_options`` / ``target`` / ``config`` → frame with blobs ``outputs.<role>`` (npz) and
-  meta: per-round latency samples of the models measured interleaved, runner and device facts, the
-  environment key, the power mode and the contention record.
+  ``models`` / ``runner_options`` / ``target`` / ``config`` → frame with blobs ``outputs.<role>`` and
+  ``samples`` (npz: per-round seconds of the models measured interleaved) and meta: runner and device
+  facts, the environment key, the power mode and the contention record.
 
 Every request is authenticated with ``Authorization: Bearer <token>`` (compared with
 ``hmac.compare_digest``). Bodies above the size limit get 413, a busy device with a full queue
 503 + ``Retry-After``, a measurement past the timeout 504; the server keeps serving after each.
-Measurements run one at a time, first come first served, each in a fresh worker process.
+A request's blobs are streamed from the socket into its private folder (the server holds about
+1 MiB of a request in memory), answers are streamed from the worker's files. Measurements run one
+at a time, first come first served, each in a fresh worker process.
 """
 
 from __future__ import annotations
@@ -504,12 +506,13 @@ class _Handler(BaseHTTPRequestHandler):
         data = self.rfile.read(n)
         self._consumed += len(data)
         if len(data) != n:
-            self.close_connection = True
+            self.close_connection = self._ended = True
             raise HttpError(400, "truncated", f"body ended after {self._consumed} of {self._length} bytes")
         return data
 
     def do_POST(self) -> None:
         self._length = self._consumed = 0
+        self._ended = False  # the client's body ended early: nothing left to drain
         try:
             op = {f"{API}/measure": "measure", f"{API}/run": "run", f"{API}/evaluate": "evaluate"}.get(self.path)
             if op is None:
@@ -528,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             self._post(op)
         except HttpError as err:
-            if not self.close_connection:
+            if not self._ended:
                 self._drain(self._length - self._consumed)
             self._send_error(err)
         except Exception as exc:  # a bug: answer 500 and keep serving

@@ -35,7 +35,7 @@ from edgematrix.measure.harness import LatencyConfig, LatencySamples, Measuremen
 from edgematrix.measure.meter import LatencyReport
 from edgematrix.server.bundle import EvalBundle
 from edgematrix.server.enot import ENOT_DEFAULT_ENDPOINT, enot_request_body
-from edgematrix.server.options import MODEL_SUFFIXES, ROLE_PATTERN
+from edgematrix.server.options import MODEL_SUFFIXES, ROLE_PATTERN, TARGET_KEYS
 from edgematrix.server.token import load_token
 from edgematrix.server.wire import CONTENT_TYPE, arrays_to_npz, decode_frame, encode_frame, npz_to_arrays
 
@@ -460,7 +460,8 @@ class RemoteSession:
         ``models``: ``{role: (model file, precision)}``; the device configures each runner as a local
         cell does (``Runner.options_for(target, role=..., precision=...)``), then ``options`` (runner
         options for every model) and ``role_options[role]`` over it, then its own configuration.
-        ``target``: ``{"providers": [...], "threads": n}`` of the cell's target. A bundle larger than
+        ``target``: the cell's target config (``Target.model_dump()``, as ``options_for`` takes it locally),
+        of which its ``providers`` and ``threads`` are sent. A bundle larger than
         the server's limits goes in several requests of ``samples_per_request`` samples (default: as
         many as fit, from ``GET /v1/device``); the first one measures, and each answers the samples
         whose outputs fit the server's response limit, the next request going on from there.
@@ -504,8 +505,8 @@ class RemoteSession:
                 meta["config"] = config
             if backend:
                 meta["backend"] = backend
-            if target is not None:
-                meta["target"] = dict(target)
+            if target is not None:  # what options_for reads of it; the server refuses other keys
+                meta["target"] = {key: target[key] for key in TARGET_KEYS if key in target}
             chunk = {name: np.asarray(arr)[start:stop] for name, arr in bundle.inputs.items()}
             body = encode_frame(meta, {**blobs, "bundle": arrays_to_npz(chunk)})
             _, _, answer = self.transport.request("POST", "/v1/evaluate", body, CONTENT_TYPE)
