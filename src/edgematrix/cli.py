@@ -308,24 +308,24 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
     from edgematrix.matrix.loader import load_matrix
-    from edgematrix.pipeline.strategies import cell_name, run_strategies
+    from edgematrix.report.strategies import build_table, write_table
 
     m = load_matrix(args.matrix)
     if args.model not in m.models:
         raise EdgeMatrixError(f"unknown model {args.model!r}; the matrix has: {', '.join(sorted(m.models))}")
-    result = run_strategies(
-        m.models[args.model],
-        Path(args.results) / cell_name(args.model),
-        cache_dir=Path(args.cache),
-        data_root=args.data_root,
-        model_name=args.model,
-        target=args.target,
-        progress=not args.no_progress,
-    )
-    for key, path in result.paths.items():
+    cells = [c.name for c in m.cells.values() if c.model_name == args.model and c.target_name == args.target]
+    if not cells:
+        raise EdgeMatrixError(
+            f"the matrix has no cell of model {args.model!r} on target {args.target!r}; cells of {args.model!r}: "
+            + (", ".join(sorted(c.name for c in m.cells.values() if c.model_name == args.model)) or "none")
+        )
+    out = Path(args.out) if args.out else Path(args.results) / f"{args.model}_strategies"
+    table = build_table(args.results, cells, model=args.model, target=args.target)
+    paths = write_table(args.results, table, out)
+    for key, path in paths.items():
         print(f"{key}: {path}")
-    if result.failed_gates:
-        raise GateFailure(f"{', '.join(result.failed_gates)} (see {result.paths['report']})")
+    if table.failed:
+        raise GateFailure(f"{', '.join(table.failed)} (see {paths['report']})")
     return EXIT_OK
 
 
@@ -514,16 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     strat = sub.add_parser(
         "strategies",
-        help="compare pruning / quantization strategies of a steering model (MSE, size, same-run latency)",
-        description="Writes <results>/<model>_strategies/: benchmark.json, junit.xml (INT8 size gates), report.md, "
-        "pareto.png. Exit 1 when a gate fails.",
+        help="the strategies table of a model's cells on a target (metric, size, same-run speedup, Pareto front)",
+        description="Reads results/<cell>/ of every cell of MODEL on TARGET in the matrix (run them first: "
+        "`nox -s pilotnet_strategies` runs PilotNet's and then this) and writes <results>/<model>_strategies/: "
+        "report.md (the table), junit.xml (INT8 size gates, every cell measured), strategies.json, pareto.png. "
+        "Exit 1 when one of its gates or a cell's own gate failed.",
     )
-    strat.add_argument("model", help="a steering model of the matrix (e.g. pilotnet)")
-    strat.add_argument("--results", default="results", help="results folder (default: results)")
-    strat.add_argument("--cache", default=".cache/edgematrix", help="cache for data and checkpoints")
-    strat.add_argument("--data-root", default=None, help="driving_log.csv folder; overrides the model's data_root")
-    strat.add_argument("--target", default="x86_cpu", help="target name recorded in the results (default: x86_cpu)")
-    strat.add_argument("--no-progress", action="store_true", help="no progress bars")
+    strat.add_argument("model", help="a model of the matrix (e.g. pilotnet)")
+    strat.add_argument("--target", default="x86_cpu", help="the target whose cells are tabulated (default: x86_cpu)")
+    strat.add_argument("--results", default="results", help="folder of results/<cell>/ (default: results)")
+    strat.add_argument("--out", default=None, help="where to write the table (default: <results>/<model>_strategies)")
     strat.set_defaults(func=_cmd_strategies)
 
     swp = sub.add_parser(

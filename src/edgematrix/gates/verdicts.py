@@ -88,10 +88,12 @@ def _check(gate: str, ok: bool, detail: str) -> Verdict:
     return Verdict(gate, "passed" if ok else "failed", detail)
 
 
-def _accuracy_check(
+def accuracy_verdict(
     gate: str, candidate: RunFigures, other: float, other_name: str, budget: float, where: str = ""
 ) -> Verdict:
-    """``candidate``'s metric against ``other`` (the reference's or the baseline's): worse by at most ``budget``."""
+    """The verdict of ``gate``: ``candidate``'s metric against ``other`` (the reference's, the baseline's, the
+    base branch's: ``other_name``, recorded ``where``) may be worse by at most ``budget`` — points lost of a
+    higher-is-better metric, the rise of a lower-is-better one (in its units)."""
     loss = metric_loss(other, candidate.accuracy, candidate.direction)
     ok = loss <= budget + 1e-12  # stored figures are rounded: a loss of exactly the budget passes
     if candidate.direction == "higher":
@@ -139,7 +141,7 @@ def evaluate_gates(
         out.append(Verdict("accuracy_vs_reference", "not applicable", "the candidate is the FP32 reference itself"))
     else:
         out.append(
-            _accuracy_check(
+            accuracy_verdict(
                 "accuracy_vs_reference", candidate, reference.accuracy, "reference", gates.accuracy_drop_vs_reference
             )
         )
@@ -183,7 +185,7 @@ def evaluate_gates(
     acc_base = choice.accuracy
     where = "" if acc_base.cpu == candidate.device else f" (recorded on {acc_base.cpu})"
     out.append(
-        _accuracy_check(
+        accuracy_verdict(
             "accuracy_vs_baseline", candidate, acc_base.accuracy, "baseline", gates.accuracy_drop_vs_baseline, where
         )
     )
