@@ -40,6 +40,8 @@ def test_tags_select_cells() -> None:
     assert sorted(selected) == [
         "driveos_int8",
         "jetson_int8",
+        "jetson_multitask_int8",
+        "jetson_ssdlite_int8",
         "x86_cpu_int8",
         "x86_cpu_multitask_int8",
         "x86_cpu_ssdlite_int8",

@@ -396,7 +396,7 @@ def test_workflow_matrix_json_matches_the_matrix(capsys: pytest.CaptureFixture[s
     printed = json.loads(capsys.readouterr().out)
     assert printed == _expected_from_toml(MATRIX, event)
     per_target = workflow_matrix.targets_with_cells(MATRIX)
-    assert per_target["jetson"].cells == ("jetson_fp16", "jetson_int8")
+    assert per_target["jetson"].cells == ("jetson_fp16", "jetson_int8", "jetson_ssdlite_int8", "jetson_multitask_int8")
     assert per_target["jetson"].runner_labels == ("self-hosted", "jetson-orin")
     assert per_target["ti"].runner_labels == ("self-hosted", "ti-tda4")
     assert per_target["x86_gpu"].runner_labels == ("self-hosted", "gpu-x86")
