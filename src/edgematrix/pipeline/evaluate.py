@@ -117,7 +117,8 @@ def run_plan(ctx: CellContext, evaluation_plan: EvaluationPlan) -> None:
     for run in runs:
         res = evaluation.results[run.key]
         tag = run.role if run.backend == ctx.primary else f"{run.role}-{run.backend}"
-        score = task.score(res.outputs, src.data.test, ctx.out, tag, model=src.model)
+        kwargs = {"reference": ref_outputs} if task.needs_reference else {}
+        score = task.score(res.outputs, src.data.test, ctx.out, tag, model=src.model, **kwargs)
         task.record_latency(score, res.samples.p50_ms)  # the submission's timing: the latency stage's p50
         rel = None if run.key == ref_key else compare_outputs(ref_outputs, res.outputs, names=agree).max_rel
         ctx.measured[run.key] = Measured(

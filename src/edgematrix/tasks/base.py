@@ -83,6 +83,9 @@ class TaskAdapter(ABC):
     name: ClassVar[str]
     metric: ClassVar[str]  # the primary metric's name in reports: "TuSimple accuracy", "mAP@[.5:.95]", "mIoU"
     metric_direction: ClassVar[str] = "higher"  # "higher" or "lower" is better (an error such as MSE)
+    #: the metric compares a model's outputs with the FP32 reference's (a task without labels): the pipeline
+    #: then passes ``reference=`` (the reference of record's per-sample outputs) to :meth:`score`
+    needs_reference: ClassVar[bool] = False
     output_names: ClassVar[tuple[str, ...]]
     agreement_output: ClassVar[str]  # output compared across backends / against the FP32 reference
     train_code: ClassVar[tuple[str, ...]]  # edgematrix subpackages/modules whose code keys the training cache
