@@ -7,8 +7,26 @@ ONNX (cached by checkpoint + export code; ONNX Runtime's outputs checked against
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from edgematrix.pipeline.context import Artifact, CellContext, Source
+
+if TYPE_CHECKING:
+    from edgematrix.matrix.loader import Cell
+    from edgematrix.tasks.base import TaskAdapter
+
+
+def training_key(cell: Cell, task: TaskAdapter, data_key: str, torch_version: str) -> str:
+    """The training cache's key: the model, its training config, the dataset's key, the training code
+    (``task.train_code``) and torch's release (``2.13.0`` of ``2.13.0+cpu``). Also used by
+    ``edgematrix cache-key`` to name a CI cache by its training inputs without building anything."""
+    from edgematrix.core.cache import code_hash, content_key
+
+    model_cfg = cell.model
+    return content_key(
+        model_cfg.family, model_cfg.params, model_cfg.input_shape, model_cfg.train.model_dump(), data_key,
+        code_hash(list(task.train_code)), torch_version.split("+")[0],
+    )  # fmt: skip
 
 
 def build_source(ctx: CellContext) -> Source:
@@ -37,10 +55,7 @@ def build_source(ctx: CellContext) -> Source:
     stages.done(f"{data.label} at {data.root} ({len(data.train)} train / {len(data.test)} test images, {data.key})")
 
     model = create_model(model_cfg.family, model_cfg.input_shape, **model_cfg.params)
-    train_key = content_key(
-        model_cfg.family, model_cfg.params, model_cfg.input_shape, model_cfg.train.model_dump(), data.key,
-        code_hash(list(task.train_code)), torch.__version__.split("+")[0],
-    )  # fmt: skip
+    train_key = training_key(cell, task, data.key, torch.__version__)
     ckpt = cache / "checkpoints" / f"{cell.model_name}-{train_key}.pt"
     stages.start(
         "train", f"{model_cfg.train.epochs} epochs, batch {model_cfg.train.batch_size} (cache key {train_key})"
