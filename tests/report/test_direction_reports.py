@@ -162,7 +162,7 @@ def test_the_strategies_table_from_the_cells_results(results: Path, tmp_path: Pa
     assert sorted(paths) == ["json", "junit", "pareto", "report"]
     report = paths["report"].read_text()
     assert "| static_int8 | int8 | 0.000337 | 0.01285 | 270 kB | 0.267× |" in report
-    assert "| speedup vs FP32 | speedup on openvino | cell gates | details |" in report
+    assert "| speedup vs FP32 | speedup on openvino (vs FP32 on openvino) | cell gates | details |" in report
     assert "![Pareto plot](pareto.png)" in report and "| recipe | MSE (lower is better) |" in report
     assert paths["pareto"].read_bytes()[:4] == b"\x89PNG"
     data = json.loads(paths["json"].read_text())

@@ -15,7 +15,7 @@ from edgematrix.errors import EdgeMatrixError
 from edgematrix.matrix.schema import TrainConfig
 from edgematrix.models import create_model
 from edgematrix.train.distill import DistillConfig
-from edgematrix.train.steering import distill_steering_model, train_steering, train_steering_model
+from edgematrix.train.steering import distill_steering_model, init_weights, train_steering, train_steering_model
 
 SHAPE = [1, 3, 66, 200]
 
@@ -109,3 +109,24 @@ def test_bad_inputs_are_refused() -> None:
         train_steering(model, split.images, split.steering, epochs=1, batch_size=4, lr=1e-3, alpha=2.0)
     with pytest.raises(EdgeMatrixError, match="finetune lr must be > 0"):
         distill_steering_model(model, model, split, DistillConfig(lr=0.0), None, progress=False)
+
+
+def test_training_starts_from_weights_drawn_under_its_seed(tmp_path: Path) -> None:
+    a, b, c = create_model("pilotnet", SHAPE), create_model("pilotnet", SHAPE), create_model("pilotnet", SHAPE)
+    torch.manual_seed(123)  # whatever the process drew before does not matter
+    init_weights(a, 7)
+    torch.rand(5)
+    init_weights(b, 7)
+    init_weights(c, 8)
+    for (name, pa), pb, pc in zip(
+        a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+        assert not torch.equal(pa, pc), name
+    # so two trainings of differently drawn models with one config give the same checkpoint
+    split, config = _split(8), TrainConfig(epochs=1, batch_size=8, lr=1e-3, device="cpu", seed=3)
+    x, y = create_model("pilotnet", SHAPE, width=0.25), create_model("pilotnet", SHAPE, width=0.25)
+    train_steering_model(x, split, config, tmp_path / "x.pt", progress=False)
+    train_steering_model(y, split, config, tmp_path / "y.pt", progress=False)
+    for (name, px), py in zip(x.state_dict().items(), y.state_dict().values(), strict=True):
+        assert torch.equal(px, py), name

@@ -214,7 +214,7 @@ def render_table(table: StrategiesTable, pareto_md: str = "", *, plot: str = "")
         f"| strategy | precision | {metric} |"
         + "".join(f" {md_text(e).upper()} |" for e in extras)
         + " size | size vs FP32 | p50 (ms) | FP32 p50, same run (ms) | speedup vs FP32 |"
-        + "".join(f" speedup on {md_text(b)} |" for b in others)
+        + "".join(f" speedup on {md_text(b)} (vs FP32 on {md_text(b)}) |" for b in others)
         + " cell gates | details |",
         "|---|---|---:|" + "---:|" * len(extras) + "---:|---:|---:|---:|---:|" + "---:|" * len(others) + "---|---|",
     ]
