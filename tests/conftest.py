@@ -61,3 +61,24 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             except subprocess.TimeoutExpired:
                 started.kill()
                 started.wait()
+
+
+#: test folders whose tests run whole cells in this process
+CELL_TEST_FOLDERS = ("pipeline", "executors")
+
+
+@pytest.fixture(autouse=True)
+def _contention_not_judged(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cell tests judge gates, recipes and artifacts, not the machine: other tests, image builds and jobs load
+    this 2-core host at will, so in tests/pipeline and tests/executors the contention record's verdict is
+    switched off (its thresholds out of reach) and a busy run still gets its latency gates judged.
+    tests/pipeline/test_cell_busy.py (marker ``real_contention``) runs a cell beside real CPU-bound processes
+    with the shipped thresholds; tests/measure/test_contention.py tests the record itself; a cell inside a
+    container judges with the shipped thresholds (its tests assert what a busy machine cannot change)."""
+    if Path(request.node.path).parent.name not in CELL_TEST_FOLDERS:
+        return
+    if request.node.get_closest_marker("real_contention") is not None:
+        return
+    from edgematrix.measure import contention
+
+    monkeypatch.setattr(contention, "THRESHOLDS", dict.fromkeys(contention.THRESHOLDS, float("inf")))

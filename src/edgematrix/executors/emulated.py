@@ -1,16 +1,19 @@
-"""The emulated executor: what the device would compute, on this host.
+"""The emulated executor: what the device would compute, in the target's own (offline) image.
 
-- **arm64 targets** (Jetson): the target's image, built on the arm64 debootstrap base, runs the
-  evaluation bundle under qemu-user with ONNX Runtime for aarch64 (:mod:`edgematrix.executors.on_device`).
-  qemu's TCG emulates float SIMD in software (measured: 115 s per 288×800 ResNet-18 image in FP32, 9 s
-  in INT8), so float models run the first :data:`EMULATED_FLOAT_IMAGES` samples only: their outputs
-  are compared with this host's, and the accuracy of record is this host's on every sample (said so in
-  ``accuracy_source``). Quantized models run every sample on the emulated device.
-- **TI (fx8)**: TDA4's fixed point is emulated by the model itself (power-of-two QDQ scales), run by
-  ONNX Runtime on this host.
+The evaluation bundle and the models go into the target's image, built on the debootstrap base
+(:func:`edgematrix.executors.docker.target_image`), where :mod:`edgematrix.executors.on_device` runs
+them with ONNX Runtime, the stand-in runtime of every emulation:
 
-Either way the latency is the emulator's or this host's, never the device's: it is reported and never
-gated (``latency_gated = False``). Every model also runs on this host (the local executor), so each
+- **arm64 targets** (Jetson): the arm64 image under qemu-user. qemu's TCG emulates float SIMD in
+  software (measured: 115 s per 288×800 ResNet-18 image in FP32, 9 s in INT8), so float models run the
+  first :data:`EMULATED_FLOAT_IMAGES` samples only: their outputs are compared with this host's, and
+  the accuracy of record is this host's on every sample (said so in ``accuracy_source``). Quantized
+  models run every sample on the emulated device.
+- **TI (fx8)**: TDA4's fixed point is emulated by the model itself (power-of-two QDQ scales), run in
+  the ti image (x86-64, where TI's own PC tools run) on every sample.
+
+Either way the latency is the emulator's, never the device's: it is reported and never gated
+(``latency_gated = False``). Every model also runs on this host (the local executor), so each
 emulated output set is checked against the host's.
 """
 
@@ -35,13 +38,13 @@ EMULATED_FLOAT_IMAGES = 3
 class EmulatedExecutor(Executor):
     name = "emulated"
 
-    def __init__(self, target_name: str, target: Any, *, cache_dir: Path, results_dir: Path, log: Any = print) -> None:
+    def __init__(self, target_name: str, target: Any, *, cache_dir: Path, log: Any = print) -> None:
         self.target_name, self.target = target_name, target
-        self.cache_dir, self.results_dir, self.log = Path(cache_dir), Path(results_dir), log
+        self.cache_dir, self.log = Path(cache_dir), log
 
     @property
-    def in_container(self) -> bool:
-        """arm64 images run under qemu; targets whose tools run on x86-64 (TI) emulate on this host."""
+    def under_qemu(self) -> bool:
+        """The image is arm64 (run under qemu-user): float models then run a few samples only."""
         return str(self.target.image_arch or self.target.arch) == "aarch64"
 
     def backends(self, target: Any) -> list[str]:
@@ -50,14 +53,8 @@ class EmulatedExecutor(Executor):
     def evaluate(self, plan: EvaluationPlan) -> Evaluation:
         host = LocalExecutor().evaluate(plan)
         device = f"{self.target.device or self.target_name} (emulated)"
-        if not self.in_container:
-            for r in host.results.values():
-                r.latency_kind, r.accuracy_source = "emulated-host", "host (the emulation is the model itself)"
-            return Evaluation(
-                host.results, device, host.environment, "", host.machine, latency_gated=False,
-                where="this host (fixed-point emulation)",
-            )  # fmt: skip
-        emulated = self._in_container(plan)
+        emulated, image = self._in_image(plan)
+        kind = "emulated-qemu-aarch64" if self.under_qemu else "emulated-container"
         results = {}
         for key, res in host.results.items():
             outputs, times_ms, facts = emulated[key]
@@ -67,32 +64,25 @@ class EmulatedExecutor(Executor):
                 outputs=outputs if full else res.outputs,
                 samples=_samples(f"{key[0]}:{key[1]}", times_ms),
                 facts={**res.facts, **facts},
-                latency_kind="emulated-qemu-aarch64",
+                latency_kind=kind,
                 accuracy_source="device" if full else f"host (the emulated device ran {n} of {len(plan.feeds)})",
                 device_outputs=outputs,
                 host_outputs=res.outputs,
             )
+        where = f"the {self.target_name} image ({image.describe()})"
         return Evaluation(
-            results, device, host.environment, "", host.machine, latency_gated=False,
-            where=f"the {self.target_name} image under qemu-user (arm64)",
+            results, device, host.environment, "", host.machine, latency_gated=False, where=where
         )  # fmt: skip
 
-    def _in_container(
+    def _in_image(
         self, plan: EvaluationPlan
-    ) -> dict[tuple[str, str], tuple[list[dict[str, np.ndarray]], list[float], dict[str, Any]]]:
-        from edgematrix.executors.docker import DockerRunOptions, prepare_image, run_command
-        from edgematrix.executors.images import docker_client
+    ) -> tuple[dict[tuple[str, str], tuple[list[dict[str, np.ndarray]], list[float], dict[str, Any]]], Any]:
+        from edgematrix.executors.docker import Mount, run_in_image, target_image
         from edgematrix.server.bundle import EvalBundle
         from edgematrix.server.wire import npz_to_arrays
 
-        client = docker_client()
-        repo = Path(__file__).resolve().parents[3]
-        options = DockerRunOptions(
-            repo_root=repo, matrix_dir=repo / "matrix", results_dir=self.results_dir, cache_dir=self.cache_dir,
-            offline_base=True, log=self.log,
-        )  # fmt: skip
-        spec, tag, built = prepare_image(client, self.target_name, self.target.model_dump(), options)
-        self.log(f"image {tag} ({'built' if built else 'cached'}, {spec.arch}, under qemu-user)")
+        image = target_image(self.target_name, self.target, cache_dir=self.cache_dir, log=self.log)
+        self.log(f"image {image.tag} ({image.describe()})")
         names = list(plan.feeds[0])
         bundle = EvalBundle({n: np.stack([f[n] for f in plan.feeds]) for n in names})
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -111,29 +101,23 @@ class EmulatedExecutor(Executor):
                 stem = f"m{i}-{run.role}"
                 stems[run.key] = stem
                 shutil.copy2(run.artifact.path, models_dir / f"{stem}.onnx")
-                limit = f"@{EMULATED_FLOAT_IMAGES}" if run.artifact.precision in ("fp32", "fp16") else ""
-                args.append(f"/models/{stem}.onnx{limit}")
-            mounts = {
-                str(repo): {"bind": "/workspace", "mode": "ro"},
-                str(bundle_dir.resolve()): {"bind": "/bundle", "mode": "ro"},
-                str(models_dir.resolve()): {"bind": "/models", "mode": "ro"},
-                str(out_dir.resolve()): {"bind": "/out", "mode": "rw"},
-            }
+                few = self.under_qemu and run.artifact.precision in ("fp32", "fp16")
+                args.append(f"/models/{stem}.onnx" + (f"@{EMULATED_FLOAT_IMAGES}" if few else ""))
             command = ["python3", "-m", "edgematrix.executors.on_device", "--bundle", "/bundle", "--out", "/out", *args]
-            code = run_command(
-                client, tag, command, mounts=mounts, environment={"HOME": "/tmp"},
-                labels={"org.edgematrix.cell": plan.cell},
-            )  # fmt: skip
+            mounts = [Mount(bundle_dir, "/bundle"), Mount(models_dir, "/models"), Mount(out_dir, "/out", writable=True)]
+            code = run_in_image(image, command, mounts=mounts, labels={"org.edgematrix.cell": plan.cell})
             if code != 0:
-                raise EdgeMatrixError(f"the emulated device run exited with {code} (image {tag}); its output is above")
+                raise EdgeMatrixError(
+                    f"the emulated device run exited with {code} (image {image.tag}); its output is above"
+                )
             found = {}
             for key, stem in stems.items():
                 stacked = npz_to_arrays((out_dir / f"{stem}.npz").read_bytes())
                 n = len(next(iter(stacked.values())))
                 outputs = [{k: v[i] for k, v in stacked.items()} for i in range(n)]
                 doc = json.loads((out_dir / f"{stem}.json").read_text())
-                found[key] = (outputs, list(doc["samples_ms"]), {**doc["facts"], "image": tag})
-        return found
+                found[key] = (outputs, list(doc["samples_ms"]), {**doc["facts"], "image": image.tag})
+        return found, image
 
 
 def _samples(name: str, times_ms: list[float]) -> Any:

@@ -59,7 +59,7 @@ def make_executor(cell: Cell, options: CellOptions, choice: Choice) -> Any:
         from edgematrix.executors.emulated import EmulatedExecutor
 
         return EmulatedExecutor(
-            cell.target_name, cell.target, cache_dir=options.cache_dir, results_dir=options.results_dir,
+            cell.target_name, cell.target, cache_dir=options.cache_dir,
             log=lambda s: console.print(f"      {s}", markup=False, highlight=False),
         )  # fmt: skip
     from edgematrix.executors.local import LocalExecutor
