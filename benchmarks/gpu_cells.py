@@ -1,14 +1,22 @@
-"""x86 GPU target on a real GPU: UFLD-v2 (ResNet-18, 288×800) with PyTorch on CUDA, CUDA-event timing.
+"""x86 GPU target on a real GPU: UFLD-v2 (ResNet-18, 288×800) with PyTorch and ONNX Runtime's CUDA execution
+provider, CUDA-event timing.
 
     PYTHONPATH=src python benchmarks/gpu_cells.py [--out DIR] [--device cuda] [--quick]
         [--compile-modes default,max-autotune] [--compile-deadline-s 300]
+        [--stages sweep,overhead,batch1,ort,int8] [--cells x86_gpu_fp32,x86_gpu_fp16,x86_gpu_int8]
 
 One invocation, in this order (the files are rewritten after every stage, so an interrupted run
 still leaves what it measured):
 
-1. **batch sweep** 1, 2, 4, 8, 16, 32 for FP32 eager, FP16 eager (autocast) and FP16 + CUDA graph
-   + channels_last, the three measured interleaved at each batch: per-sample latency, FPS, and
-   acceleration vs FP32 eager at the same batch (``batch_sweep.png``);
+0. **cells** (``--cells``): each a full ``edgematrix run`` in a subprocess (train, export, FP16 / INT8 build,
+   accuracy and CUDA-event latency of every backend in the same rounds, gates, backend selection); their
+   figures are summarized in ``summary.json`` (``cells_summary``): accuracy per backend, the selected
+   backend and its same-run ratio to the other, FP32 agreement of the two backends;
+1. **batch sweep** 1, 2, 4, 8, 16, 32 for torch FP32 eager, FP16 eager (autocast), FP16 + CUDA graph
+   + channels_last, and ONNX Runtime's CUDA EP with the FP32 export and its FP16 conversion (the
+   x86_gpu target's provider options, I/O binding on torch's stream), all measured interleaved at each
+   batch: per-sample latency, FPS, and acceleration vs torch FP32 eager at the same batch
+   (``batch_sweep.png``, one plot for both backends);
 2. **harness overhead**: p50 of :func:`edgematrix.measure.gpu.measure_cuda_interleaved` vs the bare
    CUDA-event loop for the same callable (FP16 eager, batch 1), three alternations (target: the
    ratio within 3% of 1);
@@ -16,8 +24,14 @@ still leaves what it measured):
    BF16 autocast, each with and without channels_last, FP16 + CUDA graph with and without
    channels_last, and ``torch.compile`` default / max-autotune (FP16, channels_last), compile time
    recorded; a configuration that fails is skipped with its error recorded (``configs.png``);
-4. **INT8**: looks for a GPU INT8 runtime (TensorRT, onnxruntime-gpu's CUDA / TensorRT execution
-   providers). This script never builds an INT8 engine and never reports a CPU number for INT8.
+4. **ort**: ONNX Runtime against torch on the same random weights: FP32 outputs with ``use_tf32=0`` vs
+   torch FP32 (TF32 off), target 1e-4 relative (and ``use_tf32=1`` beside it, to show what TF32 does);
+   then that ONNX Runtime really computes on the stream the CUDA events are recorded on
+   (``user_compute_stream`` as the session reports it, outputs of the asynchronous run equal to
+   ``infer``'s, CUDA-event p50 vs a host-synchronized wall-clock loop of the same call);
+5. **INT8**: asks whether ONNX Runtime's TensorRT execution provider can create a session (the only GPU
+   INT8 runtime of the x86_gpu target). This script never builds an INT8 engine and never reports a
+   CPU number for INT8; the x86_gpu_int8 cell says what is missing.
 
 Targets printed as same-run ratios: FP16 + CUDA graph at batch 8 vs FP32 eager at batch 8 (≥ 2×),
 the best batch-1 configuration vs torch.compile max-autotune (within 10%), harness overhead (within
@@ -25,11 +39,15 @@ the best batch-1 configuration vs torch.compile max-autotune (within 10%), harne
 
 Writes to ``--out`` (default ``$OUT``, else ``./gpu-results``): ``benchmark-gpu.json``
 (pytest-benchmark JSON, per-round GPU times in seconds, ``machine_info`` with the GPU facts),
-``summary.json``, ``batch_sweep.png``, ``configs.png``.
+``summary.json``, ``batch_sweep.png``, ``configs.png`` and, with ``--cells``, ``cells/<cell>/``.
+ONNX files (the random model's export, its re-batched and FP16 versions) go to ``--work`` (default: a
+temporary folder).
 
 What is timed: ``runner.infer_device(x)`` on a fixed NCHW float32 tensor already on the GPU (no
-host transfer, no sync), GPU time from CUDA events around each call with one synchronize per round;
-the host time of the same calls is recorded beside it (``host_p50_ms``). See
+host transfer, no sync; for ONNX Runtime inputs and outputs bound to GPU memory and the end-of-run
+synchronization off), GPU time from CUDA events around each call with one synchronize per round;
+the host time of the same calls is recorded beside it (``host_p50_ms``). One CUDA stream is current
+for the whole run; the ONNX Runtime sessions compute on it. See
 :mod:`edgematrix.measure.gpu` for exactly what each number includes.
 
 Time budget: under 8 minutes on one H200. The stages before torch.compile take about two minutes
@@ -39,13 +57,15 @@ Time budget: under 8 minutes on one H200. The stages before torch.compile take a
 
 ``--quick --device cpu`` is a smoke run of the whole script on a tiny model (64×160) with the host
 clock instead of CUDA events: CUDA graphs, torch.compile and TF32 are then refused by the runner and
-recorded as skipped. Its numbers mean nothing.
+recorded as skipped, and ONNX Runtime runs on its CPU provider (I/O binding to host memory). Its
+numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import json
@@ -53,6 +73,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -75,7 +96,10 @@ from edgematrix.measure.gpu import (
 )
 from edgematrix.measure.harness import LatencyConfig, LatencySamples
 
-INT8_NOT_MEASURED = "not measured: no GPU INT8 runtime (TensorRT / onnxruntime-gpu) on this host"
+INT8_NOT_MEASURED = "not measured: no GPU INT8 runtime on this host"
+STAGES = ("sweep", "overhead", "batch1", "ort", "int8")
+TARGET_ORT_FP32_REL = 1e-4  # ONNX Runtime CUDA FP32 (use_tf32=0) vs torch FP32 (TF32 off), relative
+TARGET_FP32_ACCURACY_POINTS = 0.1  # the two backends' FP32 accuracy in the x86_gpu_fp32 cell
 FULL_INPUT = (288, 800)
 QUICK_INPUT = (64, 160)
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -93,9 +117,13 @@ class Config:
     channels_last: bool = False
     cuda_graph: bool = False
     compile: str | None = None
+    backend: str = "torch"  # or "onnxruntime": the export (fp32) or its FP16 conversion (fp16)
+    use_tf32: bool = False  # onnxruntime: the CUDA EP's use_tf32 (the target's options say 0)
 
     @property
     def label(self) -> str:
+        if self.backend == "onnxruntime":
+            return f"ORT {self.mode}" + (" use_tf32=1" if self.use_tf32 else "")
         parts = [self.mode]
         if self.channels_last:
             parts.append("channels_last")
@@ -127,10 +155,14 @@ COMPILE_CONFIGS = {
         "fp16_cl_compile_max_autotune", "fp16", channels_last=True, compile="max-autotune-no-cudagraphs"
     ),
 }
+ORT_FP32 = Config("ort_fp32", "fp32", backend="onnxruntime")
+ORT_FP16 = Config("ort_fp16", "fp16", backend="onnxruntime")
 SWEEP_CONFIGS = (
     Config("fp32", "fp32"),
     Config("fp16", "fp16"),
     Config("fp16_cl_graph", "fp16", channels_last=True, cuda_graph=True),
+    ORT_FP32,
+    ORT_FP16,
 )
 REFERENCE_KEY = "fp32"
 GRAPH_KEY = "fp16_cl_graph"
@@ -233,6 +265,65 @@ class Bench:
             torch.cuda.get_device_name(torch.device(args.device)) if self.is_cuda else f"CPU ({_cpu_name()})"
         )
         self.inputs: dict[int, Any] = {}
+        self.work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu_cells-"))
+        self.onnx_files: dict[tuple[int, str], Path] = {}
+        self.export_facts: dict[str, Any] = {}
+
+    def onnx(self, batch: int, precision: str) -> Path:
+        """The random model as ONNX at ``batch``: exported at batch 1 (numeric check against torch), re-batched
+        (verified), and for ``fp16`` converted as the fp16 recipe step does (float32 inputs and outputs)."""
+        key = (batch, precision)
+        if key in self.onnx_files:
+            return self.onnx_files[key]
+        if precision == "fp16":
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            src = self.onnx(batch, "fp32")
+            out = src.with_name(f"{src.stem}.fp16.onnx")
+            onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(out))
+        elif batch == 1:
+            from edgematrix.export.onnx_export import export_onnx
+
+            self.work.mkdir(parents=True, exist_ok=True)
+            t = time.perf_counter()
+            cpu_model = copy.deepcopy(self.model).cpu().eval()
+            res = export_onnx(cpu_model, (1, 3, *self.size), self.work / "ufld_b1.onnx", output_names=self.output_names)
+            out = res.path
+            self.export_facts = {
+                "exporter": res.exporter, "opset": res.opset, "simplified": res.simplified,
+                "max_abs_diff_onnx_vs_torch_cpu": res.max_abs_diff, "seconds": round(time.perf_counter() - t, 1),
+            }  # fmt: skip
+            self.run.log(f"  exported {out.name}: {self.export_facts}")
+        else:
+            from edgematrix.export.rebatch import rebatch_onnx
+
+            rb = rebatch_onnx(self.onnx(1, "fp32"), batch, out_dir=self.work)
+            out = rb.path
+            self.run.log(f"  re-batched to {batch}: {out.name} (max rel diff vs batch 1: {rb.max_rel_diff:.1e})")
+        self.onnx_files[key] = out
+        return out
+
+    def ort_options(self, cfg: Config) -> dict[str, Any]:
+        """The runner options the x86_gpu target gives this role (CPU provider, one thread, in a CPU smoke run)."""
+        from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
+
+        if not self.is_cuda:
+            target: dict[str, Any] = {"providers": ["CPUExecutionProvider"], "threads": 1}
+        else:
+            from edgematrix.matrix.loader import load_matrix
+
+            target = load_matrix().targets["x86_gpu"].model_dump()
+        role = "reference" if cfg.mode == "fp32" else "candidate"
+        options = OnnxrtRunner.options_for(target, role=role, precision=cfg.mode)
+        if cfg.use_tf32:
+            if not self.is_cuda:
+                raise RuntimeError("use_tf32 is an option of the CUDA execution provider; this run has the CPU one")
+            options["providers"] = tuple(
+                (p[0], {**p[1], "use_tf32": True}) if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider" else p
+                for p in options["providers"]
+            )
+        return options
 
     def input(self, batch: int) -> Any:
         """A fixed NCHW float32 batch on the device (what a preprocessing step hands over)."""
@@ -244,10 +335,18 @@ class Bench:
 
     def runner(self, cfg: Config, batch: int, name: str) -> Any | None:
         """An active runner, or None with the reason recorded (never skipped silently)."""
+        from edgematrix.backends.onnxruntime.runner import OnnxrtRunner
         from edgematrix.backends.torch.runner import TorchRunner
 
         t = time.perf_counter()
+        runner: Any
         try:
+            if cfg.backend == "onnxruntime":
+                runner = OnnxrtRunner(self.onnx(batch, cfg.mode), name=name, **self.ort_options(cfg))
+                runner.activate()
+                runner.infer_device(self.input(batch))  # the first run per shape: cuDNN's algorithm search
+                self.run.log(f"  ready {name} ({cfg.label}) in {time.perf_counter() - t:.1f} s")
+                return runner
             runner = TorchRunner(
                 self.model,
                 input_shape=(batch, 3, *self.size),
@@ -324,10 +423,10 @@ def _entry(
     facts = runner.facts()
     info: dict[str, float | int | str] = {
         "role": role,
-        "backend": "torch",
+        "backend": cfg.backend,
         "backend_version": str(facts.get("version", "")),
         "config": cfg.key,
-        "recipe": f"torch_{cfg.key}",
+        "recipe": cfg.key if cfg.backend != "torch" else f"torch_{cfg.key}",
         "mode": cfg.mode,
         "precision": cfg.mode,
         "batch": int(batch),
@@ -351,7 +450,10 @@ def _entry(
         info["fps"] = batch / p50
         if reference_p50_s is not None:
             info["speedup_vs_reference"] = reference_p50_s / p50
-    for key in ("compile_s", "activation_s", "cudnn_benchmark", "cuda_runtime_version", "cudnn_version"):
+    for key in (
+        "compile_s", "activation_s", "cudnn_benchmark", "cuda_runtime_version", "cudnn_version", "provider",
+        "provider_options", "use_tf32", "io_binding", "compute_stream", "end_of_run_sync", "model_bytes",
+    ):  # fmt: skip
         if key in facts:
             info[key] = facts[key]
     for key, value in (extra or {}).items():
@@ -570,6 +672,120 @@ def stage_batch1(bench: Bench, config: LatencyConfig, compile_modes: list[str], 
         bench.release(runners.values())
 
 
+def _rel_per_output(got: list[tuple[Any, ...]], ref: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, float]:
+    """Worst |got - ref| over the inputs / largest |ref|, per output (edgematrix.core.compare's definition)."""
+    out: dict[str, float] = {}
+    for i, name in enumerate(names):
+        worst = max(float((g[i].double() - r[i].double()).abs().max()) for g, r in zip(got, ref, strict=True))
+        scale = max(float(r[i].double().abs().max()) for r in ref)
+        out[name] = worst / scale if scale > 0 else (0.0 if worst == 0 else math.inf)
+    return out
+
+
+def stage_ort(bench: Bench, inputs: int, config: LatencyConfig) -> None:
+    """ONNX Runtime vs torch on the same weights (FP32 to 1e-4), and ONNX Runtime on the events' stream."""
+    run = bench.run
+    cfgs = [Config("fp32", "fp32"), ORT_FP32, ORT_FP16, Config("fp16_cl_graph", "fp16", True, True)]
+    if bench.is_cuda:
+        cfgs.insert(2, Config("ort_fp32_tf32", "fp32", backend="onnxruntime", use_tf32=True))
+    else:
+        run.skip("ort_fp32_tf32", "use_tf32 is an option of the CUDA execution provider (CPU run)")
+    runners: dict[str, Any] = {}
+    try:
+        for cfg in cfgs:
+            r = bench.runner(cfg, 1, f"parity_{cfg.key}")
+            if r is not None:
+                runners[cfg.key] = r
+        if "fp32" not in runners or "ort_fp32" not in runners:
+            raise RuntimeError("the torch FP32 or the ONNX Runtime FP32 runner did not start (see 'skipped')")
+        torch = bench.torch
+        xs = []
+        for i in range(inputs):
+            gen = torch.Generator().manual_seed(1000 + i)
+            xs.append(torch.randn((1, 3, *bench.size), generator=gen, dtype=torch.float32).to(bench.device))
+        outs: dict[str, list[tuple[Any, ...]]] = {k: [] for k in runners}
+        for x in xs:
+            for key, r in runners.items():
+                outs[key].append(tuple(t.float().clone() for t in r.infer_device(x)))
+        bench.timer.synchronize()
+        ref = outs["fp32"]
+        parity: dict[str, Any] = {"inputs": inputs, "what": "max over inputs of |out - torch fp32| / max |torch fp32|"}
+        for key in runners:
+            if key == "fp32":
+                continue
+            per = _rel_per_output(outs[key], ref, tuple(bench.output_names))
+            parity[key] = {"max_rel": _finite(max(per.values())), "per_output": {k: _finite(v) for k, v in per.items()}}
+        rel = parity["ort_fp32"]["max_rel"]
+        ok = rel is not None and rel <= TARGET_ORT_FP32_REL
+        parity["ort_fp32_vs_torch_fp32"] = {
+            "max_rel": rel,
+            "target": f"<= {TARGET_ORT_FP32_REL:g}",
+            "status": "PASS" if ok else "FAIL",
+            "ort_options": runners["ort_fp32"].facts().get("provider_options", "CPUExecutionProvider"),
+            "torch": "fp32 eager, TF32 off (cuBLAS and cuDNN)",
+        }
+        run.summary["ort_parity"] = parity
+        run.log(
+            "  outputs vs torch FP32 (max rel): "
+            + ", ".join(
+                f"{k} {v['max_rel']:.2e}" for k, v in parity.items() if isinstance(v, dict) and "per_output" in v
+            )
+            + f"; ORT FP32 target <= {TARGET_ORT_FP32_REL:g}: {'PASS' if ok else 'FAIL'}"
+        )
+        _stream_check(bench, runners["ort_fp32"], xs[0], config)
+    finally:
+        bench.release(runners.values())
+
+
+def _stream_check(bench: Bench, runner: Any, x: Any, config: LatencyConfig) -> None:
+    """ONNX Runtime computes on the stream the events are recorded on: the session's user_compute_stream is
+    torch's current stream; the asynchronous run's outputs (read after one synchronize) equal ``infer``'s;
+    the CUDA-event p50 of the call matches a loop that synchronizes the host after every call."""
+    run, torch = bench.run, bench.torch
+    facts = runner.facts()
+    check: dict[str, Any] = {
+        "compute_stream": facts.get("compute_stream", "none"),
+        "io_binding": facts.get("io_binding"),
+    }
+    if bench.is_cuda:
+        reported = runner.session.get_provider_options().get("CUDAExecutionProvider", {})
+        current = int(torch.cuda.current_stream().cuda_stream)
+        check["session_user_compute_stream"] = str(reported.get("user_compute_stream", ""))
+        check["torch_current_stream"] = str(current)
+        check["same_stream"] = int(str(reported.get("user_compute_stream", "")) == str(current))
+    got = tuple(t.float().clone() for t in runner.infer_device(x))
+    bench.timer.synchronize()
+    want = runner.infer({next(iter(runner.input_metadata())): x.cpu().numpy()})
+    check["async_vs_infer_max_abs_diff"] = max(
+        float((g.cpu() - torch.from_numpy(w)).abs().max()) for g, w in zip(got, want.values(), strict=True)
+    )
+
+    def call() -> Any:
+        return runner.infer_device(x)
+
+    events = measure_cuda_interleaved({"ort": call}, config, timer=bench.timer)
+    bare = bare_cuda_event_loop(call, max(config.min_rounds, 20), warmup=10, timer=bench.timer)
+    wall: list[float] = []
+    for _ in range(max(config.min_rounds, 20)):
+        t0 = time.perf_counter_ns()
+        call()
+        bench.timer.synchronize()
+        wall.append((time.perf_counter_ns() - t0) * 1e-9)
+    e50, b50, w50 = events["ort"].percentile(50), float(np.median(bare)), float(np.median(wall))
+    check.update(
+        harness_event_p50_ms=e50 * 1e3,
+        bare_event_loop_p50_ms=b50 * 1e3,
+        host_synchronized_wall_p50_ms=w50 * 1e3,
+        host_enqueue_p50_ms=events.host["ort"].p50_ms,
+        event_over_wall=_finite(e50 / w50) if w50 > 0 else None,
+        timer=bench.timer.name,
+        note="the wall loop adds the synchronize's own latency; an event interval on another stream than ORT's "
+        "would read about the host enqueue time instead",
+    )
+    run.summary["ort_stream"] = check
+    run.log("  ORT stream check: " + ", ".join(f"{k}={v}" for k, v in check.items() if k != "note"))
+
+
 def _importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -578,36 +794,24 @@ def _importable(name: str) -> bool:
 
 
 def stage_int8(run: Run) -> None:
-    """Looks for GPU INT8 runtimes. Measures nothing: an INT8 engine build is the x86_gpu cell's job."""
-    found: list[str] = []
+    """Whether the x86_gpu target's GPU INT8 runtime (ONNX Runtime's TensorRT EP) can create a session here.
+    Measures nothing: building and measuring the INT8 model is the x86_gpu_int8 cell's job."""
+    from edgematrix.backends.onnxruntime.loader import tensorrt_ep_unavailable
+
     info: dict[str, Any] = {}
     if _importable("onnxruntime"):
-        try:
-            ort = importlib.import_module("onnxruntime")
-            providers = list(ort.get_available_providers())
-            info["onnxruntime"] = str(ort.__version__)
-            info["onnxruntime_providers"] = providers
-            found += [p for p in providers if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
-        except Exception as exc:
-            info["onnxruntime"] = f"import failed: {type(exc).__name__}: {exc}"
+        ort = importlib.import_module("onnxruntime")
+        info["onnxruntime"] = str(ort.__version__)
+        info["onnxruntime_providers"] = list(ort.get_available_providers())
     else:
         info["onnxruntime"] = "absent"
-    if _importable("tensorrt"):
-        try:
-            trt = importlib.import_module("tensorrt")
-            info["tensorrt"] = str(trt.__version__)
-            found.append(f"tensorrt {trt.__version__}")
-        except Exception as exc:
-            info["tensorrt"] = f"import failed: {type(exc).__name__}: {exc}"
+    info["tensorrt_python"] = "present" if _importable("tensorrt") else "absent"
+    why = tensorrt_ep_unavailable()
+    info["tensorrt_ep"] = why or "a session was created"
+    if why:
+        status = f"{INT8_NOT_MEASURED}: {why}"
     else:
-        info["tensorrt"] = "absent"
-    if found:
-        status = (
-            f"not measured: {', '.join(found)} present, but building and calibrating an INT8 engine is "
-            "not part of this script (the x86_gpu cell does it)"
-        )
-    else:
-        status = INT8_NOT_MEASURED
+        status = "not measured here: the TensorRT EP is present; the x86_gpu_int8 cell measures INT8 (--cells)"
     info["status"] = status
     run.summary["int8"] = info
     run.log(f"  int8: {status}")
@@ -648,6 +852,31 @@ def evaluate_targets(run: Run) -> None:
     else:
         why = run.summary["skipped"].get(f"b1_{mat_key}", "no batch-1 result")
         targets["best_batch1_vs_max_autotune"] = {"status": f"not measured: max-autotune: {why}"}
+    parity = run.summary.get("ort_parity", {}).get("ort_fp32_vs_torch_fp32")
+    if parity:
+        targets["ort_fp32_vs_torch_fp32"] = {
+            "what": "ONNX Runtime CUDA EP FP32 (use_tf32=0) outputs vs torch FP32 (TF32 off), random weights",
+            "ratio": parity["max_rel"],
+            "target": parity["target"],
+            "status": parity["status"],
+        }
+    fp32_cell = run.summary.get("cells_summary", {}).get("x86_gpu_fp32", {})
+    if "fp32_accuracy_difference_points" in fp32_cell:
+        diff = fp32_cell["fp32_accuracy_difference_points"]
+        targets["fp32_cell_accuracy_both_backends"] = {
+            "what": "x86_gpu_fp32: |accuracy on torch - accuracy on onnxruntime| (points, 150 test images)",
+            "ratio": diff,
+            "target": f"<= {TARGET_FP32_ACCURACY_POINTS}",
+            "status": "PASS" if diff is not None and diff <= TARGET_FP32_ACCURACY_POINTS else "FAIL",
+        }
+    if "fp32_outputs_max_rel_ort_vs_torch" in fp32_cell:
+        rel = float(fp32_cell["fp32_outputs_max_rel_ort_vs_torch"])
+        targets["fp32_cell_outputs_ort_vs_torch"] = {
+            "what": "x86_gpu_fp32: ONNX Runtime FP32 vs torch FP32 outputs, trained model, 150 test images",
+            "ratio": rel,
+            "target": f"<= {TARGET_ORT_FP32_REL:g}",
+            "status": "PASS" if rel <= TARGET_ORT_FP32_REL else "FAIL",
+        }
     overhead = run.summary.get("overhead", {})
     targets["harness_overhead"] = {
         "ratio": overhead.get("ratio"),
@@ -658,7 +887,7 @@ def evaluate_targets(run: Run) -> None:
     run.log("targets (same-run ratios):")
     for name, t in targets.items():
         ratio = t.get("ratio")
-        shown = f"{ratio:.3f}x " if isinstance(ratio, float) else ""
+        shown = f"{ratio:.4g} " if isinstance(ratio, float) else ""
         run.log(f"  {name:32s} {shown}{t.get('target', '')}  {t['status']}")
 
 
@@ -688,15 +917,17 @@ def plot_sweep(bench: Bench, sweep: Mapping[int, Mapping[str, Any]], path: Path)
         if not pts:
             continue
         bs = [b for b, _ in pts]
-        ax_lat.plot(bs, [r["per_sample_ms"] for _, r in pts], marker="o", label=cfg.label)
-        ax_fps.plot(bs, [r["fps"] for _, r in pts], marker="o", label=cfg.label)
+        label = f"torch {cfg.label}" if cfg.backend == "torch" else cfg.label
+        style = {"marker": "o", "label": label, "linestyle": "-" if cfg.backend == "torch" else "--"}
+        ax_lat.plot(bs, [r["per_sample_ms"] for _, r in pts], **style)
+        ax_fps.plot(bs, [r["fps"] for _, r in pts], **style)
         acc = [(b, r.get("speedup_vs_fp32_eager")) for b, r in pts if r.get("speedup_vs_fp32_eager")]
         if acc:
-            ax_acc.plot([b for b, _ in acc], [a for _, a in acc], marker="o", label=cfg.label)
+            ax_acc.plot([b for b, _ in acc], [a for _, a in acc], **style)
     for ax, ylabel in (
         (ax_lat, "p50 latency per sample (ms)"),
         (ax_fps, "throughput (samples/s, from p50)"),
-        (ax_acc, "acceleration vs FP32 eager (x, same batch)"),
+        (ax_acc, "acceleration vs torch FP32 eager (x, same batch)"),
     ):
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
@@ -705,9 +936,10 @@ def plot_sweep(bench: Bench, sweep: Mapping[int, Mapping[str, Any]], path: Path)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     ax_acc.axhline(TARGET_GRAPH_B8, color="grey", linestyle="--", linewidth=0.8)
+    ort = bench.run.summary.get("onnxruntime_version", "absent")
     fig.suptitle(
-        f"{bench.model_desc} on {bench.device_name} (torch {bench.torch.__version__}, "
-        f"{bench.timer.name} timer, random weights)",
+        f"{bench.model_desc} on {bench.device_name} (torch {bench.torch.__version__}, onnxruntime {ort} "
+        f"{'CUDA EP, I/O binding' if bench.is_cuda else 'CPU EP'}; {bench.timer.name} timer, random weights)",
         fontsize=10,
     )
     _save_png(fig, path)
@@ -773,6 +1005,68 @@ def run_cells(run: Run, cells: list[str], results: Path) -> dict[str, dict[str, 
     return outcome
 
 
+def summarize_cells(results: Path, cells: list[str]) -> dict[str, Any]:
+    """Each cell's figures from its results folder: per (backend, role) accuracy, p50, host p50, provider options;
+    the selected backend and its same-run ratio to the other backend's candidate (per-round, paired); for two
+    backends, the difference of their FP32 accuracy and the FP32 outputs' agreement."""
+    from edgematrix.core.results import read_results
+
+    out: dict[str, Any] = {}
+    for cell in cells:
+        folder = results / cell
+        if not (folder / "benchmark.json").is_file():
+            out[cell] = {"status": "no results (the cell did not run to the end: see its log)"}
+            continue
+        res = read_results(folder, require_data=True)
+        rows: dict[str, Any] = {}
+        for b in res.benchmarks:
+            info = b.info
+            extras = info.extras()
+            rows[f"{info.role}@{info.backend}"] = {
+                "precision": info.precision,
+                "accuracy": info.accuracy,
+                "p50_ms": info.p50_ms,
+                "p90_ms": info.p90_ms,
+                "host_p50_ms": extras.get("host_p50_ms"),
+                "max_rel_diff_vs_reference": info.max_rel_diff_vs_reference,
+                "provider_options": extras.get("provider_options", ""),
+                "mode": extras.get("mode", ""),
+                "cuda_graph": extras.get("cuda_graph", ""),
+            }
+        backends = sorted({b.info.backend for b in res.benchmarks})
+        selected = next((b.info.selected_backend for b in res.benchmarks if b.info.selected_backend), "")
+        summary: dict[str, Any] = {"backends": backends, "selected_backend": selected, "rows": rows}
+        summary["device"] = str(res.machine_info.get("gpu", ""))
+        if len(backends) == 2:
+            cands = {bk: res.of("candidate", bk) for bk in backends}
+            refs = {bk: res.of("reference", bk) for bk in backends}
+            if selected and all(cands.values()):
+                other = next(bk for bk in backends if bk != selected)
+                sel, oth = cands[selected], cands[other]
+                assert sel is not None and oth is not None
+                pairs = [o / s_ for o, s_ in zip(oth.samples_s, sel.samples_s, strict=True) if s_ > 0]
+                summary["selected_vs_other"] = {
+                    "other": other,
+                    "p50_ratio": _finite((oth.info.p50_ms or 0) / (sel.info.p50_ms or 1)),
+                    "paired_median_ratio": _finite(float(np.median(pairs))) if pairs else None,
+                    "rounds": len(pairs),
+                    "what": f"{other} candidate time / {selected} candidate time, same interleaved rounds",
+                }
+            if all(refs.values()):
+                a = [float(r.info.accuracy) for r in refs.values() if r is not None and r.info.accuracy is not None]
+                if len(a) == 2:
+                    summary["fp32_accuracy_difference_points"] = _finite(abs(a[0] - a[1]))
+                ort_ref = refs.get("onnxruntime")
+                if ort_ref is not None and "torch" in backends:  # torch is the primary: ORT's FP32 vs torch's
+                    summary["fp32_outputs_max_rel_ort_vs_torch"] = ort_ref.info.max_rel_diff_vs_reference
+        junit = folder / "junit.xml"
+        if junit.is_file():
+            text = junit.read_text()
+            summary["gates_failed"] = text.count("<failure")
+        out[cell] = summary
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else ./gpu-results)")
@@ -794,10 +1088,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cells",
         default="",
-        help="comma list of matrix cells to run afterwards with `edgematrix run` (e.g. x86_gpu_fp32,x86_gpu_fp16,"
-        "x86_gpu_int8); their results/<cell>/ go under OUT/cells/ and their exit codes into summary.json",
+        help="comma list of matrix cells to run first with `edgematrix run` (e.g. x86_gpu_fp32,x86_gpu_fp16,"
+        "x86_gpu_int8); their results/<cell>/ go under OUT/cells/, their exit codes and figures into summary.json",
+    )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma list of the in-process stages to run (of {', '.join(STAGES)}; 'none' for none)",
+    )
+    parser.add_argument(
+        "--work", default="", help="folder for the ONNX files of the random model (default: a temp dir)"
     )
     args = parser.parse_args(argv)
+    stages = [x for x in args.stages.split(",") if x and x != "none"]
+    if [x for x in stages if x not in STAGES]:
+        parser.error(f"unknown --stages {[x for x in stages if x not in STAGES]}; choose from {', '.join(STAGES)}")
     out = args.out or Path(os.environ.get("OUT") or "gpu-results")
     compile_modes = [m for m in args.compile_modes.split(",") if m and m != "none"]
     unknown = [m for m in compile_modes if m not in COMPILE_CONFIGS]
@@ -826,6 +1131,10 @@ def main(argv: list[str] | None = None) -> int:
     run.machine_extra.update(facts_start)
     run.machine_extra["torch_version"] = str(torch.__version__)
     run.summary["torch_version"] = str(torch.__version__)
+    if _importable("onnxruntime"):
+        ort = importlib.import_module("onnxruntime")
+        run.machine_extra["onnxruntime_version"] = run.summary["onnxruntime_version"] = str(ort.__version__)
+        run.machine_extra["onnxruntime_providers"] = ",".join(ort.get_available_providers())
     run.summary["gpu_facts_start"] = facts_start
     run.log("gpu facts: " + ", ".join(f"{k}={v}" for k, v in facts_start.items() if k != "clocks_locked_rule"))
 
@@ -849,21 +1158,34 @@ def main(argv: list[str] | None = None) -> int:
     run.latency_config = batch1_cfg
     run.summary["latency_config"] = {"sweep": vars_of(sweep_cfg), "batch1": vars_of(batch1_cfg)}
 
-    with run.stage("batch_sweep"):
-        stage_sweep(bench, batches, sweep_cfg)
-    with run.stage("harness_overhead"):
-        stage_overhead(bench, overhead_rounds, overhead_repeats)
-    with run.stage("batch1_configs"):
-        stage_batch1(bench, batch1_cfg, compile_modes, args.compile_deadline_s)
-    with run.stage("int8"):
-        stage_int8(run)
-    with run.stage("targets"):
-        evaluate_targets(run)
-
     cells = [c for c in args.cells.split(",") if c]
-    if cells:
+    if cells:  # first: they are subprocesses of their own, and the figures of record
         with run.stage("cells"):
             run.summary["cells"] = run_cells(run, cells, out / "cells")
+            run.summary["cells_summary"] = summarize_cells(out / "cells", cells)
+            for cell, figs in run.summary["cells_summary"].items():
+                run.log(f"  {cell}: {json.dumps({k: v for k, v in figs.items() if k != 'rows'})}")
+
+    # One stream current for every in-process stage: ONNX Runtime's sessions take it as their compute stream.
+    stream = torch.cuda.stream(torch.cuda.Stream()) if bench.is_cuda else contextlib.nullcontext()
+    with stream:
+        if "sweep" in stages:
+            with run.stage("batch_sweep"):
+                stage_sweep(bench, batches, sweep_cfg)
+        if "overhead" in stages:
+            with run.stage("harness_overhead"):
+                stage_overhead(bench, overhead_rounds, overhead_repeats)
+        if "batch1" in stages:
+            with run.stage("batch1_configs"):
+                stage_batch1(bench, batch1_cfg, compile_modes, args.compile_deadline_s)
+        if "ort" in stages:
+            with run.stage("ort"):
+                stage_ort(bench, 2 if args.quick else 8, sweep_cfg)
+    if "int8" in stages:
+        with run.stage("int8"):
+            stage_int8(run)
+    with run.stage("targets"):
+        evaluate_targets(run)
 
     facts_end = gpu_facts(torch.device(args.device).index if args.device.startswith("cuda") else None)
     run.summary["gpu_facts_end"] = facts_end

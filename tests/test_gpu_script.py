@@ -1,7 +1,8 @@
 """benchmarks/gpu_cells.py end to end as a CPU smoke run (--quick --device cpu), in a subprocess.
 
 Checks the files, their structure and that nothing CUDA-only is faked on the CPU: CUDA graphs,
-torch.compile and TF32 are recorded as skipped with the runner's error, INT8 as "not measured".
+torch.compile and TF32 are recorded as skipped with the runner's error, INT8 as "not measured"; ONNX
+Runtime runs on its CPU provider through the same I/O-binding path as on the GPU.
 No timing assertions.
 """
 
@@ -58,11 +59,18 @@ def test_benchmark_json_entries(smoke_run: tuple[Path, subprocess.CompletedProce
     assert set(roles.values()) == {"reference", "candidate"}
     for name, bench in benches.items():
         info = bench["extra_info"]
-        assert info["backend"] == "torch" and info["weights"] == "random", name
+        assert info["backend"] in ("torch", "onnxruntime") and info["weights"] == "random", name
         for key in ("mode", "batch", "channels_last", "cuda_graph", "compile", "per_sample_ms", "fps", "gpu"):
             assert key in info, (name, key)
         assert info["timer"] == "host"  # a CPU smoke run never claims CUDA-event times
     assert benches["sweep_b8_fp16"]["extra_info"]["batch"] == 8
+    # both backends in the sweep: ONNX Runtime on its CPU provider, inputs and outputs bound to host memory
+    ort = {n: b["extra_info"] for n, b in benches.items() if b["extra_info"]["backend"] == "onnxruntime"}
+    assert set(ort) == {f"sweep_b{b}_ort_{p}" for b in (1, 2, 8) for p in ("fp32", "fp16")}
+    for name, info in ort.items():
+        assert info["provider"] == "CPUExecutionProvider" and info["io_binding"] == "cpu", name
+        assert info["input_shape"] == f"{info['batch']}x3x64x160"
+        assert info["precision"] == name.rsplit("_", 1)[1]
     assert doc["machine_info"]["gpu"] == "none" or isinstance(doc["machine_info"]["gpu"], str)
     assert "timer" in doc["machine_info"]
 
@@ -85,3 +93,15 @@ def test_summary_records_skips_int8_and_targets(smoke_run: tuple[Path, subproces
     assert targets["harness_overhead"]["status"] in ("PASS", "FAIL")
     assert set(summary["batch1"]) == {"fp32", "fp32_cl", "fp16", "fp16_cl", "bf16", "bf16_cl"}
     assert summary["batch1"]["fp32"]["max_rel_diff_vs_fp32"] == 0.0
+    # ONNX Runtime vs torch on the same random weights: FP32 to 1e-4, FP16 further off but close
+    parity = summary["ort_parity"]
+    assert parity["inputs"] == 2
+    assert parity["ort_fp32"]["max_rel"] <= 1e-4 and parity["ort_fp32_vs_torch_fp32"]["status"] == "PASS"
+    assert 1e-5 < parity["ort_fp16"]["max_rel"] < 2e-2
+    assert set(parity["ort_fp32"]["per_output"]) == {"loc_row", "loc_col", "exist_row", "exist_col"}
+    assert "use_tf32 is an option of the CUDA execution provider" in skipped["ort_fp32_tf32"]
+    assert targets["ort_fp32_vs_torch_fp32"]["status"] == "PASS"
+    stream = summary["ort_stream"]
+    assert stream["io_binding"] == "cpu" and stream["compute_stream"] == "none" and stream["timer"] == "host"
+    assert stream["async_vs_infer_max_abs_diff"] == 0.0
+    assert stream["harness_event_p50_ms"] > 0 and stream["host_synchronized_wall_p50_ms"] > 0

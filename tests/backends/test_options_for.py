@@ -49,8 +49,15 @@ def test_onnxruntime_and_openvino_take_the_targets_providers_and_threads() -> No
             "exact_fp32": True,
         }
     custom = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "threads": 3}
+    cuda = {
+        "device_id": 0,
+        "use_tf32": False,
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": True,
+        "arena_extend_strategy": "kSameAsRequested",
+    }
     assert backends.get("onnxruntime").options_for(custom, role="candidate", precision="fp16") == {
-        "providers": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        "providers": (("CUDAExecutionProvider", cuda), "CPUExecutionProvider"),
         "intra_op_threads": 3,
     }
 

@@ -254,3 +254,18 @@ def test_bare_loop_syncs_every_call() -> None:
     samples = bare_cuda_event_loop(lambda: calls.append(1), 5, warmup=3, timer=timer)
     assert len(samples) == 5 and len(calls) == 8 and all(s >= 0 for s in samples)
     assert timer.synchronize_calls == 1 + 5  # after the warm-up, then after every call
+
+
+def test_host_facts_are_the_host_time_beside_the_device_time() -> None:
+    import time
+
+    result = measure_cuda_interleaved(
+        {"sleep": lambda: time.sleep(0.003), "none": lambda: None}, QUICK, timer=HostEventTimer()
+    )
+    facts = result.host_facts("sleep")
+    assert set(facts) == {"timer", "host_p50_ms", "host_p90_ms", "timed_rounds"}
+    assert facts["timer"] == "host" and facts["timed_rounds"] == 4
+    assert facts["host_p50_ms"] == round(result.host["sleep"].p50_ms, 4) >= 3.0
+    assert facts["host_p90_ms"] >= facts["host_p50_ms"]
+    assert result.host_facts("none")["host_p50_ms"] < 3.0
+    assert all(type(v) in (str, int, float) for v in facts.values())  # plain values: extra_info takes them

@@ -1,4 +1,5 @@
-"""The local executor: every model in this process, on this host's backends (CPU, or CUDA for ``torch``)."""
+"""The local executor: every model in this process, on this host's backends (CPU, or CUDA for ``torch`` and the
+GPU execution providers of ``onnxruntime``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,25 @@ def create_run_runner(run: ModelRun, target: Any = None) -> Any:
     return create_runner(run.backend, path=art.path, name=f"{run.backend}:{run.role}", **run.options)
 
 
+def runs_on_gpu(run: ModelRun) -> bool:
+    """Whether a run computes on an NVIDIA GPU: a torch module on CUDA, or ONNX Runtime with a GPU provider."""
+    from edgematrix.backends.onnxruntime.loader import GPU_PROVIDERS
+
+    if run.artifact.kind == "module":
+        return str(run.options.get("device", "cuda")).startswith("cuda")
+    if run.artifact.kind != "onnx":
+        return False
+    providers = run.options.get("providers") or ()
+    return any((p if isinstance(p, str) else p[0]) in GPU_PROVIDERS for p in providers)
+
+
 class LocalExecutor(Executor):
+    """Runs the plan here. On a GPU every model is timed on the device: one CUDA stream is current for the whole
+    evaluation (ONNX Runtime's sessions compute on it, the torch modules run on it), each round calls every
+    model's ``infer_device`` on the same device tensor, and CUDA events on that stream bracket each call
+    (:func:`~edgematrix.measure.gpu.measure_cuda_interleaved`); the host time of the same calls goes into the
+    run's facts (``host_p50_ms``). Without a GPU model the host harness times ``infer`` as on any CPU target."""
+
     name = "local"
 
     def backends(self, target: Any) -> list[str]:
@@ -31,28 +50,44 @@ class LocalExecutor(Executor):
 
     def evaluate(self, plan: EvaluationPlan) -> Evaluation:
         from edgematrix.core.toolchain import current_environment
+        from edgematrix.errors import BackendError
         from edgematrix.measure.environment import capture_environment
         from edgematrix.measure.harness import measure_interleaved
 
-        gpu = any(r.artifact.kind == "module" for r in plan.runs)
+        on_gpu = [runs_on_gpu(run) for run in plan.runs]
+        gpu = any(on_gpu)
+        if gpu and not all(on_gpu):
+            host = [f"{r.backend}:{r.role}" for r, g in zip(plan.runs, on_gpu, strict=True) if not g]
+            raise BackendError(
+                f"{plan.cell}: {', '.join(host)} would run on the host while the others run on the GPU; models "
+                "measured in the same rounds must share one clock (CUDA events on the GPU, the host clock "
+                "otherwise): give every backend of the target the GPU (providers = ['CUDAExecutionProvider'])"
+            )
+        host_facts: dict[tuple[str, str], dict[str, Any]] = {}
         with ExitStack() as stack:  # every runner entered is released, whichever one fails
+            torch: Any = None
+            if gpu:
+                from edgematrix.measure.gpu import require_cuda
+
+                torch = require_cuda(f"{plan.cell} (models on the GPU)")
+                stack.enter_context(torch.cuda.stream(torch.cuda.Stream()))  # before any runner: sessions bind it
             runners = {run.key: stack.enter_context(create_run_runner(run)) for run in plan.runs}
             outputs = {key: [runner.infer(feed) for feed in plan.feeds] for key, runner in runners.items()}
             samples: Any
             if gpu:
-                # GPU: CUDA-event timing of the device-side forward; host overhead is kept separately
-                import torch
-
+                # GPU: CUDA-event timing of the device-side run; host overhead is kept separately
                 from edgematrix.measure.gpu import measure_cuda_interleaved
 
-                x = torch.from_numpy(next(iter(plan.latency_feed.values()))).to("cuda")
-                fns = {f"{b}:{r}": (lambda run=run: run.infer_device(x)) for (b, r), run in runners.items()}
+                feed = {k: torch.from_numpy(v).to("cuda") for k, v in plan.latency_feed.items()}
+                x = next(iter(feed.values())) if len(feed) == 1 else feed
+                fns = {f"{b}:{r}": (lambda runner=runner: runner.infer_device(x)) for (b, r), runner in runners.items()}
                 samples = measure_cuda_interleaved(fns, plan.latency)
+                host_facts = {key: samples.host_facts(f"{key[0]}:{key[1]}") for key in runners}
             else:
                 samples = measure_interleaved(
                     {f"{b}:{r}": runner for (b, r), runner in runners.items()}, plan.latency_feed, plan.latency
                 )
-            facts = {key: runner.facts() for key, runner in runners.items()}
+            facts = {key: {**runner.facts(), **host_facts.get(key, {})} for key, runner in runners.items()}
         machine = capture_environment({"edgematrix_runner": "local"})
         device = str(machine.get("cpu_model") or platform.processor())
         if gpu:  # GPU facts (name, driver, CUDA, clocks, temperature, locked clocks) via NVML
@@ -60,6 +95,12 @@ class LocalExecutor(Executor):
 
             machine.update(gpu_facts())
             device = str(machine.get("gpu") or device)
+            ort_versions = sorted({str(f.get("version", "")) for (b, _), f in facts.items() if b == "onnxruntime"})
+            if ort_versions:
+                import onnxruntime as ort
+
+                machine["onnxruntime_version"] = ",".join(ort_versions)
+                machine["onnxruntime_providers"] = ",".join(ort.get_available_providers())
         results = {key: RunResult(outputs[key], samples[f"{key[0]}:{key[1]}"], facts[key]) for key in runners}
         return Evaluation(
             results, device, current_environment(), os.environ.get("EDGEMATRIX_POWER_MODE", ""), machine,

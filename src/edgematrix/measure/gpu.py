@@ -80,7 +80,8 @@ class EventTimer(Protocol):
     def synchronize(self) -> None: ...
 
 
-def _require_cuda(what: str) -> Any:
+def require_cuda(what: str) -> Any:
+    """torch, when it sees a CUDA device; else :class:`BackendError` naming what is missing."""
     try:
         import torch
     except ImportError as exc:  # torch is a base dependency; a broken install lands here
@@ -101,7 +102,7 @@ class CudaEventTimer:
     name = "cuda_event"
 
     def __init__(self, device: Any = None) -> None:
-        self._torch = _require_cuda("CUDA-event timing")
+        self._torch = require_cuda("CUDA-event timing")
         self._device = device
 
     def event(self) -> TimingEvent:
@@ -163,6 +164,17 @@ class CudaTimings(dict[str, LatencySamples]):
     @property
     def rounds(self) -> int:
         return min((s.rounds for s in self.values()), default=0)
+
+    def host_facts(self, key: str) -> dict[str, str | float | int]:
+        """The timing of ``key`` beside its GPU samples, as plain facts: the timer, the host time of the
+        same calls (p50 / p90, ms: the enqueue cost of an asynchronous call) and the round count."""
+        host = self.host[key]
+        return {
+            "timer": self.timer,
+            "host_p50_ms": round(host.p50_ms, 4),
+            "host_p90_ms": round(host.p90_ms, 4),
+            "timed_rounds": int(self[key].rounds),
+        }
 
 
 def measure_cuda_interleaved(

@@ -26,22 +26,18 @@ DEVICE_ACCURACY_TOLERANCE = 0.1
 
 
 def gpu_int8_runtime_missing() -> str:
-    """Why a QDQ INT8 model cannot run on this GPU host ("" when a GPU INT8 runtime is present)."""
-    import importlib.util
+    """Why a QDQ INT8 model cannot run on this GPU host ("" when a GPU INT8 runtime is present): the GPU
+    targets' INT8 runtime is ONNX Runtime's TensorRT execution provider, present only when a session with it
+    can be created (ONNX Runtime lists it even where TensorRT's libraries are missing)."""
+    from edgematrix.backends.onnxruntime.loader import tensorrt_ep_unavailable
 
-    if importlib.util.find_spec("tensorrt") is not None:
+    why = tensorrt_ep_unavailable()
+    if not why:
         return ""
-    try:
-        import onnxruntime as ort
-
-        if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
-            return ""
-    except ImportError:
-        pass
     return (
-        "no GPU INT8 runtime on this host: the QDQ INT8 model needs TensorRT or onnxruntime-gpu (CUDA / TensorRT "
-        "execution provider), and torch has no kernels for it. Not measured: no CPU figure is reported for a GPU "
-        "cell. Install the `tensorrt` extra (or onnxruntime-gpu) on the GPU runner."
+        f"no GPU INT8 runtime on this host: {why}. The CUDA execution provider alone would run the QDQ model as "
+        "dequantized float kernels, which is not an INT8 measurement, and torch has no kernels for it: not "
+        "measured, and no CPU figure is reported for a GPU cell"
     )
 
 
@@ -64,15 +60,19 @@ def plan(ctx: CellContext, ab_base: Path | None) -> EvaluationPlan:
     roles: dict[str, Artifact] = {"reference": src.fp32}
     if not same:
         roles["candidate"] = build.candidate
+    low = [a.precision for a in roles.values() if a.precision not in ("fp32", "fp16")]
+    if low and "torch" in ctx.backends:  # torch runs FP32/FP16 modules; a QDQ model needs a GPU INT8 runtime
+        reason = gpu_int8_runtime_missing()
+        others = [b for b in ctx.backends if b != "torch"]
+        if reason or not others:
+            raise BackendError(
+                f"{cell.name}: {reason or 'the torch backend runs FP32/FP16 modules; a GPU INT8 runtime runs QDQ models'}"
+            )
+        ctx.backends = others  # the INT8 runtime's backend runs every role of the cell (its FP32 is the reference)
     runs = []
     for b in ctx.backends:
         for role, art in roles.items():
             if b == "torch":  # the trained module itself (FP16 roles run it under autocast)
-                if art.precision not in ("fp32", "fp16"):
-                    reason = gpu_int8_runtime_missing()
-                    raise BackendError(
-                        f"{cell.name}: {reason or 'the torch backend runs FP32/FP16 modules; a GPU INT8 runtime runs QDQ models'}"
-                    )
                 module = src.model if role == "reference" else (build.candidate_module or src.model)
                 art = Artifact(src.fp32.path if role == "reference" else art.path, art.precision, "module", module)
             runs.append(ModelRun(b, role, art, _options(ctx, b, role, art.precision, art)))

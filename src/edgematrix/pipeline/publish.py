@@ -24,6 +24,13 @@ from edgematrix.pipeline.context import CellContext, CellResult, Measured, conso
 from edgematrix.pipeline.evaluate import FP32_AGREEMENT_TOLERANCE, device_verdicts
 
 ROLE_ORDER = ("reference", "candidate", "base")
+#: runner facts copied into every benchmark's extra_info: how the model ran (provider and its exact options,
+#: I/O binding, stream, torch mode) and the host time of the timed calls beside their device time
+RUNNER_FACTS = (
+    "provider", "provider_options", "use_tf32", "cudnn_conv_algo_search", "io_binding", "compute_stream",
+    "end_of_run_sync", "mode", "channels_last", "cuda_graph", "allow_tf32", "cudnn_benchmark", "timer",
+    "host_p50_ms", "host_p90_ms",
+)  # fmt: skip
 
 
 def busy_reasons(measured: dict[tuple[str, str], Measured]) -> tuple[str, ...]:
@@ -182,6 +189,7 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
             "accuracy_source": m.accuracy_source,
             "dataset": src.data.tag,
         }
+        fields.update({k: v for k, v in m.facts.items() if k in RUNNER_FACTS and type(v) in (str, int, float)})
         if m.samples.contention is not None:
             fields.update(m.samples.contention.extra_info(f"{b}:{role}"))
         if role == "candidate":

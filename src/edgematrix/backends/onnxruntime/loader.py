@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from collections.abc import Sequence
@@ -197,6 +198,114 @@ def tensorrt_providers(
         "CPUExecutionProvider",
     ]
     return list(normalize_providers(specs))
+
+
+#: execution providers that compute on an NVIDIA GPU (their runners are timed with CUDA events)
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+
+
+def provider_names(providers: Sequence[ProviderSpec]) -> list[str]:
+    return [_provider_name(p) for p in providers]
+
+
+def cuda_provider_options(
+    *,
+    device_id: int = 0,
+    use_tf32: bool = False,
+    cudnn_conv_algo_search: str = "EXHAUSTIVE",
+    arena_extend_strategy: str = "kSameAsRequested",
+    **options: Any,
+) -> dict[str, Any]:
+    """The CUDA execution provider's options as edgematrix sets them (validated by :func:`normalize_providers`).
+
+    ``use_tf32`` is off by default: ONNX Runtime's CUDA EP uses TF32 tensor cores for float32 convolutions
+    and GEMMs unless told otherwise (1.6e-3 relative error vs FP32 measured on an H100), so an FP32 model
+    computes in FP32 only with ``use_tf32=0``. ``cudnn_conv_algo_search=EXHAUSTIVE`` benchmarks cuDNN's
+    algorithms once per input shape (in the warm-up), as torch's ``cudnn.benchmark`` does;
+    ``cudnn_conv_use_max_workspace`` lets those algorithms use the workspace they ask for;
+    ``arena_extend_strategy=kSameAsRequested`` grows the device arena by what is asked, not in powers of two.
+    """
+    return {
+        "device_id": device_id,
+        "use_tf32": use_tf32,
+        "cudnn_conv_algo_search": cudnn_conv_algo_search,
+        "cudnn_conv_use_max_workspace": True,
+        "arena_extend_strategy": arena_extend_strategy,
+        **options,
+    }
+
+
+def _tiny_relu_model() -> bytes:
+    """A one-node float32 model (x → Relu → y) to find out whether a provider can create a session."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def _provider_library_error(ort: Any, provider: str) -> str:
+    """Why ONNX Runtime's shared library of ``provider`` does not load (the dynamic linker's message)."""
+    import ctypes
+
+    lib = {
+        "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+        "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    }[provider]
+    path = Path(ort.__file__).parent / "capi" / lib
+    if not path.is_file():
+        return f"{lib} is not part of this onnxruntime build ({path.parent})"
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as exc:
+        return f"loading {path} failed: {exc}"
+    return f"{lib} loads, but ONNX Runtime did not create the provider (see its log above)"
+
+
+def tensorrt_ep_unavailable(device_id: int = 0) -> str:
+    """Why ONNX Runtime's TensorRT execution provider cannot run on this host; "" when it can.
+
+    ONNX Runtime lists ``TensorrtExecutionProvider`` in ``get_available_providers()`` whenever the
+    onnxruntime-gpu build has it, whether or not TensorRT's libraries are installed: only creating a session
+    tells. This creates one on a one-node model and, when ONNX Runtime falls back to another provider, loads
+    the provider's library to name what the dynamic linker is missing (e.g. ``libnvinfer.so.10``).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"onnxruntime is not importable ({exc}); the TensorRT EP comes with onnxruntime-gpu plus TensorRT 10"
+    version, available = ort.__version__, list(ort.get_available_providers())
+    if "TensorrtExecutionProvider" not in available:
+        return (
+            f"onnxruntime {version} has no TensorrtExecutionProvider (providers here: {', '.join(available)}); "
+            f"it comes with {PROVIDER_PACKAGES['TensorrtExecutionProvider']}"
+        )
+    with contextlib.suppress(ImportError):  # onnxruntime-gpu uses the CUDA libraries torch loads: torch first
+        import torch  # noqa: F401
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the fallback warning is what this function reports
+    spec = [("TensorrtExecutionProvider", {"device_id": str(device_id)})]
+    try:
+        session = ort.InferenceSession(_tiny_relu_model(), sess_options=options, providers=spec)
+    except Exception as exc:
+        return (
+            f"onnxruntime {version} lists TensorrtExecutionProvider, but creating a session with it failed: "
+            f"{type(exc).__name__}: {str(exc).strip()[:600]}; {_provider_library_error(ort, spec[0][0])}"
+        )
+    used = list(session.get_providers())
+    if used and used[0] == "TensorrtExecutionProvider":
+        return ""
+    return (
+        f"onnxruntime {version} lists TensorrtExecutionProvider, but a session asked for it ran on "
+        f"{', '.join(used)}: {_provider_library_error(ort, spec[0][0])} (TensorRT's libraries are missing or do "
+        "not match this build: install TensorRT 10 for this CUDA version, e.g. the `tensorrt` extra)"
+    )
 
 
 def check_providers(providers: Sequence[ProviderSpec]) -> None:
