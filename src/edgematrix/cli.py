@@ -225,6 +225,110 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: the first part of every CI cache key; bump it when the layout of .cache/edgematrix changes
+CACHE_KEY_VERSION = "edgematrix-v1"
+
+
+def _tree_listing(root: Path) -> str:
+    """A folder's content key from every file's relative path and size (cheap: no file is read)."""
+    from edgematrix.core.cache import content_key
+
+    return content_key(sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file()))
+
+
+def _named_files(value: object, bases: tuple[Path, ...], found: dict[str, str]) -> None:
+    """The sha256 of every existing file a model's config names (a checkpoint, an ONNX file, a factory module),
+    as a path of its own or relative to one of ``bases``."""
+    from edgematrix.core.cache import file_sha256
+
+    if isinstance(value, dict):
+        for v in value.values():
+            _named_files(v, bases, found)
+    elif isinstance(value, list):
+        for v in value:
+            _named_files(v, bases, found)
+    elif isinstance(value, str) and value and len(value) < 4096:
+        for base in bases:
+            path = base / Path(value).expanduser()
+            if path.is_file():
+                found[value] = file_sha256(path)
+                break
+
+
+def cache_keys(cell: Cell, matrix_dir: Path, data_root: str | None = None) -> dict[str, str]:
+    """The keys CI stores a cell's ``.cache/edgematrix`` under (``actions/cache``), computed without building.
+
+    ``train``: the pipeline's own training key (:func:`edgematrix.pipeline.source.training_key`) of the
+    model, its training config, the training code and torch, with the dataset named by what makes it
+    (the real folder's listing, or the synthetic generator's config: its code is training code) and the
+    lock. ``full``: that, plus the cell's target, model and recipe config, the files the model config
+    names, the whole package's code and the lock. A cache saved under ``key`` holds everything the
+    cell built; ``restore-cell`` / ``restore-model`` are the prefixes of caches of the same trained
+    model (this cell's first, then any cell of that model): the pipeline's own keys pick what is
+    still valid in them and rebuild the rest, and every entry is verified by its seal before reuse.
+    """
+    import importlib.metadata
+    import os
+    import platform
+
+    from edgematrix.core.cache import PACKAGE_DIR, code_hash, content_key, file_sha256
+    from edgematrix.core.toolchain import LOCK_PATH
+    from edgematrix.pipeline.source import training_key
+    from edgematrix.tasks.base import get_task
+
+    lock = matrix_dir / LOCK_PATH.name
+    if not lock.is_file():
+        raise EdgeMatrixError(f"{lock} (the lock) is missing; restore it from git or write it with `nox -s lock`")
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        raise EdgeMatrixError(
+            "torch is not installed: the training key names its version; install edgematrix"
+        ) from None
+    model = cell.model
+    root = os.environ.get("EDGEMATRIX_DATA_ROOT") or data_root or model.data_root
+    if root:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise EdgeMatrixError(f"data_root {folder} does not exist; point it at the dataset or leave it empty")
+        dataset = content_key("folder", model.dataset, _tree_listing(folder))
+    else:
+        dataset = content_key("synthetic", model.dataset, model.synthetic.model_dump())
+    lock_sha = file_sha256(lock)
+    train = content_key(training_key(cell, get_task(model.task), dataset, torch_version), lock_sha)
+    files: dict[str, str] = {}
+    named = {k: v for k, v in model.model_dump(mode="json").items() if k != "data_root"}
+    _named_files(named, (Path.cwd(), matrix_dir), files)
+    package = sorted(
+        p.stem for p in PACKAGE_DIR.iterdir() if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")
+    )
+    resolved = cell.resolved()
+    full = content_key(
+        train, resolved["target"], resolved["model"], resolved["recipe"], files, code_hash(package), lock_sha
+    )
+    model_prefix = f"{CACHE_KEY_VERSION}-{platform.system().lower()}-{platform.machine()}-{cell.model_name}-{train}-"
+    return {
+        "key": f"{model_prefix}{cell.name}-{full}",
+        "restore-cell": f"{model_prefix}{cell.name}-",
+        "restore-model": model_prefix,
+        "train": train,
+        "full": full,
+    }
+
+
+def _cmd_cache_key(args: argparse.Namespace) -> int:
+    from edgematrix.matrix.loader import load_matrix
+
+    keys = cache_keys(load_matrix(args.matrix).cell(args.cell), Path(args.matrix), args.data_root)
+    if args.github_output:
+        for name in ("key", "restore-cell", "restore-model"):
+            print(f"{name}={keys[name]}")
+        print(f"cache-key {args.cell}: training inputs {keys['train']}, build inputs {keys['full']}", file=sys.stderr)
+    else:
+        print(keys["key"])
+    return EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -453,6 +557,19 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("pred", help="detections in COCO results format: [{image_id, category_id, bbox, score}]")
     coco.add_argument("gt", help="ground truth: a COCO instances JSON (images, annotations, categories)")
     coco.set_defaults(func=_cmd_score_coco)
+
+    ck = sub.add_parser(
+        "cache-key",
+        help="the key of everything a cell's build depends on (CI stores .cache/edgematrix under it)",
+        description="Prints the content key of the cell's build inputs: dataset, model source, training and recipe "
+        "config, the code that builds them and the lock (constraints.txt of --matrix). "
+        "Nothing is built. --github-output prints key=, restore-cell= and restore-model= lines for $GITHUB_OUTPUT "
+        "(actions/cache's key and restore-keys; docs/ci.md).",
+    )
+    ck.add_argument("cell")
+    ck.add_argument("--data-root", default=None, help="the dataset folder the run will use (as `run --data-root`)")
+    ck.add_argument("--github-output", action="store_true", help="key=/restore-cell=/restore-model= lines")
+    ck.set_defaults(func=_cmd_cache_key)
 
     rep = sub.add_parser("report", help="merge results/*: JUnit, markdown summary + PR comment, plots, history")
     rep.add_argument("--results", default="results", help="folder of results/<cell>/ (default: results)")
