@@ -23,6 +23,14 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 def _cmd_list(args: argparse.Namespace) -> int:
     from edgematrix.matrix.loader import load_matrix
 
+    if args.plugins:
+        if Path(args.matrix).is_dir():  # the matrix's import paths (task = "pkg.mod:Class") are resolved too
+            try:
+                load_matrix(args.matrix)
+            except EdgeMatrixError as e:
+                print(f"note: {args.matrix} not loaded ({str(e).splitlines()[0]}); its import paths are not listed",
+                      file=sys.stderr)  # fmt: skip
+        return _cmd_list_plugins()
     m = load_matrix(args.matrix)
     for cell in m.cells.values():
         print(f"{cell.name:<16} {cell.description}")
@@ -361,7 +369,7 @@ def _option_value(text: str) -> tuple[str, object]:
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
-    from edgematrix.backends.meter import LocalMeter
+    from edgematrix.backends.meter import LocalMeter, parse_shape
     from edgematrix.measure.harness import LatencyConfig
     from edgematrix.measure.meter import LatencyMeter
 
@@ -373,8 +381,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         max_time_s=max(args.min_time_s, 120.0),
     )
     options = dict(_option_value(o) for o in args.option)
+    shapes = dict(parse_shape(text) for text in args.shape)
+    model = Path(args.model)
+    recorded: dict[str, str] = {}
     meter: LatencyMeter
     if args.remote:
+        model, recorded = _static_for_remote(model, shapes)
         from edgematrix.server.client import RemoteMeter
         from edgematrix.server.token import load_token
 
@@ -393,9 +405,16 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     else:
         if args.protocol != "native":
             raise EdgeMatrixError("--protocol enot needs --remote URL (the ENOT server's address)")
-        meter = LocalMeter(backend=args.backend or "onnxruntime", config=config)
+        meter = LocalMeter(backend=args.backend or "onnxruntime", config=config, shapes=shapes)
         where = "this host"
-    report = meter.measure(Path(args.model), options=options)
+    try:
+        report = meter.measure(model, options=options)
+    finally:
+        if model != Path(args.model):  # the static copy sent to the server
+            import shutil
+
+            shutil.rmtree(model.parent, ignore_errors=True)
+    report.facts.update(recorded)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
         return EXIT_OK
@@ -403,10 +422,55 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         f"{args.model} on {where}, backend {report.backend}: p50 {report.p50_ms:.3f} ms  p90 {report.p90_ms:.3f} ms  "
         f"p99 {report.p99_ms:.3f} ms  mean {report.mean_ms:.3f} ms  ({report.rounds} rounds)"
     )
+    if "input_shape" in report.facts:
+        print(f"input_shape {report.facts['input_shape']} ({report.facts.get('input_shape_source', '')})")
     shown = ("device_model", "os", "l4t_release", "jetpack", "power_mode", "tensorrt_version", "onnxruntime_version")
     facts = [f"{k} {report.facts[k]}" for k in shown if k in report.facts]
     if facts:
         print("device: " + " | ".join(facts))
+    return EXIT_OK
+
+
+def _static_for_remote(model: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[Path, dict[str, str]]:
+    """An ONNX model for a latency server: refused when a dynamic dimension has no ``--shape``; with shapes,
+    a temporary copy with those dims fixed (the server feeds the dims it finds). Other files go as they are."""
+    if model.suffix.lower() != ".onnx" or not model.is_file():
+        if shapes:
+            raise EdgeMatrixError(f"--shape applies to ONNX models; {model} is not one (an engine has fixed shapes)")
+        return model, {}
+    import tempfile
+
+    from edgematrix.backends.base import TensorMeta
+    from edgematrix.backends.meter import feed_shapes, shape_text
+    from edgematrix.core.onnx_io import fix_input_shapes, read_interface
+
+    interface = read_interface(model)
+    metadata = {s.name: TensorMeta(s.dtype, s.dims) for s in interface.inputs}
+    full = feed_shapes(metadata, shapes)  # refuses a dynamic dim without --shape, naming it
+    dynamic = [s.name for s in interface.inputs if s.dynamic]
+    recorded = {
+        "input_shape": shape_text(full),
+        "input_shape_source": f"--shape for dynamic input(s) {', '.join(dynamic)}"
+        if dynamic
+        else "the model's fixed input dims",
+    }
+    if not dynamic:
+        return model, recorded
+    folder = Path(tempfile.mkdtemp(prefix="edgematrix-measure-"))
+    return fix_input_shapes(model, folder / model.name, full).path, recorded
+
+
+def _cmd_list_plugins() -> int:
+    from edgematrix.core.registries import ALL
+
+    rows = [("kind", "name", "source", "distribution", "object")]
+    for registry in ALL.values():
+        rows += [(registry.kind, p.name, p.source, p.distribution or "-", p.target) for p in registry.providers()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    groups = ", ".join(str(r.group) for r in ALL.values() if r.group)
+    print(f"\nplugins: entry points of the groups {groups} of every installed distribution", file=sys.stderr)
     return EXIT_OK
 
 
@@ -489,7 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", default="matrix", help="matrix folder (default: matrix)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="list the cells of the matrix").set_defaults(func=_cmd_list)
+    lst = sub.add_parser("list", help="list the cells of the matrix (--plugins: the registries and their plugins)")
+    lst.add_argument(
+        "--plugins",
+        action="store_true",
+        help="list every model family, task, backend and recipe step: name, kind, where it comes from (built-in, "
+        "plugin, import path) and its distribution",
+    )
+    lst.set_defaults(func=_cmd_list)
     sub.add_parser("validate", help="validate the matrix TOML files").set_defaults(func=_cmd_validate)
 
     run = sub.add_parser("run", help="run one cell: build, measure, gate, write results/<cell>/")
@@ -626,6 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
     mea.add_argument("--retries", type=int, default=3, help="retries on connection errors / busy (default 3)")
     mea.add_argument("--timeout-s", type=float, default=900, help="HTTP timeout per attempt (default 900)")
     mea.add_argument("--enot-requests", type=int, default=1, help="ENOT protocol: requests to send (default 1)")
+    mea.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:DIMS",
+        help="shape of an input with dynamic dimensions, e.g. images:1x3x640x640 (repeatable, as trtexec's --shapes); "
+        "without it such a model is refused",
+    )
     mea.add_argument("--json", action="store_true", help="print the report as JSON (with per-round samples)")
     mea.set_defaults(func=_cmd_measure)
 

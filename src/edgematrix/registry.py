@@ -7,7 +7,9 @@ A registry maps names to objects. Names come from three places, looked up in thi
 2. objects **registered** in code with the :meth:`Registry.register` decorator;
 3. **plugins**: the entry points of the registry's group (``edgematrix.tasks``,
    ``edgematrix.families``, ``edgematrix.backends``, ``edgematrix.recipe_steps``) of any installed
-   distribution, discovered when a name is not built in.
+   distribution, discovered when a name is not built in;
+4. **import paths**: a name of the form ``"package.module:Attribute"`` (``task = "mypkg.tasks:MyTask"``
+   in the matrix) is imported as it is, with no registration at all.
 
 An unknown name raises :class:`~edgematrix.errors.UnknownNameError` listing the known names and the
 entry-point group that was searched. Stdlib only.
@@ -31,9 +33,25 @@ class Provider:
     """Where a registered name comes from."""
 
     name: str
-    source: str  # "built-in", "registered", or "plugin"
-    target: str  # "module:attribute" (built-ins and plugins), or the object's qualified name
-    distribution: str = ""  # the installed distribution of a plugin
+    source: str  # "built-in", "registered", "plugin", "import path", or "plugin (shadowed by the built-in)"
+    target: str  # "module:attribute" (built-ins, plugins, import paths), or the object's qualified name
+    distribution: str = ""  # the installed distribution of a plugin or of an import path's package
+
+
+def is_import_path(name: str) -> bool:
+    """``"package.module:Attribute"``: a name imported as it is rather than looked up."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr)
+
+
+def distribution_of(module: str) -> str:
+    """The installed distribution that provides ``module``'s top-level package ("" when none is known)."""
+    top = module.split(".")[0]
+    try:
+        found = metadata.packages_distributions().get(top, [])
+    except Exception:  # a broken metadata folder of some distribution: nothing to say
+        return ""
+    return ", ".join(sorted(set(found)))
 
 
 def load_object(spec: str, what: str) -> Any:
@@ -61,6 +79,7 @@ class Registry(Generic[T]):
         self.group = group
         self._builtin = dict(builtin or {})
         self._items: dict[str, T] = {}
+        self._imported: set[str] = set()  # import-path names resolved so far
         self._plugins: dict[str, metadata.EntryPoint] | None = None
 
     # -- registration -----------------------------------------------------------------------
@@ -108,23 +127,37 @@ class Registry(Generic[T]):
                 ) from None
             self._items.setdefault(name, obj)
             return self._items[name]
+        if is_import_path(name):
+            obj = load_object(name, f"{self.kind} {name!r}")
+            self._items[name] = obj
+            self._imported.add(name)
+            return obj
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}{self._where()}"
         )
 
     def _where(self) -> str:
-        return f" (plugins are looked for in entry-point group {self.group!r})" if self.group else ""
+        plugins = f"plugins are looked for in entry-point group {self.group!r}; " if self.group else ""
+        return f" ({plugins}an import path 'package.module:Attribute' is imported as it is)"
 
     def names(self) -> list[str]:
         """Every known name (built-in, registered, plugin) without importing anything."""
         return sorted({*self._builtin, *self._items, *self._entry_points()})
 
     def providers(self) -> list[Provider]:
-        """Where each name comes from (``edgematrix list --plugins``)."""
+        """Where each name comes from (``edgematrix list --plugins``): built-ins, registered objects, the
+        plugins found (one of a built-in's name is listed too, as shadowed: the built-in wins) and the
+        import paths resolved so far."""
         out = []
         for name in self.names():
             if name in self._builtin:
                 out.append(Provider(name, "built-in", self._builtin[name]))
+                ep = self._entry_points().get(name)
+                if ep is not None:
+                    dist = ep.dist.name if ep.dist is not None else "?"
+                    out.append(Provider(name, "plugin (shadowed by the built-in)", ep.value, dist))
+            elif name in self._imported:
+                out.append(Provider(name, "import path", name, distribution_of(name.partition(":")[0])))
             elif name in self._entry_points() and name not in self._items:
                 ep = self._entry_points()[name]
                 out.append(Provider(name, "plugin", ep.value, ep.dist.name if ep.dist is not None else "?"))
@@ -140,6 +173,8 @@ class Registry(Generic[T]):
         return out
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is known without importing anything (an import path counts once resolved by
+        :meth:`get`)."""
         return isinstance(name, str) and (name in self._items or name in self._builtin or name in self._entry_points())
 
     def __iter__(self) -> Iterator[str]:

@@ -97,7 +97,10 @@ def test_cell_with_unknown_model_lists_known_models(matrix_dir: Path) -> None:
 
 def test_cell_with_unknown_recipe_and_target(matrix_dir: Path) -> None:
     _edit(matrix_dir / "cells.toml", 'recipes = ["fp32", "int8"]', 'recipes = ["fp32", "int4"]')
-    with pytest.raises(MatrixError, match=r"unknown recipe 'int4'; known recipes: det_int8_qat, dynamic_int8, fp16, fp32, fx8, global_prune, int8"):
+    with pytest.raises(
+        MatrixError,
+        match=r"unknown recipe 'int4'; known recipes: det_int8_qat, dynamic_int8, fp16, fp32, fx8, global_prune, int8",
+    ):
         load_matrix(matrix_dir)
 
 
@@ -202,7 +205,7 @@ def test_a_model_task_must_be_registered(matrix_dir: Path) -> None:
     with pytest.raises(
         MatrixError,
         match=r"models\.toml: models\.pilotnet\.task: unknown task 'steer'; known: detection, lane, multitask, "
-        r"steering.*entry-point group 'edgematrix\.tasks'",
+        r"outputs, steering.*entry-point group 'edgematrix\.tasks'; or an import path, task = 'package\.module:TaskClass'",
     ):
         load_matrix(matrix_dir)
 

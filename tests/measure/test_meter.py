@@ -28,9 +28,14 @@ def relu_model(tmp_path: Path) -> Path:
 
 
 def test_local_meter_reports_statistics_and_facts(relu_model: Path) -> None:
-    meter = LocalMeter(config=LatencyConfig(warmup=1, min_rounds=20, max_rounds=20, min_time_s=0))
+    config = LatencyConfig(warmup=1, min_rounds=20, max_rounds=20, min_time_s=0)
+    meter = LocalMeter(config=config, shapes={"x": (3, 8)})
     assert isinstance(meter, LatencyMeter)
     report = meter.measure(relu_model)
+    assert report.facts["input_shape"] == "x:3x8"  # what was measured, and why
+    assert report.facts["input_shape_source"] == "--shape for dynamic input(s) x"
+    with pytest.raises(EdgeMatrixError, match=r"input 'x' float32\[batch, 8\]: dynamic dim\(s\) 0 \('batch'\)"):
+        LocalMeter(config=config).measure(relu_model)
     assert report.rounds == 20 == len(report.samples_ms)
     assert report.p50_ms == pytest.approx(float(np.percentile(report.samples_ms, 50)))
     assert report.p50_ms <= report.p90_ms <= report.p99_ms
@@ -43,11 +48,16 @@ def test_local_meter_missing_model_names_the_path(tmp_path: Path) -> None:
         LocalMeter().measure(tmp_path / "nope.onnx")
 
 
-def test_random_feed_is_deterministic_and_fills_dynamic_dims() -> None:
+def test_random_feed_is_deterministic_and_refuses_a_dynamic_dim_without_a_shape() -> None:
     from edgematrix.backends.base import TensorMeta
 
     meta = {"x": TensorMeta(np.dtype(np.float32), ("batch", 3)), "i": TensorMeta(np.dtype(np.int64), (2,))}
-    a, b = random_feed(meta), random_feed(meta)
-    assert a["x"].shape == (1, 3) and a["x"].dtype == np.float32
-    assert a["i"].dtype == np.int64 and set(np.unique(a["i"])) <= {0, 1}
+    # a dynamic dimension is never guessed (it used to become 1: a detector "measured" at 1x3x1x1)
+    with pytest.raises(
+        EdgeMatrixError, match=r"input 'x' float32\[batch, 3\]: dynamic dim\(s\) 0 \('batch'\) \(--shape x:Nx3\)"
+    ):
+        random_feed(meta)
+    a, b = random_feed(meta, shapes={"x": (4, 3)}), random_feed(meta, shapes={"x": [4, 3]})
+    assert a["x"].shape == (4, 3) and a["x"].dtype == np.float32
+    assert a["i"].shape == (2,) and a["i"].dtype == np.int64 and set(np.unique(a["i"])) <= {0, 1}
     np.testing.assert_array_equal(a["x"], b["x"])

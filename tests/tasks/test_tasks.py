@@ -13,12 +13,14 @@ from edgematrix.tasks.base import get_task, imagenet_preprocess, stack_outputs, 
 
 
 def test_registry_names_every_cell_task_and_rejects_others() -> None:
-    assert {"lane", "detection", "multitask", "steering"} <= set(tasks.names())
+    assert {"lane", "detection", "multitask", "steering", "outputs"} <= set(tasks.names())
     assert get_task("lane") is get_task("lane")  # one instance per task
     lane = get_task("lane")
     assert lane.output_names == ("loc_row", "loc_col", "exist_row", "exist_col")
     assert lane.agreement_output in lane.output_names
-    with pytest.raises(UnknownNameError, match=r"unknown task 'steer'; known: detection, lane, multitask, steering"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown task .steer.; known: detection, lane, multitask, outputs, steering"
+    ):
         get_task("steer")
 
 

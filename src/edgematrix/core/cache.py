@@ -32,16 +32,76 @@ import edgematrix
 PACKAGE_DIR = Path(edgematrix.__file__).parent
 
 
-def code_hash(subpackages: Iterable[str]) -> str:
-    """Hash of the package sources that influence a stage (e.g. ``models``, ``train``, ``data``)."""
+def _python_files(base: Path) -> list[Path]:
+    return sorted(base.rglob("*.py")) if base.is_dir() else [base]
+
+
+def code_files(part: str) -> list[tuple[str, Path]]:
+    """The source files a ``code_hash`` part names, each with the label it is hashed under:
+
+    - a path inside edgematrix, without ``.py`` (``"train/lane"``, ``"models"``: a subpackage's files);
+    - an importable module or package of any distribution (``"mypkg.train"``, ``"mypkg"``): its files,
+      labelled relative to the folder holding its top-level package, so a user task's training code keys
+      the cache by its own sources wherever it is installed;
+    - an absolute path to a ``.py`` file or a folder of them.
+
+    Anything else is an :class:`~edgematrix.errors.EdgeMatrixError` naming the part and these forms.
+    """
+    import importlib.util
+
+    from edgematrix.errors import EdgeMatrixError
+
+    inside = PACKAGE_DIR / part
+    candidates = [inside] if inside.is_dir() else [inside.with_suffix(".py")]
+    for base in candidates:
+        if base.exists() and not Path(part).is_absolute():
+            return [(str(f.relative_to(PACKAGE_DIR)), f) for f in _python_files(base)]
+    if Path(part).is_absolute():
+        base = Path(part)
+        if base.is_dir() or (base.suffix == ".py" and base.is_file()):
+            root = base if base.is_dir() else base.parent
+            return [(str(f.relative_to(root)), f) for f in _python_files(base)]
+    elif "/" not in part and part.replace(".", "").replace("_", "").isalnum():
+        try:
+            spec = importlib.util.find_spec(part)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None:
+            # a/b/c (package folder) or a/b/c.py: the labels start at the folder holding a/
+            bases = [Path(loc) for loc in spec.submodule_search_locations or []]
+            if not bases and spec.origin and spec.origin.endswith(".py"):
+                bases = [Path(spec.origin)]
+            found = [(str(f.relative_to(b.parents[part.count(".")])), f) for b in bases for f in _python_files(b)]
+            if found:
+                return found
+    raise EdgeMatrixError(
+        f"code to hash {part!r} is neither a module of edgematrix (src/edgematrix/{part}.py or a folder), an "
+        "importable module with Python sources ('mypkg.train') nor an absolute path to .py sources; a task's "
+        "train_code names edgematrix's ('train/lane') or its own modules ('mypkg.train')"
+    )
+
+
+def code_hash(parts: Iterable[str]) -> str:
+    """Hash of the sources that influence a stage: edgematrix's (``"models"``, ``"train/lane"``) and a
+    user's own modules (``"mypkg.train"``), see :func:`code_files`."""
     h = hashlib.sha256()
-    for sub in sorted(subpackages):
-        base = PACKAGE_DIR / sub
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
-        for f in files:
-            h.update(str(f.relative_to(PACKAGE_DIR)).encode())
+    for part in sorted(parts):
+        for label, f in code_files(part):
+            h.update(label.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def object_code_hash(obj: Any) -> str:
+    """Hash of the code behind ``obj`` (a factory function, a task class, a module name): for code outside
+    edgematrix, every source file of its top-level package (a model's architecture or a task's training may
+    live in any of its modules); for edgematrix's own, the defining module."""
+    module = obj if isinstance(obj, str) else getattr(obj, "__module__", "")
+    if not module:
+        return ""
+    if module == "edgematrix" or module.startswith("edgematrix."):
+        return code_hash([module.removeprefix("edgematrix.").replace(".", "/") or "__init__"])
+    return code_hash([module.split(".")[0]])
 
 
 def content_key(*parts: Any) -> str:

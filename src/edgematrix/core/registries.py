@@ -32,6 +32,7 @@ tasks: Registry[Any] = Registry(
         "detection": "edgematrix.tasks.detection:DetectionTask",
         "multitask": "edgematrix.tasks.multitask:MultiTaskTask",
         "steering": "edgematrix.tasks.steering:SteeringTask",
+        "outputs": "edgematrix.tasks.outputs:OutputsTask",
     },
     group="edgematrix.tasks",
 )

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgematrix.errors import MatrixError, UnknownNameError
+from edgematrix.errors import EdgeMatrixError, MatrixError, UnknownNameError
 from edgematrix.matrix.schema import CellSpec, Gates, MatrixFile, Model, Recipe, Target
 
 DEFAULT_MATRIX_DIR = Path("matrix")
@@ -161,16 +161,10 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                 raise MatrixError(f"{path}: [defaults] is already set in {defaults_from}")
             defaults, defaults_from = mf.defaults.gates, path
 
-    from edgematrix.core.registries import backends, families, tasks  # names only: nothing is imported
+    from edgematrix.core.registries import backends
 
-    for name, model in models.items():
-        path = origins["models"][name]
-        for key, value, registry in (("family", model.family, families), ("task", model.task, tasks)):
-            if value not in registry:
-                raise MatrixError(
-                    f"{path}: models.{name}.{key}: unknown {registry.kind} {value!r}; known: {', '.join(registry.names())}"
-                    + (f" (plugins: entry-point group {registry.group!r})" if registry.group else "")
-                )
+    for name in models:
+        models[name] = resolve_model(name, models[name], origins["models"][name], root.resolve().parent)
     for name, target in targets.items():
         for backend in target.all_backends:
             if backend not in backends:
@@ -211,6 +205,7 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                     f"{path}: {where}: recipe {recipe_name!r} (mixed precision by sensitivity) scores held-out lane "
                     f"images; model {spec.model!r} is a {models[spec.model].task!r} model"
                 )
+            _check_model_recipe(path, where, spec.model, models[spec.model], recipe_name, recipe, target)
             split = recipe.split
             if split is not None and models[spec.model].task != "multitask":
                 raise MatrixError(
@@ -236,3 +231,133 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
 
 def model_desc(model: Model) -> str:
     return model.description.split(",")[0]
+
+
+#: the dataset format of each built-in task (a model's ``dataset`` defaults to its task's)
+TASK_DATASETS = {
+    "lane": "tusimple",
+    "detection": "coco",
+    "multitask": "scenes",
+    "steering": "driving_log",
+    "outputs": "images",
+}
+
+
+def _absolute(value: str, base: Path) -> str:
+    """``value`` as an absolute path: ``~`` expanded, a relative path taken from ``base`` (the repository)."""
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def resolve_model(name: str, model: Model, path: Path, base: Path) -> Model:
+    """``model`` validated beyond its schema and completed: names resolved against the registries (plugins
+    and import paths included), paths made absolute (relative ones are taken from ``base``, the folder
+    holding the matrix folder), the default dataset of its task, and for an ONNX file the shape of every
+    input (declared, or fixed in the file) with every dynamic dimension declared."""
+    from edgematrix.core.registries import families, tasks
+    from edgematrix.registry import is_import_path, load_object
+
+    where = f"{path}: models.{name}"
+    update: dict[str, Any] = {}
+    if is_import_path(model.task):
+        try:
+            tasks.get(model.task)
+        except EdgeMatrixError as e:
+            raise MatrixError(f"{where}.task: {e}") from None
+    elif model.task not in tasks:
+        raise MatrixError(
+            f"{where}.task: unknown task {model.task!r}; known: {', '.join(tasks.names())} (plugins: entry-point "
+            f"group {tasks.group!r}; or an import path, task = 'package.module:TaskClass')"
+        )
+    if model.family is not None and model.family not in families:
+        raise MatrixError(
+            f"{where}.family: unknown model family {model.family!r}; known: {', '.join(families.names())} "
+            f"(plugins: entry-point group {families.group!r}; or your own module: factory = 'package.module:function')"
+        )
+    if model.factory is not None:
+        try:
+            factory = load_object(model.factory, f"{where}.factory")
+        except EdgeMatrixError as e:
+            raise MatrixError(str(e)) from None
+        if not callable(factory):
+            raise MatrixError(f"{where}.factory: {model.factory!r} is a {type(factory).__name__}, not a function")
+    for key in ("onnx", "checkpoint"):
+        value = getattr(model, key)
+        if value is not None:
+            resolved = _absolute(value, base)
+            if not Path(resolved).is_file():
+                raise MatrixError(f"{where}.{key}: file {resolved} not found (paths are relative to {base})")
+            update[key] = resolved
+    if model.data_root:
+        update["data_root"] = _absolute(model.data_root, base)
+    if not model.dataset and model.task in TASK_DATASETS:
+        update["dataset"] = TASK_DATASETS[model.task]
+    if model.onnx is not None:
+        update.update(_onnx_inputs(where, model, Path(update["onnx"])))
+        if getattr(tasks.get(model.task), "needs_module", False):
+            raise MatrixError(
+                f"{where}: task {model.task!r} decodes its outputs with the torch model's geometry, which an ONNX "
+                "file does not carry; give the model as family or factory + checkpoint, or use task 'outputs' "
+                "(agreement with the FP32 reference) or a task of your own"
+            )
+    return model.model_copy(update=update)
+
+
+def _onnx_inputs(where: str, model: Model, onnx_path: Path) -> dict[str, Any]:
+    """``input_shapes`` of every runtime input and ``input_shape`` of the image input of an ONNX model."""
+    from edgematrix.core.onnx_io import read_interface, shape_problems
+    from edgematrix.errors import ModelError
+
+    try:
+        interface = read_interface(onnx_path)
+    except ModelError as e:
+        raise MatrixError(f"{where}.onnx: {e}") from None
+    declared = dict(model.input_shapes)
+    key = "input_shapes"
+    if model.input_shape:
+        if len(interface.inputs) != 1:
+            raise MatrixError(
+                f"{where}.input_shape: the model has {len(interface.inputs)} inputs ("
+                + ", ".join(f"{s.name} {s.describe()}" for s in interface.inputs)
+                + "); declare them by name: input_shapes = { NAME = [...] }"
+            )
+        declared, key = {interface.inputs[0].name: model.input_shape}, "input_shape"
+    problems = shape_problems(interface, declared, key)
+    if problems:
+        raise MatrixError(f"{where}: {onnx_path.name}: " + "; ".join(problems))
+    shapes = {s.name: list(declared.get(s.name, s.dims)) for s in interface.inputs}
+    image = model.images.input
+    if image and image not in shapes:
+        raise MatrixError(
+            f"{where}.images.input: {image!r} is not an input of {onnx_path.name} (inputs: {', '.join(shapes)})"
+        )
+    four_d = [n for n, s in shapes.items() if len(s) == 4]
+    main = image or (four_d[0] if len(four_d) == 1 else next(iter(shapes)))
+    return {"input_shapes": shapes, "input_shape": shapes[main]}
+
+
+def _check_model_recipe(
+    path: Path, where: str, model_name: str, model: Model, recipe_name: str, recipe: Recipe, target: Target
+) -> None:
+    """A model given as an ONNX file cannot take recipe steps that change a torch model, nor run on the torch
+    backend: refused here, naming the recipe and why."""
+    if model.source != "onnx":
+        return
+    from edgematrix.core.registries import recipe_steps
+
+    for step in recipe_steps.names():
+        cls = recipe_steps.get(step)
+        if getattr(cls, "needs_torch", False) and cls.applies(recipe):
+            sections = ", ".join(f"[{k}]" for k in ("prune", "finetune", "qat") if getattr(recipe, k) is not None)
+            sections = sections or "a plugin step"
+            raise MatrixError(
+                f"{path}: {where}: recipe {recipe_name!r} needs the torch model: its step {step!r} ({sections}) changes the module's weights or channels and re-exports it, and model {model_name!r} "
+                f"is an ONNX file ({Path(model.onnx or '').name}) with no torch module to change. Give the model as "
+                "factory = 'package.module:function' + checkpoint, or use a recipe that works on the ONNX file "
+                "(INT8 PTQ, FP16, FX8, mixed precision, split)"
+            )
+    if "torch" in target.all_backends:
+        raise MatrixError(
+            f"{path}: {where}: target runs the torch backend, which runs the trained torch module; model "
+            f"{model_name!r} is an ONNX file: use a target with an ONNX backend (onnxruntime, openvino, tensorrt, ...)"
+        )

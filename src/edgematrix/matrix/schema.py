@@ -99,22 +99,156 @@ class TrainConfig(_Strict):
     expectation_weight: float = Field(0.05, ge=0, description="weight of UFLD-v2's expectation (mean) loss")
 
 
+#: a task or family given by import path instead of a registered name: ``"package.module:Attribute"``
+IMPORT_PATH = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+TaskName = Annotated[str, Field(pattern=rf"^([a-z][a-z0-9_]*|{IMPORT_PATH})$")]
+Shape = Annotated[list[int], Field(min_length=1)]
+
+
+class ImagesSection(_Strict):
+    """How an image becomes the model's input (the ``outputs`` task and the tasks built on it).
+
+    An image (from the model's ``data_root`` folder, or seeded random pixels without one) is decoded as
+    RGB, resized to ``size`` by ``resize``, centre-cropped to the input's height × width when ``size`` is
+    larger, reordered to ``channels``, normalised as ``(pixel - mean) / std`` on 0..255 pixel values and laid
+    out as ``layout``. An input of dtype uint8 takes the pixels as they are (no mean/std).
+    """
+
+    input: str = Field("", description="the input that takes the image; default: the model's only 4-D input")
+    size: Annotated[list[int], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="[height, width] to resize to before the centre crop; default: the input's own"
+    )
+    resize: Literal["stretch", "letterbox", "crop"] = Field(
+        "stretch",
+        description="stretch: to size exactly (aspect ratio not kept); letterbox: fit inside size keeping the "
+        "aspect ratio, padded with pad_value; crop: cover size keeping the aspect ratio, centre-cropped",
+    )
+    pad_value: int = Field(114, ge=0, le=255, description="letterbox padding, in pixel values")
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)] = Field(
+        default_factory=lambda: [0.0, 0.0, 0.0], description="per channel (in `channels` order), 0..255 units"
+    )
+    std: Annotated[list[float], Field(min_length=3, max_length=3)] = Field(
+        default_factory=lambda: [255.0, 255.0, 255.0],
+        description="per channel, 0..255 units; the default maps pixels to 0..1",
+    )
+    channels: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".webp"],
+        description="image files read from the folder (and its subfolders), in sorted path order",
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"size {value} must be [height, width] of positive sizes")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: list[float]) -> list[float]:
+        if any(v == 0 for v in value):
+            raise ValueError(f"std {value} has a zero: pixels are divided by it")
+        return value
+
+
 class Model(_Strict):
+    """A model of the matrix: where it comes from (exactly one of ``family``, ``factory``, ``onnx``), its
+    task, inputs, data and, when edgematrix trains it, the training recipe.
+
+    Paths (``onnx``, ``checkpoint``, ``data_root``) are relative to the folder that holds the matrix folder
+    (the repository root); the loader resolves them.
+    """
+
     description: str
-    family: str
-    task: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-    dataset: Literal["tusimple", "driving_log", "coco", "scenes"]
-    input_shape: Annotated[list[int], Field(min_length=4, max_length=4)]
+    family: str | None = Field(None, description="a registered model family (built-in or plugin)")
+    factory: str | None = Field(
+        None,
+        pattern=rf"^{IMPORT_PATH}$",
+        description="'package.module:function' returning a torch.nn.Module, called with params (and input_shape "
+        "when it takes one): your own module",
+    )
+    onnx: str | None = Field(None, min_length=1, description="an existing ONNX file: no training, no export")
+    checkpoint: str | None = Field(
+        None,
+        min_length=1,
+        description="a state dict (torch.save; loaded with weights_only=True) to start from instead of training",
+    )
+    task: TaskName
+    dataset: Annotated[str, Field(pattern=r"^([a-z][a-z0-9_]*)?$")] = Field(
+        "", description="the dataset format (tusimple, coco, scenes, driving_log, images); default: the task's"
+    )
+    input_shape: list[int] = Field(
+        default_factory=list,
+        description="the input's shape (a torch model's one input, 'input'); ONNX models: filled from input_shapes",
+    )
+    input_shapes: dict[str, Shape] = Field(
+        default_factory=dict,
+        description="ONNX models: the shape of each input by name (required for inputs with dynamic dimensions)",
+    )
+    images: ImagesSection = ImagesSection()
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     data_root: str = Field("", description="path to the real dataset; empty = synthetic data in the cache")
     synthetic: SyntheticData = SyntheticData()
     train: TrainConfig = TrainConfig()
     eval_images: int = Field(0, ge=0, description="cap on test images evaluated; 0 = all")
 
+    @property
+    def source(self) -> str:
+        """Where the model comes from: ``family``, ``factory`` or ``onnx``."""
+        return "onnx" if self.onnx else "factory" if self.factory else "family"
+
+    @property
+    def origin(self) -> str:
+        """The family name, the factory's import path or the ONNX file (for people and cache keys)."""
+        return str(self.onnx or self.factory or self.family)
+
+    def shape_text(self) -> str:
+        """The input shape(s) as benchmark records carry them: ``1x3x288x800``; with several inputs
+        ``name:1x3x640x640,other:1x2``."""
+        shapes = self.input_shapes or ({"input": self.input_shape} if self.input_shape else {})
+        if len(shapes) == 1 and self.input_shape:
+            return "x".join(map(str, self.input_shape))
+        return ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in shapes.items())
+
     @model_validator(mode="after")
-    def _shape(self) -> Model:
-        if self.input_shape[0] != 1 or self.input_shape[1] != 3:
+    def _source(self) -> Model:
+        given = [k for k in ("family", "factory", "onnx") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = ", ".join(given) if given else "none"
+            raise ValueError(
+                "give exactly one model source: family = 'name' (a registered family), factory = "
+                f"'package.module:function' (your torch module) or onnx = 'path/to/model.onnx'; got {got}"
+            )
+        dims = [*self.input_shape, *(d for s in self.input_shapes.values() for d in s)]
+        if any(d < 1 for d in dims):
+            raise ValueError(
+                "input_shape / input_shapes declare the shape to build and measure at: every size is >= 1 "
+                f"(a dynamic dimension gets its size here), got input_shape {self.input_shape}, input_shapes "
+                f"{self.input_shapes}"
+            )
+        if self.onnx is not None:
+            torch_only = sorted({"checkpoint", "params", "train"} & self.model_fields_set)
+            if torch_only:
+                raise ValueError(
+                    f"{', '.join(torch_only)}: an ONNX model is not built, trained or loaded from a checkpoint by "
+                    "edgematrix (its file holds the weights); remove them, or give factory + checkpoint instead"
+                )
+            if self.input_shape and self.input_shapes:
+                raise ValueError("give input_shape (a one-input model) or input_shapes (by input name), not both")
+            return self
+        if self.input_shapes:
+            raise ValueError(
+                f"input_shapes: a torch model ({self.source} {self.origin!r}) has one input, exported as 'input'; "
+                "declare input_shape = [...] instead"
+            )
+        if not self.input_shape:
+            raise ValueError(f"input_shape: a torch model ({self.source} {self.origin!r}) needs its input shape")
+        if self.family is not None and (len(self.input_shape) != 4 or self.input_shape[:2] != [1, 3]):
             raise ValueError(f"input_shape must be [1, 3, H, W] (batch 1, RGB), got {self.input_shape}")
+        if self.input_shape[0] != 1:
+            raise ValueError(f"input_shape must have batch 1 (edge engines run batch 1), got {self.input_shape}")
         return self
 
 

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -64,10 +64,11 @@ _RANGES_MEMO: dict[str, Any] = {}
 _RANGES_MEMO_SIZE = 4
 
 
-def _ranges_key(fp32_path: Path, arrays: list[np.ndarray], config: QuantizeConfig) -> str:
+def _ranges_key(fp32_path: Path, samples: list[dict[str, np.ndarray]], config: QuantizeConfig) -> str:
     h = hashlib.sha256(fp32_path.read_bytes())
-    for arr in arrays:
-        h.update(arr.tobytes())
+    for sample in samples:
+        for name in sorted(sample):
+            h.update(sample[name].tobytes())
     settings = (config.method, config.percentile, config.histogram_bins, config.symmetric_activations)
     h.update(repr((settings, config.op_types, config.preprocess)).encode())
     return h.hexdigest()
@@ -169,14 +170,15 @@ class QuantizeResult:
 def quantize_static_qdq(
     fp32_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
-    calibration: Iterable[np.ndarray],
+    calibration: Iterable[np.ndarray | Mapping[str, np.ndarray]],
     *,
     input_name: str,
     config: QuantizeConfig = QuantizeConfig(),
 ) -> QuantizeResult:
     """Quantize ``fp32_path`` to an INT8 QDQ model at ``out_path``, calibrated on ``calibration``.
 
-    ``calibration`` yields float32 NCHW arrays of the model's input shape (batch 1); the first
+    ``calibration`` yields float32 NCHW arrays of input ``input_name``'s shape (batch 1), or, for a model
+    of several inputs, one feed per sample (input name → array, every runtime input); the first
     ``config.calibration_images`` are used.
     """
     _validate_config(config)
@@ -190,8 +192,9 @@ def quantize_static_qdq(
             f"input {input_name!r} asked, but {fp32_path} has input(s) {', '.join(runtime_inputs) or '(none)'}; "
             "pass one of those as input_name."
         )
-    expected = _static_shape(inputs[input_name])
-    arrays = _take_calibration(calibration, config.calibration_images, expected, input_name)
+    expected = {n: _static_shape(inputs[n]) for n in runtime_inputs}
+    floats = {n for n in runtime_inputs if inputs[n].type.tensor_type.elem_type in (1, 10, 11)}  # float, f16, f64
+    arrays = _take_calibration(calibration, config.calibration_images, expected, input_name, floats)
     node_names = {n.name for n in proto.graph.node}
     missing = [n for n in config.exclude_nodes if n not in node_names]
     if missing:
@@ -242,26 +245,41 @@ def _static_shape(value_info: onnx.ValueInfoProto) -> tuple[int | None, ...]:
 
 
 def _take_calibration(
-    calibration: Iterable[np.ndarray], limit: int, expected: tuple[int | None, ...], input_name: str
-) -> list[np.ndarray]:
-    arrays: list[np.ndarray] = []
+    calibration: Iterable[np.ndarray | Mapping[str, np.ndarray]],
+    limit: int,
+    expected: dict[str, tuple[int | None, ...]],
+    input_name: str,
+    floats: set[str] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    arrays: list[dict[str, np.ndarray]] = []
     for index, item in enumerate(calibration):
         if len(arrays) >= limit:
             break
-        arr = np.asarray(item)
-        if not np.issubdtype(arr.dtype, np.floating):
+        sample = dict(item) if isinstance(item, Mapping) else {input_name: item}
+        missing = sorted(set(expected) - set(sample))
+        if missing:
             raise EdgeMatrixError(
-                f"calibration array {index} has dtype {arr.dtype}; pass float32 NCHW arrays, preprocessed as "
-                "the model expects (e.g. edgematrix.data.lanes.preprocess)."
+                f"calibration sample {index} feeds {', '.join(sorted(sample))}; the model's input(s) "
+                f"{', '.join(missing)} are missing: pass one array per runtime input ({', '.join(expected)})."
             )
-        if arr.ndim == len(expected) - 1:
-            arr = arr[None]  # a CHW image: add the batch axis
-        if arr.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected, arr.shape, strict=True)):
-            raise EdgeMatrixError(
-                f"calibration array {index} has shape {arr.shape}; input {input_name!r} of the model takes "
-                f"{tuple('?' if e is None else e for e in expected)}."
-            )
-        arrays.append(np.ascontiguousarray(arr, dtype=np.float32))
+        fed: dict[str, np.ndarray] = {}
+        for name, shape in expected.items():
+            arr = np.asarray(sample[name])
+            if name in (floats if floats is not None else {input_name}) and not np.issubdtype(arr.dtype, np.floating):
+                raise EdgeMatrixError(
+                    f"calibration array {index} has dtype {arr.dtype}; pass float32 NCHW arrays, preprocessed as "
+                    "the model expects (e.g. edgematrix.data.lanes.preprocess)."
+                )
+            if arr.ndim == len(shape) - 1:
+                arr = arr[None]  # a CHW image: add the batch axis
+            if arr.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, arr.shape, strict=True)):
+                raise EdgeMatrixError(
+                    f"calibration array {index} has shape {arr.shape}; input {name!r} of the model takes "
+                    f"{tuple('?' if e is None else e for e in shape)}."
+                )
+            floating = np.issubdtype(arr.dtype, np.floating)
+            fed[name] = np.ascontiguousarray(arr, dtype=np.float32 if floating else arr.dtype)
+        arrays.append(fed)
     if not arrays:
         raise EdgeMatrixError(
             "no calibration data: the calibration iterable yielded no arrays. Pass at least one preprocessed "
@@ -273,14 +291,12 @@ def _take_calibration(
 class _ArrayReader:
     """CalibrationDataReader over in-memory arrays; ``set_range`` lets ORT calibrate in chunks."""
 
-    def __init__(self, input_name: str, arrays: list[np.ndarray]) -> None:
-        self._input_name = input_name
+    def __init__(self, arrays: list[dict[str, np.ndarray]]) -> None:
         self._arrays = arrays
-        self._iter: Iterator[np.ndarray] = iter(arrays)
+        self._iter: Iterator[dict[str, np.ndarray]] = iter(arrays)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        arr = next(self._iter, None)
-        return None if arr is None else {self._input_name: arr}
+        return next(self._iter, None)
 
     def __len__(self) -> int:
         return len(self._arrays)
@@ -302,7 +318,7 @@ def _extra_options(config: QuantizeConfig) -> dict[str, Any]:
 
 
 def _quantize_impl(
-    fp32_path: Path, out_path: Path, arrays: list[np.ndarray], *, input_name: str, config: QuantizeConfig
+    fp32_path: Path, out_path: Path, arrays: list[dict[str, np.ndarray]], *, input_name: str, config: QuantizeConfig
 ) -> QuantizeResult:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -337,7 +353,7 @@ def _quantize_impl(
                 memo_key = _ranges_key(fp32_path, arrays, config)
                 ranges = _RANGES_MEMO.get(memo_key)
                 if ranges is None:
-                    ranges = _calibrate(source, tmp, arrays, input_name, config, methods[config.method])
+                    ranges = _calibrate(source, tmp, arrays, config, methods[config.method])
                     while len(_RANGES_MEMO) >= _RANGES_MEMO_SIZE:
                         _RANGES_MEMO.pop(next(iter(_RANGES_MEMO)))
                     _RANGES_MEMO[memo_key] = ranges
@@ -396,7 +412,7 @@ def _quantize_impl(
 
 
 def _calibrate(
-    model_path: Path, tmp: Path, arrays: list[np.ndarray], input_name: str, config: QuantizeConfig, method: Any
+    model_path: Path, tmp: Path, arrays: list[dict[str, np.ndarray]], config: QuantizeConfig, method: Any
 ) -> Any:
     """Tensor ranges (ORT ``TensorsData``) from ``arrays``, collected chunk by chunk.
 
@@ -422,7 +438,7 @@ def _calibrate(
             "percentile": config.percentile,
         },
     )
-    reader = _ArrayReader(input_name, arrays)
+    reader = _ArrayReader(arrays)
     for start in range(0, len(arrays), _CALIBRATION_CHUNK):
         reader.set_range(start, start + _CALIBRATION_CHUNK)
         calibrator.collect_data(reader)

@@ -98,17 +98,19 @@ class Artifact:
 
 @dataclass
 class Source:
-    """The source stage's output: the data, the trained torch model and its FP32 ONNX export."""
+    """The source stage's output: the data, the torch model (None for an ONNX file) and the FP32 ONNX model."""
 
     data: Any  # edgematrix.tasks.base.TaskData
-    model: Any  # the trained torch module (decodes outputs: geometry ...)
-    checkpoint: Path
+    model: Any  # the trained torch module (decodes outputs: geometry ...); None when the model is an ONNX file
+    checkpoint: Path  # its weights (an ONNX model: the file itself)
     data_key: str
     cache_hit: bool
     train_seconds: float
     art_dir: Path  # the cache folder of this checkpoint's artifacts
     fp32: Artifact
     export_note: str
+    input_name: str = "input"  # the input a one-input task feeds (an ONNX file's may be named otherwise)
+    origin: str = ""  # where the weights come from, for the report: trained, a checkpoint, an ONNX file
 
 
 @dataclass

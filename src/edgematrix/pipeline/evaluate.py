@@ -85,7 +85,7 @@ def plan(ctx: CellContext, ab_base: Path | None) -> EvaluationPlan:
         )
     for role, art in extra.items():  # the primary backend only
         runs.append(ModelRun(ctx.primary, role, art, _options(ctx, ctx.primary, role, art.precision, art)))
-    feeds = ctx.task.feeds(src.data.test)
+    feeds = ctx.task.feeds(src.data.test, src.input_name)
     lat = cell.recipe.latency
     config = LatencyConfig(
         warmup=lat.warmup, min_rounds=lat.min_rounds, max_rounds=lat.max_rounds, min_time_s=lat.min_time_s,
@@ -113,7 +113,7 @@ def run_plan(ctx: CellContext, evaluation_plan: EvaluationPlan) -> None:
     ctx.evaluation = evaluation
     ref_key = (ctx.primary, "reference")
     ref_outputs = evaluation.results[ref_key].outputs
-    agree = [task.agreement_output]
+    agree = [task.agreement_output] if task.agreement_output else None  # None: every output
     for run in runs:
         res = evaluation.results[run.key]
         tag = run.role if run.backend == ctx.primary else f"{run.role}-{run.backend}"
@@ -165,8 +165,9 @@ def device_verdicts(ctx: CellContext) -> list[Any]:
                 f"{evaluation.where} vs this host, {role} ({m.precision}): {cmp.summary()}",
             )
         )
-        dev = ctx.task.score(res.device_outputs, src.data.test, None, role, model=src.model)
-        host = ctx.task.score(res.host_outputs[:n], src.data.test, None, role, model=src.model)
+        ref = {"reference": evaluation.results[ctx.primary, "reference"].outputs} if ctx.task.needs_reference else {}
+        dev = ctx.task.score(res.device_outputs, src.data.test, None, role, model=src.model, **ref)
+        host = ctx.task.score(res.host_outputs[:n], src.data.test, None, role, model=src.model, **ref)
         d = dev.accuracy - host.accuracy
         out.append(
             Verdict(

@@ -100,7 +100,7 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
                     "fp32_outputs_match_reference",
                     "passed" if ok else "failed",
                     f"FP32 outputs on {b} vs {primary} FP32: max relative difference {ref.rel_diff:.2e} "
-                    f"(tolerance {FP32_AGREEMENT_TOLERANCE:g}, {task.agreement_output}, "
+                    f"(tolerance {FP32_AGREEMENT_TOLERANCE:g}, {task.agreement_output or 'every output'}, "
                     f"{len(src.data.test)} samples)",
                 )
             )
@@ -170,7 +170,7 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
             **{k: round(v, 6) for k, v in m.score.extras.items()},
             "model_bytes": m.artifact.model_bytes(),
             "model_kind": m.artifact.kind,
-            "input_shape": "x".join(map(str, cell.model.input_shape)),
+            "input_shape": cell.model.shape_text(),
             "artifact_sha256": m.artifact.sha256(),
             "threads": int(m.facts.get("intra_op_threads", m.facts.get("threads", 0)) or 0),
             "p50_ms": round(m.samples.p50_ms, 4),
@@ -224,7 +224,7 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
         "runner": f"{ctx.runner.runner} ({ctx.runner.reason}); evaluated and measured on {evaluation.where}",
         "data": f"{src.data.label} at {src.data.root} ({len(src.data.test)} test samples)",
         "metric": f"{task.metric} (points; the `accuracy` column)",
-        "training": "cached checkpoint" if src.cache_hit else f"trained in {src.train_seconds:.0f} s",
+        "training": src.origin or ("cached checkpoint" if src.cache_hit else f"trained in {src.train_seconds:.0f} s"),
         "export check": src.export_note,
         "threads": ", ".join(sorted({str(r["threads"]) for r in rows})),
         "latency rounds": f"{ref_of_record.samples.rounds} per model, {len(measured)} models"

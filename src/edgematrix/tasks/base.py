@@ -86,6 +86,9 @@ class TaskAdapter(ABC):
     #: the metric compares a model's outputs with the FP32 reference's (a task without labels): the pipeline
     #: then passes ``reference=`` (the reference of record's per-sample outputs) to :meth:`score`
     needs_reference: ClassVar[bool] = False
+    #: the metric decodes outputs with the torch model (``score(model=...)``: its geometry): a model given
+    #: only as an ONNX file cannot be scored by it (refused when the matrix is validated)
+    needs_module: ClassVar[bool] = False
     output_names: ClassVar[tuple[str, ...]]
     agreement_output: ClassVar[str]  # output compared across backends / against the FP32 reference
     train_code: ClassVar[tuple[str, ...]]  # edgematrix subpackages/modules whose code keys the training cache
@@ -155,9 +158,14 @@ class TaskAdapter(ABC):
         ``out_dir/predictions-<role>.*`` (and the labels, once) in the dataset's own submission format.
         The score depends on the outputs alone: nothing measured while they were computed enters it."""
 
+    def feed(self, split: Any, index: int, input_name: str = "input") -> dict[str, np.ndarray]:
+        """The model's batch-1 inputs for sample ``index`` of ``split`` (every input of the model: a task of
+        several inputs returns them all, whatever ``input_name``)."""
+        return {input_name: self.preprocess(split.images[index : index + 1])}
+
     def feeds(self, split: Any, input_name: str = "input") -> list[dict[str, np.ndarray]]:
         """The model's batch-1 inputs for every sample of ``split``, in order."""
-        return [{input_name: self.preprocess(split.images[i : i + 1])} for i in range(len(split))]
+        return [self.feed(split, i, input_name) for i in range(len(split))]
 
     def evaluate(
         self,

@@ -20,6 +20,7 @@ CLASS_COLOURS = ((255, 70, 70), (255, 170, 30), (60, 220, 90), (70, 150, 255), (
 class DetectionTask(TaskAdapter):
     name = "detection"
     metric = "mAP@[.5:.95]"
+    needs_module = True  # decodes with model.geometry
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     agreement_output = "scores"
     train_code: ClassVar[tuple[str, ...]] = (

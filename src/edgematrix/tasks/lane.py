@@ -20,6 +20,7 @@ LANE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 40))
 class LaneTask(TaskAdapter):
     name = "lane"
     metric = "TuSimple accuracy"
+    needs_module = True  # decodes with model.geometry
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     agreement_output = "loc_row"
     train_code: ClassVar[tuple[str, ...]] = (

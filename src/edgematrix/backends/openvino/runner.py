@@ -97,6 +97,7 @@ class CompiledModelFromOnnx:
         if not device:
             raise BackendError("device is empty; give an OpenVINO device such as 'CPU'")
         self.path = Path(path)
+        self.output_names: set[str] = set()  # the read model's output names (filled when called)
         self.device = device
         self.intra_op_threads = intra_op_threads
         self.exact_fp32 = exact_fp32
@@ -136,6 +137,9 @@ class CompiledModelFromOnnx:
                 "The file is corrupt, truncated or not an ONNX model (re-export it, or check it with "
                 "onnx.checker.check_model), or it uses an op this OpenVINO cannot convert"
             ) from exc
+        # the graph's own output names: compiling may add names of fused tensors to an output port (an ONNX
+        # output "scores" computed by Sigmoid of "cls.t" came back as "cls.t" from get_any_name())
+        self.output_names = {name for port in model.outputs for name in port.get_names()}
         try:
             supported = core.get_property(self.device, "SUPPORTED_PROPERTIES")
             return core.compile_model(model, self.device, self.config(supported))
@@ -212,7 +216,10 @@ class OpenvinoRunner(Runner):
 
     def activate_impl(self) -> None:
         self.compiled_model = self.loader()
-        self._output_names = [o.get_any_name() for o in self.compiled_model.outputs]
+        graph_names: set[str] = getattr(self.loader, "output_names", set())
+        self._output_names = [
+            min(set(o.get_names()) & graph_names or {o.get_any_name()}) for o in self.compiled_model.outputs
+        ]
         self._compiled_facts = self._read_compiled_facts()
         self.request = self.compiled_model.create_infer_request()
 

@@ -50,12 +50,13 @@ def ptq(
     if reuse(out, "INT8 model"):
         return out, f"reused cached INT8 model {out.name}"
     n = min(qcfg.calibration_images, len(split))
-    calib = (ctx.task.preprocess(split.images[i : i + 1]) for i in range(n))
+    input_name = ctx.source.input_name
+    calib = (ctx.task.feed(split, i, input_name) for i in range(n))  # every input of the model, by name
     source, padded = source_fp32, 0
     if q.pad_input_channels:
         source = source_fp32.with_name(f"{source_fp32.stem}-pad{q.pad_input_channels}.onnx")
-        padded = pad_input_channels(source_fp32, source, "input", q.pad_input_channels)
-    qres = quantize_static_qdq(source, out, calib, input_name="input", config=qcfg)
+        padded = pad_input_channels(source_fp32, source, input_name, q.pad_input_channels)
+    qres = quantize_static_qdq(source, out, calib, input_name=input_name, config=qcfg)
     seal(out)
     pad_note = f", input conv padded to {q.pad_input_channels} channels" if padded else ""
     return out, f"{qres.quantized_nodes} nodes quantized{pad_note} → {out.name}"
