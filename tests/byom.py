@@ -75,6 +75,44 @@ def build_detector(
     return path
 
 
+def export_torch_detector(path: Path, *, classes: int = 5, seed: int = 0) -> Path:
+    """The same kind of detector as a PyTorch user exports it: ``torch.onnx.export`` with the TorchScript
+    exporter (``dynamo=False``, not edgematrix's), opset 13, dynamic batch / height / width, outputs ``boxes``
+    and ``scores`` whose anchor count follows the input size (Shape → Gather → Concat → Reshape in the graph)."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class Det(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+
+            def block(i: int, o: int) -> nn.Module:
+                return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU())
+
+            self.backbone = nn.Sequential(block(3, 16), block(16, 32), block(32, 64))
+            self.box, self.cls = nn.Conv2d(64, 4 * 2, 1), nn.Conv2d(64, classes * 2, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = self.backbone(x)
+            n = x.shape[0]
+            boxes = self.box(f).reshape(n, 4, -1).transpose(1, 2)
+            return boxes, self.cls(f).reshape(n, classes, -1).transpose(1, 2).sigmoid()
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            Det().eval(), (torch.randn(1, 3, 64, 64),), str(path), opset_version=13, dynamo=False,
+            input_names=["images"], output_names=["boxes", "scores"],
+            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch", 1: "anchors"},
+                          "scores": {0: "batch", 1: "anchors"}},
+        )  # fmt: skip
+    return path
+
+
 def write_images(
     folder: Path, n: int, *, seed: int = 0, sizes: tuple[tuple[int, int], ...] = ((180, 320),)
 ) -> list[Path]:

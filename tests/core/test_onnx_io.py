@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from byom import build_detector
+from byom import build_detector, export_torch_detector
 from edgematrix.core.onnx_io import concrete_shapes, fix_input_shapes, read_interface, shape_problems
 from edgematrix.errors import ModelError
 
@@ -70,3 +70,24 @@ def test_a_file_that_is_not_onnx_is_named(tmp_path: Path) -> None:
         read_interface(bad)
     with pytest.raises(ModelError, match=r"ONNX file .*missing\.onnx not found"):
         read_interface(tmp_path / "missing.onnx")
+
+
+def test_a_torch_onnx_export_with_size_dependent_reshapes_is_fixed_into_a_valid_model(tmp_path: Path) -> None:
+    """torch.onnx (TorchScript exporter, opset 13) computes its reshapes from Shape ops: the outputs' sizes stay
+    unknown in the copy, which must still be a valid model (the INT8 step pads and checks it)."""
+    import onnx
+
+    from edgematrix.optimize.graph import pad_input_channels
+
+    src = export_torch_detector(tmp_path / "torch_det.onnx")
+    assert read_interface(src).inputs[0].dims == ("batch", 3, "height", "width")
+    fixed = fix_input_shapes(src, tmp_path / "fixed.onnx", {"images": [1, 3, 96, 128]})
+    assert fixed.inputs[0].dims == (1, 3, 96, 128) and [len(o.dims) for o in fixed.outputs] == [3, 3]
+    onnx.checker.check_model(onnx.load(str(tmp_path / "fixed.onnx")), full_check=True)
+    assert pad_input_channels(tmp_path / "fixed.onnx", tmp_path / "padded.onnx", "images", 4) == 1
+    x = np.random.default_rng(1).random((1, 3, 96, 128), dtype=np.float32)
+    a = ort.InferenceSession(str(src)).run(None, {"images": x})
+    b = ort.InferenceSession(str(tmp_path / "padded.onnx")).run(None, {"images": x})
+    assert a[0].shape == (1, 2 * 12 * 16, 4) and a[1].shape == (1, 2 * 12 * 16, 5)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)

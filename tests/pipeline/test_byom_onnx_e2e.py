@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from byom import build_detector, write_images
+from byom import build_detector, export_torch_detector, write_images
 from edgematrix.matrix.listing import list_sessions
 from edgematrix.metrics.agreement import output_agreement
 from tiny_cells import run_cell
@@ -39,11 +39,12 @@ recipes = ["int8"]
 name = "{target}_{model}_{recipe}"
 """
 
-#: the same model without images, on a quick INT8 recipe: seeded random inputs, said wherever the metric is
+#: a detector exported by torch.onnx (TorchScript exporter, opset 13) without images, on a quick INT8 recipe:
+#: seeded random inputs, said wherever the metric is
 RANDOM_TOML = """
 [models.det_noise]
-description = "the detector on seeded random inputs"
-onnx = "models/det.onnx"
+description = "a torch.onnx detector on seeded random inputs"
+onnx = "models/torch_det.onnx"
 task = "outputs"
 input_shapes = { images = [1, 3, 64, 96] }
 
@@ -80,6 +81,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (ws / "matrix" / "det.toml").write_text(USER_TOML)
     (ws / "matrix" / "noise.toml").write_text(RANDOM_TOML)
     build_detector(ws / "models" / "det.onnx", widths=(32, 64, 128, 128))
+    export_torch_detector(ws / "models" / "torch_det.onnx")
     write_images(ws / "data" / "street", 24, sizes=((180, 320), (240, 320), (300, 200)))
     return ws
 
@@ -161,7 +163,7 @@ def test_without_images_seeded_random_inputs_are_said_wherever_the_metric_is(wor
     name = "output agreement (cosine % vs FP32, worst output) on seeded random inputs"
     cand = _benchmarks(out)["onnxruntime", "candidate"]["extra_info"]
     assert cand["metric"] == name and cand["dataset"] == "random-inputs" and cand["random_inputs"] == 1.0
-    assert cand["input_shape"] == "1x3x64x96"
+    assert cand["input_shape"] == "1x3x64x96" and 90.0 < cand["accuracy"] < 100.0
     report = (out / "report.md").read_text().replace("\\", "")  # markdown escapes
     assert name in report and "seeded random inputs (seed 0, 32 calibration / 16 evaluation samples" in report
     assert json.loads((out / "predictions-candidate.json").read_text())["inputs"] == "seeded random inputs"

@@ -201,10 +201,13 @@ def fix_input_shapes(
         for d, size in zip(dims, full[value.name], strict=True):
             d.Clear()
             d.dim_value = int(size)
-    # shapes derived from the old dynamic dims are stale: drop them and infer them again
+    # shapes derived from the old dynamic dims are stale: drop them and infer them again (an output keeps its
+    # rank and fixed sizes; its named dims become unknown until inference sizes them)
     del proto.graph.value_info[:]
     for value in proto.graph.output:
-        value.type.tensor_type.ClearField("shape")
+        for d in value.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is an optimization here: the runtimes infer shapes themselves
