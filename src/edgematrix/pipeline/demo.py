@@ -86,7 +86,7 @@ def run_demo(
         raise EdgeMatrixError(f"--frames must be an integer in 1..{MAX_FRAMES}; got {frames!r}")
     if not (math.isfinite(fps) and 0.5 <= fps <= 60):
         raise EdgeMatrixError(f"--fps must be between 0.5 and 60; got {fps!r}")
-    from edgematrix.pipeline.sweep import load_cell_results, resolve_model_path
+    from edgematrix.pipeline.sweep import artifact_kind, load_cell_results, resolve_model_path
 
     folder, config, artifacts = load_cell_results(Path(results_dir), cell)
     target = Path(out) if out is not None else folder / "demo.gif"
@@ -102,7 +102,8 @@ def run_demo(
                 f"{cell}: the {role} model {path} (from {folder / 'artifacts.json'}) is gone, e.g. the cache was "
                 f"cleared; run the cell again (`nox -s {cell}`)"
             )
-    return _run_demo_impl(cell, folder, config, ref, cand, target, frames, fps, seed, log or (lambda _m: None))
+    kinds = {role: artifact_kind(artifacts, role) for role in ("reference", "candidate")}
+    return _run_demo_impl(cell, folder, config, ref, cand, kinds, target, frames, fps, seed, log or (lambda _m: None))
 
 
 def _require_ffmpeg() -> None:
@@ -142,6 +143,7 @@ def _run_demo_impl(
     config: dict[str, Any],
     ref_path: Path,
     cand_path: Path,
+    kinds: dict[str, str],
     target: Path,
     frames: int,
     fps: float,
@@ -178,7 +180,7 @@ def _run_demo_impl(
     runner_cls = backends.get(backend)
 
     def open_runner(role: str, path: Path) -> Any:
-        if path.suffix == ".json":  # a split candidate (manifest.json): encoder → heads, each on the backend
+        if kinds[role] == "split":  # a split candidate (manifest): encoder → heads, each on the backend
             return create_runner("split", path=path, name=role, inner_backend=backend, intra_op_threads=threads)
         role_precision = "fp32" if role == "reference" else precision.lower()
         return create_runner(

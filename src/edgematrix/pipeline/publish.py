@@ -208,7 +208,12 @@ def gate_and_publish(ctx: CellContext, steps: list[Any], final: Path) -> CellRes
 
         machine[CONTENTION_KEY] = record.as_dict()
     write_benchmark_json(out / "benchmark.json", entries, machine_extra=machine, latency_config=ctx.latency)
-    manifest = {"reference": str(src.fp32.path.resolve()), "candidate": str(build.candidate.path.resolve())}
+    manifest = {
+        "reference": str(src.fp32.path.resolve()),
+        "candidate": str(build.candidate.path.resolve()),
+        "reference_kind": src.fp32.kind,
+        "candidate_kind": build.candidate.kind,  # onnx | split (a manifest of subgraphs)
+    }
     atomic_write_text(out / "artifacts.json", json.dumps(manifest, indent=2))
 
     cand = measured[primary, "candidate"]

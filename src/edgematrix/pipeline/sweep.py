@@ -214,7 +214,8 @@ def run_sweep(
                 f"cleared; run the cell again (`nox -s {cell}`)"
             )
     lcfg = latency or latency_from_config(config)
-    return _run_sweep_impl(out, cell, config, paths, values, lcfg, seed, log or (lambda _msg: None))
+    kinds = {role: artifact_kind(artifacts, role) for role in paths}
+    return _run_sweep_impl(out, cell, config, paths, kinds, values, lcfg, seed, log or (lambda _msg: None))
 
 
 def rebatch_split(manifest: Path, batch: int, *, seed: int = 0) -> tuple[str, float]:
@@ -239,6 +240,15 @@ def rebatch_split(manifest: Path, batch: int, *, seed: int = 0) -> tuple[str, fl
     features = tuple(replace(f, shape=(batch, *f.shape[1:])) for f in m.features)
     batched = replace(m.with_subgraphs(tuple(subgraphs), m.folder), features=features)
     return str(batched.save(manifest.with_name(f"{manifest.stem}.b{batch}.json"))), worst
+
+
+def artifact_kind(artifacts: dict[str, str], role: str) -> str:
+    """The kind of a role's model in a results folder's artifacts.json (``onnx`` or ``split``): the file says
+    it (``<role>_kind``); files from before it did name a split model's manifest, the only ``.json`` model."""
+    kind = artifacts.get(f"{role}_kind")
+    if kind:
+        return kind
+    return "split" if str(artifacts.get(role, "")).endswith(".json") else "onnx"
 
 
 #: backends that run ONNX files (a sweep re-batches the cell's ONNX models)
@@ -277,6 +287,7 @@ def _run_sweep_impl(
     cell: str,
     config: dict[str, Any],
     paths: dict[str, Path],
+    kinds: dict[str, str],
     batches: list[int],
     lcfg: LatencyConfig,
     seed: int,
@@ -300,7 +311,7 @@ def _run_sweep_impl(
     diffs: dict[str, dict[int, float]] = {role: {} for role in paths}
     for role, path in paths.items():
         for b in batches:
-            if path.suffix == ".json":  # a split model: every subgraph re-batched, and a manifest of them
+            if kinds.get(role) == "split":  # a split model: every subgraph re-batched, and a manifest of them
                 files[role][b], diffs[role][b] = rebatch_split(path, b, seed=seed)
                 log(f"{role} batch {b}: {Path(files[role][b]).name} (split model, each subgraph re-batched)")
                 continue
@@ -313,7 +324,7 @@ def _run_sweep_impl(
     def open_runner(role: str, batch: int, name: str) -> Any:
         path = files[role][batch]
         threads = int(target.get("threads", 0))
-        if path.endswith(".json"):  # a split model: each subgraph on the backend
+        if kinds.get(role) == "split":  # a split model: each subgraph on the backend
             return create_runner(
                 "split", path=path, name=name, inner_backend=backend, intra_op_threads=threads, threads=threads
             )

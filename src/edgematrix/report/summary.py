@@ -102,11 +102,6 @@ class Summary:
 # reading
 
 
-def _num(extra: dict[str, Any], key: str) -> float | None:
-    value = extra.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _percentile_ms(data: Sequence[float], q: float) -> float:
     import numpy as np
 
@@ -114,44 +109,43 @@ def _percentile_ms(data: Sequence[float], q: float) -> float:
 
 
 def _read_cell_run(cell_dir: Path) -> _CellRun | None:
-    """The candidates in ``<cell_dir>/benchmark.json``; ``None`` when the file is absent."""
-    from edgematrix.core.results import read_benchmark_json
+    """The candidates in ``<cell_dir>/benchmark.json`` (typed: ``core.results.read_results``); ``None``
+    when the file is absent."""
+    from edgematrix.core.results import read_results
 
     path = cell_dir / "benchmark.json"
     if not path.is_file():
         return None
-    doc = read_benchmark_json(path, require_data=False)
+    results = read_results(path)
     benches: dict[str, _Bench] = {}
-    primary = selected = ""
-    for bench in doc["benchmarks"]:
-        extra = bench.get("extra_info", {})
-        if extra.get("role", "candidate") != "candidate":
+    selected = ""
+    for bench in results.benchmarks:
+        info = bench.info
+        if info.role != "candidate":
             continue
-        backend = str(extra.get("backend", "") or "?")
-        data = bench["stats"].get("data")
-        p = {q: _num(extra, f"p{q}_ms") for q in (50, 90, 99)}
+        backend = info.backend or "?"
+        data = list(bench.samples_s)
+        p = {50: info.p50_ms, 90: info.p90_ms, 99: info.p99_ms}
         for q in p:  # older files without the percentiles in extra_info: compute them from the rounds
             if p[q] is None and data:
                 p[q] = _percentile_ms(data, q)
         benches[backend] = _Bench(
             backend=backend,
-            precision=str(extra.get("precision", "")),
-            accuracy=_num(extra, "accuracy"),
+            precision=info.precision,
+            accuracy=info.accuracy,
             p50=p[50],
             p90=p[90],
             p99=p[99],
-            speedup=_num(extra, "speedup_vs_reference"),
-            samples_s=[float(x) for x in data] if data else None,
-            backend_version=str(extra.get("backend_version", "")),
-            metric=str(extra.get("metric", "accuracy")),
-            direction="lower" if extra.get("metric_direction") == "lower" else "higher",
+            speedup=info.speedup_vs_reference,
+            samples_s=data or None,
+            backend_version=info.backend_version,
+            metric=info.metric,
+            direction=info.metric_direction,
         )
-        if "@" not in bench["name"] and not primary:
-            primary = backend
-        selected = selected or str(extra.get("selected_backend", ""))
-    machine_info = doc.get("machine_info", {})
+        selected = selected or info.selected_backend
+    machine_info = results.machine_info
     machine = str(machine_info.get("cpu_model") or (machine_info.get("cpu") or {}).get("brand_raw", "") or "")
-    primary = primary or next(iter(benches), "")
+    primary = results.primary_backend or next(iter(benches), "")
     return _CellRun(cell_dir.name, primary, selected, machine, benches)
 
 
