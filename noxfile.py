@@ -75,6 +75,8 @@ def _cell_impl(session: nox.Session, info: SessionInfo) -> None:
     else:
         extras = info.target_table.get("extras", [])
         _install(session, "-e", f".[{','.join(extras)}]" if extras else ".")
+    if info.packages and choice.runner != "docker":  # the model's own package (factory, plugin task)
+        _install(session, *info.packages)
     session.run("edgematrix", "run", info.name, *session.posargs)
 
 
@@ -165,6 +167,9 @@ def update_baselines(session: nox.Session) -> None:
         session.error("no cell of the selection can run on this host")
     extras = sorted({e for i in runnable for e in i.target_table.get("extras", [])})
     _install(session, "-e", f".[{','.join(extras)}]" if extras else ".")
+    packages = sorted({p for i in runnable for p in i.packages})
+    if packages:  # the models' own packages (factories, plugin tasks)
+        _install(session, *packages)
     for info in runnable:
         session.run("edgematrix", "run", info.name, "--update-baseline", "--no-progress")
     session.log("baselines rewritten under matrix/baselines/: review `git diff matrix/baselines` and commit")
@@ -196,6 +201,9 @@ def report(session: nox.Session) -> None:
 def validate(session: nox.Session) -> None:
     """Validate matrix/*.toml against the schema and print the cells."""
     _install(session, "-e", ".")
+    packages = sorted({p for i in list_sessions(ROOT / "matrix") for p in i.packages})
+    if packages:  # a model's factory and plugin task are imported when the matrix is validated
+        _install(session, *packages)
     session.run("edgematrix", "validate")
     session.run("edgematrix", "list")
 

@@ -159,10 +159,10 @@ class ColourNet(nn.Module):
             nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(4 * width, classes)
+        self.cls = nn.Linear(4 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+        return self.cls(torch.flatten(self.pool(self.features(x)), 1))
 
 
 def build(classes: int = 3, width: int = 32) -> nn.Module:

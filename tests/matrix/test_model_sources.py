@@ -169,3 +169,37 @@ def test_a_task_by_import_path_and_a_factory_with_its_checkpoint(ws: Path) -> No
     model = load_matrix(ws / "matrix").models["det"]
     assert model.source == "factory" and model.checkpoint == str(ws / "weights" / "w.pt")
     assert model.data_root == str(ws / "imgs") and model.dataset == ""  # a task given by path names no dataset
+
+
+def test_a_resolved_onnx_model_reads_back_from_its_config_json(ws: Path) -> None:
+    """config.json holds the resolved model (both input_shape and input_shapes, default train/params): the demo
+    and the sweeps validate it again."""
+    from edgematrix.matrix.schema import Model
+
+    _model(ws, 'onnx = "models/det.onnx"\ntask = "outputs"\ninput_shapes = { images = [1, 3, 64, 96] }')
+    resolved = load_matrix(ws / "matrix").models["det"]
+    again = Model.model_validate(resolved.model_dump(mode="json"))
+    assert again == resolved
+
+
+def test_plugin_step_settings_name_a_registered_step_and_packages_reach_the_sessions(ws: Path) -> None:
+    from edgematrix.matrix.listing import list_sessions
+
+    (ws / "matrix" / "recipes.toml").write_text(RECIPES + "\n[recipes.int8.steps.no_such_step]\nlevel = 2\n")
+    _model(ws, 'onnx = "models/det.onnx"\ntask = "outputs"\ninput_shapes = { images = [1, 3, 64, 96] }')
+    with pytest.raises(
+        MatrixError,
+        match=r"recipes\.int8\.steps: unknown recipe step\(s\) no_such_step; known: dynamic_int8, fp16, .*\(plugins: "
+        r"entry-point group 'edgematrix\.recipe_steps'\)",
+    ):
+        load_matrix(ws / "matrix")
+    (ws / "matrix" / "recipes.toml").write_text(RECIPES)
+    _model(
+        ws,
+        'onnx = "models/det.onnx"\ntask = "outputs"\ninput_shapes = { images = [1, 3, 64, 96] }\n'
+        'packages = ["./mypkg", "extra-lib==1.0"]',
+        _cell("int8"),
+    )
+    assert load_matrix(ws / "matrix").models["det"].packages == ["./mypkg", "extra-lib==1.0"]
+    (info,) = list_sessions(ws / "matrix")
+    assert info.name == "x86_cpu_det_int8" and info.packages == ("./mypkg", "extra-lib==1.0")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,6 +21,7 @@ from PIL import Image
 from byom import build_detector, export_torch_detector, write_images
 from edgematrix.matrix.listing import list_sessions
 from edgematrix.metrics.agreement import output_agreement
+from edgematrix.pipeline.steps.base import RecipeStep
 from tiny_cells import run_cell
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +64,9 @@ max_rounds = 20
 min_time_s = 0.1
 max_time_s = 10
 
+[recipes.int8_quick.steps.count_qdq]   # a plugin recipe step's settings
+at_least = 4
+
 [[cells]]
 target = "x86_cpu"
 model = "det_noise"
@@ -69,8 +75,48 @@ name = "{target}_{model}_{recipe}"
 """
 
 
+class CountQdq(RecipeStep):
+    """A recipe step as a plugin writes one: after PTQ, count the candidate's QuantizeLinear nodes, gate them
+    against its [recipes.X.steps.count_qdq] settings and report the count in the candidate's extra_info."""
+
+    name = "count_qdq"
+    order = 90
+
+    @classmethod
+    def applies(cls, recipe: Any) -> bool:
+        return "count_qdq" in recipe.steps
+
+    def stage_count(self) -> int:
+        return 0
+
+    def build(self) -> None:
+        assert self.ctx.build is not None
+        graph = onnx.load(str(self.ctx.build.candidate.path)).graph
+        self.count = sum(n.op_type == "QuantizeLinear" for n in graph.node)
+
+    def verdicts(self) -> list[Any]:
+        from edgematrix.gates.verdicts import Verdict
+
+        floor = int(self.ctx.cell.recipe.steps["count_qdq"]["at_least"])
+        return [Verdict("qdq_pairs", "passed" if self.count >= floor else "failed", f"{self.count} (>= {floor})")]
+
+    def facts(self) -> dict[str, int]:
+        return {"qdq_pairs": self.count}
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plugin_step() -> Iterator[None]:
+    from edgematrix.core.registries import recipe_steps
+
+    recipe_steps.register("count_qdq")(CountQdq)  # what an edgematrix.recipe_steps entry point provides
+    try:
+        yield
+    finally:
+        recipe_steps._items.pop("count_qdq")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, plugin_step: None) -> Path:
     ws = tmp_path_factory.mktemp("byom")
     (ws / "matrix").mkdir()
     for name in ("targets.toml", "recipes.toml", "cells.toml"):  # the repository's matrix, defaults included
@@ -157,7 +203,9 @@ def test_an_onnx_detector_runs_from_ten_lines_of_toml(workspace: Path) -> None:
 
 
 @pytest.mark.slow
-def test_without_images_seeded_random_inputs_are_said_wherever_the_metric_is(workspace: Path) -> None:
+def test_without_images_seeded_random_inputs_are_said_wherever_the_metric_is(
+    workspace: Path, plugin_step: None
+) -> None:
     assert run_cell(workspace, "x86_cpu_det_noise_int8_quick") == 0
     out = workspace / "results" / "x86_cpu_det_noise_int8_quick"
     name = "output agreement (cosine % vs FP32, worst output) on seeded random inputs"
@@ -167,3 +215,8 @@ def test_without_images_seeded_random_inputs_are_said_wherever_the_metric_is(wor
     report = (out / "report.md").read_text().replace("\\", "")  # markdown escapes
     assert name in report and "seeded random inputs (seed 0, 32 calibration / 16 evaluation samples" in report
     assert json.loads((out / "predictions-candidate.json").read_text())["inputs"] == "seeded random inputs"
+    # the plugin step ran after PTQ: its fact and its gate
+    graph = onnx.load(json.loads((out / "artifacts.json").read_text())["candidate"]).graph
+    assert cand["qdq_pairs"] == sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 4
+    gate = next(c for c in ET.parse(out / "junit.xml").getroot().iter("testcase") if c.get("name") == "qdq_pairs")
+    assert gate.find("failure") is None

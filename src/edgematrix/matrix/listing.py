@@ -20,6 +20,7 @@ class SessionInfo:
     description: str
     target_table: dict = field(repr=False, hash=False, compare=False)
     schedule: str = "pull_request"  # "nightly": CI runs the cell in the nightly full matrix only
+    packages: tuple[str, ...] = ()  # the model's own packages (pip arguments) its session installs
 
     @property
     def tags(self) -> list[str]:
@@ -50,7 +51,8 @@ def list_sessions(root: str | Path = "matrix") -> list[SessionInfo]:
                 pattern = cell.get("name", "{target}_{recipe}")
                 name = pattern.format(target=cell["target"], model=cell["model"], recipe=recipe)
                 schedule = cell.get("schedule", "pull_request")
-                out.append(SessionInfo(name, cell["target"], cell["model"], recipe, desc, target, schedule))
+                packages = tuple(str(p) for p in m.get("packages", []))
+                out.append(SessionInfo(name, cell["target"], cell["model"], recipe, desc, target, schedule, packages))
         except (KeyError, TypeError) as e:
             raise ValueError(f"matrix cells[{i}] refers to something undefined or malformed: {e}") from None
     return out

@@ -161,10 +161,17 @@ def load_matrix(root: str | os.PathLike = DEFAULT_MATRIX_DIR) -> Matrix:
                 raise MatrixError(f"{path}: [defaults] is already set in {defaults_from}")
             defaults, defaults_from = mf.defaults.gates, path
 
-    from edgematrix.core.registries import backends
+    from edgematrix.core.registries import backends, recipe_steps
 
     for name in models:
         models[name] = resolve_model(name, models[name], origins["models"][name], root.resolve().parent)
+    for name, recipe in recipes.items():
+        unknown = sorted(set(recipe.steps) - set(recipe_steps.names()))
+        if unknown:
+            raise MatrixError(
+                f"{origins['recipes'][name]}: recipes.{name}.steps: unknown recipe step(s) {', '.join(unknown)}; known: "
+                f"{', '.join(recipe_steps.names())} (plugins: entry-point group {recipe_steps.group!r})"
+            )
     for name, target in targets.items():
         for backend in target.all_backends:
             if backend not in backends:
@@ -314,7 +321,7 @@ def _onnx_inputs(where: str, model: Model, onnx_path: Path) -> dict[str, Any]:
         raise MatrixError(f"{where}.onnx: {e}") from None
     declared = dict(model.input_shapes)
     key = "input_shapes"
-    if model.input_shape:
+    if model.input_shape and not declared:
         if len(interface.inputs) != 1:
             raise MatrixError(
                 f"{where}.input_shape: the model has {len(interface.inputs)} inputs ("

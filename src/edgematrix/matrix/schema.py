@@ -188,6 +188,11 @@ class Model(_Strict):
         description="ONNX models: the shape of each input by name (required for inputs with dynamic dimensions)",
     )
     images: ImagesSection = ImagesSection()
+    packages: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="pip requirements the model's Nox sessions install beside edgematrix: your package with its "
+        "factory and plugins, e.g. './mypkg' (a path relative to the repository) or 'mypkg==1.2'",
+    )
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     data_root: str = Field("", description="path to the real dataset; empty = synthetic data in the cache")
     synthetic: SyntheticData = SyntheticData()
@@ -229,14 +234,20 @@ class Model(_Strict):
                 f"{self.input_shapes}"
             )
         if self.onnx is not None:
-            torch_only = sorted({"checkpoint", "params", "train"} & self.model_fields_set)
+            weights = {"checkpoint": self.checkpoint is not None, "params": bool(self.params)}
+            weights["train"] = self.train != TrainConfig()
+            torch_only = [k for k, v in weights.items() if v]
             if torch_only:
                 raise ValueError(
                     f"{', '.join(torch_only)}: an ONNX model is not built, trained or loaded from a checkpoint by "
                     "edgematrix (its file holds the weights); remove them, or give factory + checkpoint instead"
                 )
-            if self.input_shape and self.input_shapes:
-                raise ValueError("give input_shape (a one-input model) or input_shapes (by input name), not both")
+            # both are set once resolved (input_shape: the image input's, written to config.json): consistent
+            if self.input_shape and self.input_shapes and self.input_shape not in self.input_shapes.values():
+                raise ValueError(
+                    f"give input_shape (a one-input model) or input_shapes (by input name), not both; input_shape "
+                    f"{self.input_shape} is none of input_shapes {self.input_shapes}"
+                )
             return self
         if self.input_shapes:
             raise ValueError(
@@ -458,6 +469,11 @@ class Recipe(_Strict):
     qat: QatSection | None = None
     split: SplitSection | None = None
     latency: LatencySection = LatencySection()
+    steps: dict[Name, dict[str, int | float | str | bool | list[int | float | str | bool]]] = Field(
+        default_factory=dict,
+        description="settings of plugin recipe steps (entry-point group edgematrix.recipe_steps), by step name: "
+        "[recipes.X.steps.my_step]; a plugin step's applies() looks for its name here",
+    )
 
     @model_validator(mode="after")
     def _quant(self) -> Recipe:

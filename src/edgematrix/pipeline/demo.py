@@ -152,15 +152,16 @@ def _run_demo_impl(
 ) -> DemoResult:
     from edgematrix.backends.base import create_runner
     from edgematrix.core.registries import backends
-    from edgematrix.models import create_model
+    from edgematrix.models.sources import build_module
     from edgematrix.pipeline.sweep import sweep_backend
     from edgematrix.tasks.base import get_task
 
     t_start = time.perf_counter()
     model_cfg = _model_config(cell, config)
-    model_name = str((config.get("model") or {}).get("name", model_cfg.family))
+    model_name = str((config.get("model") or {}).get("name", model_cfg.origin))
     adapter = get_task(model_cfg.task)
-    model = create_model(model_cfg.family, model_cfg.input_shape, **model_cfg.params)  # geometry only: no weights
+    # geometry only (no weights): a family's or a factory's module; an ONNX model has none
+    model = build_module(model_cfg) if model_cfg.source != "onnx" else None
     precision = str((config.get("recipe") or {}).get("precision", "candidate")).upper()
     same = ref_path.resolve() == cand_path.resolve()
     labels = ("FP32 reference", "FP32 candidate (= reference)" if same else f"{precision} candidate")
