@@ -566,7 +566,7 @@ def stage_overhead(bench: Bench, rounds: int, repeats: int) -> None:
     ratio = h50 / b50 if b50 > 0 else float("nan")
     ok = math.isfinite(ratio) and abs(ratio - 1.0) <= TARGET_OVERHEAD
     run.summary["overhead"] = {
-        "callable": "TorchRunner(fp16 eager, batch 1).infer_device(x)",
+        "callable": f"TorchRunner({cfg.label}, batch 1).infer_device(x)",
         "timer": bench.timer.name,
         "rounds_each": rounds * repeats,
         "harness_p50_ms": h50 * 1e3,
