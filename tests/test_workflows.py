@@ -26,14 +26,18 @@ from workflowkit import (
     HOSTED,
     MATRIX,
     REPO,
+    REPOSITORY,
     WORKFLOWS,
     Landing,
+    dispatch,
     evaluate,
     fake_github_api,
     load_workflows,
     node_tool,
+    pull_request,
     push,
     render,
+    run_step,
     schedule,
     simulate,
     steps,
@@ -42,12 +46,14 @@ from workflowkit import (
     workflow_files,
 )
 
-EXPECTED_FILES = {"pull_request.yml", "pr_comment.yml", "nightly.yml", "device.yml"}
+EXPECTED_FILES = {"pull_request.yml", "pr_comment.yml", "nightly.yml", "device.yml", "refresh_baselines.yml"}
 MARKER = "<!-- edgematrix-report -->"
 # write scopes a job may hold, and why: everything else stays read-only
 ALLOWED_WRITES = {
     ("pr_comment.yml", "comment", "pull-requests"),  # the sticky comment
     ("nightly.yml", "report", "contents"),  # push to the edgematrix-history branch
+    ("refresh_baselines.yml", "pull-request", "contents"),  # push the branch of the refreshed baselines
+    ("refresh_baselines.yml", "pull-request", "pull-requests"),  # open its pull request
 }
 
 
@@ -62,6 +68,9 @@ def test_expression_evaluator_follows_github_semantics() -> None:
     assert evaluate("github.repository == 'A/b' && !(github.event.x == 'y')", ctx) is True
     assert evaluate("github.event.missing.deeper || 'fallback'", ctx) == "fallback"
     assert render("a-${{ join(fromJSON('[1, 2]'), ' ') }}-${{ github.nothing }}", ctx) == "a-1 2-"
+    assert render("${{ format('results/{0}/{1}', 'x86_cpu_int8', 'benchmark.json') }}", ctx) == (
+        "results/x86_cpu_int8/benchmark.json"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,3 +484,274 @@ def test_a_cell_name_that_is_not_a_plain_word_is_an_error(tmp_path: Path) -> Non
         f.write('\n[[cells]]\ntarget = "x86_cpu"\nmodel = "ufld_r18"\nrecipes = ["int8"]\nname = "$(id)-{recipe}"\n')
     with pytest.raises(ValueError, match=r"cell name '\$\(id\)-int8' \(target 'x86_cpu'\) must be letters"):
         workflow_matrix.job_matrices(root)
+
+
+# --------------------------------------------------------------------------------------------------
+# (6) warm CI: the hosted cell jobs' cache steps, documentation-only pull requests (docs/ci.md)
+
+CACHED_WORKFLOWS = ["pull_request.yml", "nightly.yml"]
+RESTORE, SAVE = "actions/cache/restore@", "actions/cache/save@"
+
+
+def _uses(step: dict) -> str:
+    return str(step.get("uses", ""))
+
+
+@pytest.mark.parametrize("workflow", CACHED_WORKFLOWS)
+def test_hosted_cell_jobs_restore_and_save_the_cache_under_the_cells_key(
+    workflows: dict[str, dict], workflow: str
+) -> None:
+    job = workflows[workflow]["jobs"]["hosted-cells"]
+    steps = job["steps"]
+    kinds = [
+        "restore" if _uses(s).startswith(RESTORE) else "save" if _uses(s).startswith(SAVE) else s.get("id", "")
+        for s in steps
+    ]
+    install = next(i for i, s in enumerate(steps) if "nox --install-only" in s.get("run", ""))
+    cell = next(i for i, s in enumerate(steps) if "nox -s" in s.get("run", ""))
+    # install (the lock), key (that environment's edgematrix), restore, the cell without installing, save
+    assert install < kinds.index("key") < kinds.index("restore") < cell < kinds.index("save")
+    key_step = steps[kinds.index("key")]
+    assert key_step["run"].startswith('.nox/"${CELL}"/bin/edgematrix cache-key "${CELL}" --github-output')
+    assert "--no-install" in steps[cell]["run"] and steps[cell]["run"].startswith('nox -s "${CELL}"')
+    restore, save = steps[kinds.index("restore")], steps[kinds.index("save")]
+    assert restore["id"] == "cache"
+    assert restore["with"] == {
+        "path": ".cache/edgematrix",
+        "key": "${{ steps.key.outputs.key }}",
+        "restore-keys": "${{ steps.key.outputs.restore-cell }}\n${{ steps.key.outputs.restore-model }}\n",
+    }
+    assert save["with"] == {"path": ".cache/edgematrix", "key": "${{ steps.key.outputs.key }}"}
+    assert "steps.cache.outputs.cache-hit != 'true'" in save["if"] and "!cancelled()" in save["if"]
+    assert "hashFiles(format('results/{0}/benchmark.json', matrix.cell))" in save["if"]
+
+
+def test_no_other_job_uses_a_cache(workflows: dict[str, dict]) -> None:
+    # the boards' jobs (device.yml, nightly's device-cells) and the jobs with write tokens use no cache;
+    # the refresh's hosted jobs restore one and never save
+    for name, wf in workflows.items():
+        for job_id, step in steps(wf):
+            if "actions/cache" in _uses(step):
+                allowed = {("pull_request.yml", "hosted-cells"), ("nightly.yml", "hosted-cells")}
+                if _uses(step).startswith(RESTORE):
+                    allowed.add(("refresh_baselines.yml", "hosted"))
+                assert (name, job_id) in allowed, (name, job_id, step["uses"])
+                assert _uses(step).startswith((RESTORE, SAVE)), "restore and save are separate steps"
+
+
+@pytest.fixture
+def cell_tree(tmp_path: Path) -> Path:
+    """A checkout where the hosted job installed the cell's environment: `.nox/<cell>/bin/edgematrix`."""
+    tree = tmp_path / "checkout"
+    shutil.copytree(MATRIX, tree / "matrix")
+    for cell in ("x86_cpu_int8", "update_baselines"):
+        (tree / ".nox" / cell / "bin").mkdir(parents=True)
+        (tree / ".nox" / cell / "bin" / "edgematrix").symlink_to(tool("edgematrix"))
+    return tree
+
+
+@pytest.mark.parametrize("workflow", CACHED_WORKFLOWS)
+def test_the_cache_steps_get_the_keys_of_edgematrix_cache_key(
+    workflows: dict[str, dict], cell_tree: Path, tmp_path: Path, workflow: str
+) -> None:
+    job = workflows[workflow]["jobs"]["hosted-cells"]
+    key_step = next(s for s in job["steps"] if s.get("id") == "key")
+    ctx: dict[str, Any] = {"github": push().github, "matrix": {"cell": "x86_cpu_int8"}, "steps": {}}
+
+    def cache_key() -> str:
+        proc = subprocess.run(
+            [tool("edgematrix"), "cache-key", "x86_cpu_int8"], cwd=cell_tree, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    before = cache_key()
+    with fake_github_api() as api:
+        api.event = push()
+        rc, outputs, err = run_step(key_step, ctx, tmp_path, api, cwd=cell_tree)
+    assert rc == 0, err
+    # the key names the package's code: the step's key is the command's, before or after it (a checkout
+    # being edited meanwhile moves it)
+    assert outputs["key"] in {before, cache_key()}
+    ctx["steps"]["key"] = {"outputs": outputs}
+    restore = next(s for s in job["steps"] if _uses(s).startswith(RESTORE))
+    restore_keys = render(restore["with"]["restore-keys"], ctx).split()
+    assert render(restore["with"]["key"], ctx) == outputs["key"]
+    assert restore_keys == [outputs["restore-cell"], outputs["restore-model"]]
+    assert all(outputs["key"].startswith(k) for k in restore_keys)
+    assert "cache-key x86_cpu_int8: training inputs" in err
+
+
+@pytest.mark.parametrize(
+    ("restored", "published", "saves"),
+    [
+        ("true", True, False),  # an exact hit: the cache of this key exists (caches are immutable)
+        ("false", True, True),  # restored by a restore key: the cell built what changed; save under its key
+        ("", True, True),  # nothing restored (a cold run)
+        ("false", False, False),  # the cell stopped before publishing: a half-built cache is not kept
+    ],
+)
+def test_the_cache_is_saved_when_the_cell_published_and_the_key_was_not_an_exact_hit(
+    workflows: dict[str, dict], tmp_path: Path, restored: str, published: bool, saves: bool
+) -> None:
+    import hashlib
+
+    if published:
+        (tmp_path / "results" / "x86_cpu_int8").mkdir(parents=True)
+        (tmp_path / "results" / "x86_cpu_int8" / "benchmark.json").write_text("{}")
+
+    def hash_files(*patterns: str) -> str:
+        files = [p for pattern in patterns for p in sorted(tmp_path.glob(pattern))]
+        return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest() if files else ""
+
+    for workflow in CACHED_WORKFLOWS:
+        save = next(s for s in workflows[workflow]["jobs"]["hosted-cells"]["steps"] if _uses(s).startswith(SAVE))
+        ctx = {"matrix": {"cell": "x86_cpu_int8"}, "steps": {"cache": {"outputs": {"cache-hit": restored}}}}
+        # a gate failure fails the cell's step, and the job: the cache is still saved (the build is complete)
+        functions = {"hashfiles": hash_files, "success": lambda: False, "failure": lambda: True}
+        assert evaluate(save["if"], ctx, functions) is saves, workflow
+
+
+def _git(tree: Path, *args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("changed", "cells_run"),
+    [
+        (["docs/ci.md", "README.md", "docker/jetson/README.md"], False),
+        (["docs/ci.md", "src/edgematrix/cli.py"], True),
+        (["matrix/cells.toml"], True),
+        ([".github/workflows/pull_request.yml"], True),
+        (["docs/results/x86_cpu_int8/benchmark.json"], False),
+    ],
+    ids=["docs only", "docs and code", "matrix", "workflow", "docs data"],
+)
+def test_a_documentation_only_pull_request_runs_no_cells(
+    workflows: dict[str, dict], tmp_path: Path, changed: list[str], cells_run: bool
+) -> None:
+    # the checkout of a pull_request run: the merge commit, its first parent the base branch's head
+    tree = tmp_path / "merge"
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(MATRIX, tree / "matrix", ignore=shutil.ignore_patterns("baselines"))
+    _git(tree, "init", "-q")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-q", "-m", "base")
+    for rel in changed:
+        path = tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-q", "-m", "merge of the pull request")
+    event = pull_request("synchronize", fork=True)
+    event.github["sha"] = _git(tree, "rev-parse", "HEAD")
+    with fake_github_api() as api:
+        run = simulate("pull_request.yml", workflows["pull_request.yml"], event, api, tmp_path, checkout=tree)
+    assert run.results["lint"] == run.results["tests"] == run.results["matrix"] == "success", run.stderr
+    assert run.results["hosted-cells"] == ("success" if cells_run else "skipped")
+
+
+def test_a_push_to_main_always_runs_the_cells(workflows: dict[str, dict], tmp_path: Path) -> None:
+    # the docs-only step runs for pull requests only; pushes to main keep the caches and the history warm
+    with fake_github_api() as api:
+        run = simulate("pull_request.yml", workflows["pull_request.yml"], push(), api, tmp_path)
+    assert run.results["hosted-cells"] == "success"
+    changes = next(s for s in workflows["pull_request.yml"]["jobs"]["matrix"]["steps"] if s.get("id") == "changes")
+    assert changes["if"] == "github.event_name == 'pull_request'"
+
+
+# --------------------------------------------------------------------------------------------------
+# (7) the baseline refresh's pull request: what the measuring jobs uploaded is checked before it is committed
+
+
+@pytest.fixture
+def refresh_apply(workflows: dict[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Run the pull-request job's check step on artifacts laid out as download-artifact lays them out."""
+    job = workflows["refresh_baselines.yml"]["jobs"]["pull-request"]
+    step = next(s for s in job["steps"] if s.get("name") == "Check the files and put them in matrix/")
+    tree, temp = tmp_path / "checkout", tmp_path / "runner-temp"
+    shutil.copytree(MATRIX, tree / "matrix")
+    monkeypatch.setenv("RUNNER_TEMP", str(temp))
+    monkeypatch.setenv("GITHUB_RUN_ID", "4242")
+    ctx = {
+        "github": {**dispatch().github, "server_url": "https://github.com", "repository": REPOSITORY, "run_id": "4242"},
+        "needs": {"plan": {"outputs": {"sha": "f" * 40}}},
+    }
+
+    def apply(files: dict[str, str]) -> tuple[int, str, Path]:
+        for rel, text in files.items():
+            (temp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (temp / rel).write_text(text)
+        with fake_github_api() as api:
+            api.event = dispatch()
+            rc, _, err = run_step(step, ctx, tmp_path, api, cwd=tree)
+        return rc, err, tree
+
+    return apply
+
+
+def _baseline(cpu: str, accuracy: float) -> str:
+    doc = json.loads((MATRIX / "baselines" / "x86_cpu_int8.json").read_text())
+    doc["records"][0].update(cpu=cpu, accuracy=accuracy)
+    return json.dumps({"records": doc["records"][:1]}, indent=2)
+
+
+def test_the_refresh_commits_the_measured_baselines_and_lock(refresh_apply) -> None:  # type: ignore[no-untyped-def]
+    lock = (MATRIX / "constraints.txt").read_text().replace("\nnumpy==", "\n# relocked\nnumpy==")
+    rc, err, tree = refresh_apply(
+        {
+            "measured/baselines-x86_cpu_int8/x86_cpu_int8.json": _baseline("AMD EPYC 7763 64-Core Processor", 89.21),
+            "measured/baselines-jetson/jetson_int8.json": _baseline("NVIDIA Jetson AGX Orin", 88.9),
+            "lock/constraints.txt": lock,
+        }
+    )
+    assert rc == 0, err
+    assert json.loads((tree / "matrix/baselines/x86_cpu_int8.json").read_text())["records"][0]["accuracy"] == 89.21
+    assert (tree / "matrix/baselines/jetson_int8.json").is_file()
+    assert (tree / "matrix/constraints.txt").read_text() == lock
+    body = (tree.parent / "runner-temp" / "pr-body.md").read_text()
+    assert "| `x86_cpu_int8.json` | x86_cpu_int8 | AMD EPYC 7763 64-Core Processor | 89.21 |" in body
+    assert "| `jetson_int8.json` | jetson | NVIDIA Jetson AGX Orin | 88.9 |" in body
+    assert "[run 4242](https://github.com/edge-org/edgematrix/actions/runs/4242)" in body
+    assert f"of `{'f' * 40}` (a new lock: `nox -s lock`)" in body
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        ({"measured/baselines-a/run.sh": "echo"}, "'run.sh' is not a baseline file"),
+        ({"measured/baselines-a/X86.json": "{}"}, "'X86.json' is not a baseline file"),
+        (
+            {
+                "measured/baselines-a/x86_cpu_int8.json": _baseline("AMD EPYC", 1.0),
+                "measured/baselines-b/x86_cpu_int8.json": _baseline("AMD EPYC", 2.0),
+            },
+            "x86_cpu_int8.json was measured by both a and b",
+        ),
+        ({"measured/baselines-a/x86_cpu_int8.json": '{"records": {}, "x": 1}'}, "x86_cpu_int8.json is not"),
+        (
+            {
+                "measured/baselines-a/x86_cpu_int8.json": _baseline("AMD EPYC", 1.0),
+                "lock/constraints.txt": "--index-url https://evil.example/simple\nnumpy==2.4.6\n",
+            },
+            "the lock artifact is not a pip freeze",
+        ),
+        ({}, "no measuring job uploaded a baseline"),
+    ],
+    ids=["a script", "a bad name", "measured twice", "not records", "a lock with options", "nothing"],
+)
+def test_the_refresh_refuses_what_is_not_a_baseline(refresh_apply, files: dict[str, str], error: str) -> None:  # type: ignore[no-untyped-def]
+    rc, err, tree = refresh_apply(files)
+    assert rc != 0 and "::error::" in err and error in err, err
+    for path in [*(MATRIX / "baselines").iterdir(), MATRIX / "constraints.txt"]:  # nothing was written
+        assert (tree / "matrix" / path.relative_to(MATRIX)).read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in (tree / "matrix" / "baselines").iterdir()) == sorted(
+        p.name for p in (MATRIX / "baselines").iterdir()
+    )

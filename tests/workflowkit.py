@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,6 +171,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "join": lambda arr, sep=",": sep.join(str(x) for x in arr) if isinstance(arr, list) else str(arr),
     "fromjson": json.loads,
     "tojson": json.dumps,
+    "format": lambda fmt, *args: re.sub(r"\{(\d+)\}", lambda m: str(args[int(m.group(1))]), str(fmt)),
     "success": lambda: True,
     "always": lambda: True,
     "failure": lambda: False,
@@ -178,7 +180,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 
 class _Expr:
-    def __init__(self, text: str, ctx: dict) -> None:
+    def __init__(self, text: str, ctx: dict, functions: dict[str, Callable[..., Any]] | None = None) -> None:
         self.toks: list[tuple[str, str]] = []
         pos = 0
         text = text.rstrip()
@@ -191,6 +193,7 @@ class _Expr:
             pos = m.end()
         self.i = 0
         self.ctx = {k.lower(): v for k, v in ctx.items()}
+        self.functions = {**_FUNCTIONS, **(functions or {})}
 
     def _peek(self) -> str | None:
         return self.toks[self.i][1] if self.i < len(self.toks) else None
@@ -275,16 +278,17 @@ class _Expr:
                 if self._peek() == ",":
                     self._take()
             self._take(")")
-            return _FUNCTIONS[text.lower()](*args)
+            return self.functions[text.lower()](*args)
         return self.ctx.get(text.lower())
 
 
-def evaluate(expr: str, ctx: dict) -> Any:
-    """A job's ``if:`` (with or without ``${{ }}``)."""
+def evaluate(expr: str, ctx: dict, functions: dict[str, Callable[..., Any]] | None = None) -> Any:
+    """A job's or step's ``if:`` (with or without ``${{ }}``); ``functions`` adds or replaces functions
+    (``hashfiles`` of a workspace, the job-status functions of a step after a failure)."""
     expr = expr.strip()
     if expr.startswith("${{") and expr.endswith("}}"):
         expr = expr[3:-2]
-    return _Expr(expr, ctx).value()
+    return _Expr(expr, ctx, functions).value()
 
 
 def render(value: Any, ctx: dict) -> Any:
@@ -322,6 +326,8 @@ class Event:
     permissions: dict[str, str] = field(default_factory=dict)
     #: the pull request's head when a step asks GitHub for it (differs from the event's after a push)
     head_now: str | None = None
+    #: the head commit of each branch of the repository, as GitHub's API reports it
+    branches: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -336,8 +342,13 @@ def push(ref: str = "refs/heads/main") -> Event:
     return Event(f"push to {ref}", {"event_name": "push", "ref": ref, "sha": MAIN_SHA, "event": {}})
 
 
-def dispatch(ref: str = "refs/heads/main") -> Event:
-    return Event(f"manual run on {ref}", {"event_name": "workflow_dispatch", "ref": ref, "sha": MAIN_SHA, "event": {}})
+def dispatch(
+    ref: str = "refs/heads/main", inputs: dict[str, Any] | None = None, branches: dict[str, str] | None = None
+) -> Event:
+    """A manual run; ``inputs`` as the run form sends them, ``branches`` the heads GitHub's API reports."""
+    what = f"manual run on {ref}" + (f" {inputs}" if inputs else "")
+    github = {"event_name": "workflow_dispatch", "ref": ref, "sha": MAIN_SHA, "event": {"inputs": inputs or {}}}
+    return Event(what, github, branches=dict(branches or {}))
 
 
 def schedule() -> Event:
@@ -418,6 +429,12 @@ class FakeGitHubAPI:
         m = re.fullmatch(rf"/repos/{REPOSITORY}/collaborators/([\w-]+)/permission", path)
         if m:
             return 200, {"permission": self.event.permissions.get(m.group(1), "none"), "user": {"login": m.group(1)}}
+        m = re.fullmatch(rf"/repos/{REPOSITORY}/branches/([^/]+)", path)
+        if m:
+            name = urllib.parse.unquote(m.group(1))
+            if name in self.event.branches:
+                return 200, {"name": name, "commit": {"sha": self.event.branches[name]}}
+            return 404, {"message": "Branch not found"}
         if path == f"/repos/{REPOSITORY}/pulls/7":
             return 200, {"number": 7, "state": "open", "head": {"sha": self.event.head_now}}
         return 404, {"message": "Not Found"}
@@ -474,6 +491,7 @@ def run_step(
         "GITHUB_API_URL": api.url,
         **step_env,
         "GITHUB_OUTPUT": str(out),
+        "GITHUB_STEP_SUMMARY": str(out.with_name(out.name + "_summary")),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     proc = subprocess.run(
@@ -571,7 +589,11 @@ def simulate(workflow: str, wf: dict, event: Event, api: FakeGitHubAPI, tmp_path
     for job_id, job in wf["jobs"].items():
         needs = job.get("needs", [])
         needs = [needs] if isinstance(needs, str) else list(needs)
-        ctx = {"github": github, "needs": {d: needs_ctx[d] for d in needs}}
+        ctx = {
+            "github": github,
+            "needs": {d: needs_ctx[d] for d in needs},
+            "inputs": event.github["event"].get("inputs"),
+        }
         cond = job.get("if")
         status = "success"
         if any(needs_ctx[d]["result"] != "success" for d in needs) and not (cond and _STATUS_FUNCTION.search(cond)):

@@ -67,9 +67,7 @@ def test_a_recipe_change_keeps_the_training_prefix(ws: Path, capsys: pytest.Capt
     [("epochs = 1", "epochs = 2"), ("seed = 3", "seed = 4"), ("width = 8", "width = 16")],
     ids=["training config", "synthetic data", "model params"],
 )
-def test_a_training_input_changes_the_prefix(
-    ws: Path, capsys: pytest.CaptureFixture[str], old: str, new: str
-) -> None:
+def test_a_training_input_changes_the_prefix(ws: Path, capsys: pytest.CaptureFixture[str], old: str, new: str) -> None:
     before = keys(ws, capsys)
     edit(ws / "matrix" / "tiny.toml", old, new)
     after = keys(ws, capsys)
