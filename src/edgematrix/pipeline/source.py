@@ -61,7 +61,7 @@ def build_source(ctx: CellContext) -> Source:
     model_cfg = cell.model
     configured = options.data_root if options.data_root is not None else model_cfg.data_root
     real = bool(configured or os.environ.get("EDGEMATRIX_DATA_ROOT"))
-    stages.start("data", f"{model_cfg.dataset} ({'real' if real else 'synthetic'})")
+    stages.start("data", f"{model_cfg.dataset or f'task {task.name}'} ({'real' if real else 'synthetic'})")
     data = task.load_data(model_cfg, options.data_root, options.cache_dir)
     stages.done(escape(f"{data.label} at {data.root} ({len(data.train)} train / {len(data.test)} test, {data.key})"))
     if model_cfg.source == "onnx":
