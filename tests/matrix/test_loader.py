@@ -227,3 +227,48 @@ def test_split_and_mixed_precision_recipes_check_the_model_task(matrix_dir: Path
     )
     with pytest.raises(MatrixError, match=r"lowest subgraph precision is 'fp16'"):
         load_matrix(matrix_dir)
+
+
+def test_a_task_owns_its_training_parameters(matrix_dir: Path) -> None:
+    """[models.X.train] holds the shared loop settings plus the keys its task declares (train_params):
+    the lane task's are validated and completed with their defaults; a steering model refuses them."""
+    m = load_matrix(matrix_dir)
+    lane = m.models["ufld_r18"].train
+    assert (lane.label_sigma, lane.expectation_weight) == (1.0, 0.1)  # as matrix/models.toml sets them
+    assert "label_sigma" not in m.models["pilotnet"].train.model_dump()
+
+    models = matrix_dir / "models.toml"
+    _edit(models, "expectation_weight = 0.1\n", "")
+    assert load_matrix(matrix_dir).models["ufld_r18"].train.expectation_weight == 0.05  # the lane task's default
+
+    _edit(models, "label_sigma = 1.0\n", "label_sigma = 1.0\nlabel_smoothing = 0.1\n")
+    with pytest.raises(MatrixError) as e:
+        load_matrix(matrix_dir)
+    msg = str(e.value)
+    assert "models.ufld_r18.train.label_smoothing: unknown key" in msg
+    assert "task 'lane''s own: label_sigma, expectation_weight" in msg and "valid keys: epochs, batch_size" in msg
+    _edit(models, "label_smoothing = 0.1\n", "")
+
+    _edit(models, "label_sigma = 1.0\n", "label_sigma = -1.0\n")
+    with pytest.raises(
+        MatrixError, match=r"models\.ufld_r18\.train\.label_sigma: Input should be greater than or equal to 0"
+    ):
+        load_matrix(matrix_dir)
+    _edit(models, "label_sigma = -1.0\n", "label_sigma = 1.0\n")
+
+    _edit(models, "weight_decay = 1e-5", "weight_decay = 1e-5\nlabel_sigma = 1.0")
+    with pytest.raises(
+        MatrixError, match=r"models\.pilotnet\.train\.label_sigma: unknown key .*task 'steering''s own: none"
+    ):
+        load_matrix(matrix_dir)
+
+
+def test_the_fine_tune_takes_the_task_s_own_training_parameters(matrix_dir: Path) -> None:
+    from edgematrix.core.registries import tasks
+    from edgematrix.matrix.schema import FinetuneSection
+
+    m = load_matrix(matrix_dir)
+    lane = tasks.get("lane")().distill_config(FinetuneSection(), m.models["ufld_r18"].train)
+    assert (lane.label_sigma, lane.expectation_weight, lane.flip) == (1.0, 0.1, True)
+    steering = tasks.get("steering")().distill_config(FinetuneSection(), m.models["pilotnet"].train)
+    assert steering.epochs == FinetuneSection().epochs

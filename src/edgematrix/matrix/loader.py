@@ -276,6 +276,9 @@ def resolve_model(name: str, model: Model, path: Path, base: Path) -> Model:
             f"{where}.task: unknown task {model.task!r}; known: {', '.join(tasks.names())} (plugins: entry-point "
             f"group {tasks.group!r}; or an import path, task = 'package.module:TaskClass')"
         )
+    resolve_train = getattr(tasks.get(model.task), "resolve_train", None)  # a TaskAdapter's (plugins may not be)
+    if resolve_train is not None:
+        update["train"] = resolve_train(model.train, where)
     if model.family is not None and model.family not in families:
         raise MatrixError(
             f"{where}.family: unknown model family {model.family!r}; known: {', '.join(families.names())} "

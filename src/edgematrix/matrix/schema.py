@@ -86,6 +86,13 @@ class SyntheticData(_Strict):
 
 
 class TrainConfig(_Strict):
+    """``[models.NAME.train]``: the training loop's settings every task shares. A task's own training
+    parameters (UFLD's soft-label sigma and expectation-loss weight, say) go in the same table; the task
+    declares and validates them (``TaskAdapter.train_params``) when the matrix is loaded, so an unknown
+    key is an error naming the task's parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -94,9 +101,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when torch sees one")
-    flip: bool = True
-    label_sigma: float = Field(1.0, ge=0, description="Gaussian soft cell targets (cells); 0 = plain cross-entropy")
-    expectation_weight: float = Field(0.05, ge=0, description="weight of UFLD-v2's expectation (mean) loss")
+    flip: bool = Field(True, description="horizontal flips in training (the task mirrors its labels)")
 
 
 #: a task or family given by import path instead of a registered name: ``"package.module:Attribute"``

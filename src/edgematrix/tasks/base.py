@@ -26,13 +26,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgematrix.backends.base import Runner
 from edgematrix.core.registries import tasks
 from edgematrix.errors import EdgeMatrixError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 @dataclass
@@ -92,6 +95,9 @@ class TaskAdapter(ABC):
     output_names: ClassVar[tuple[str, ...]]
     agreement_output: ClassVar[str]  # output compared across backends / against the FP32 reference
     train_code: ClassVar[tuple[str, ...]]  # edgematrix subpackages/modules whose code keys the training cache
+    # the task's own keys of [models.NAME.train] (a pydantic model; None: the task takes none), validated and
+    # completed with their defaults when the matrix is loaded (resolve_train)
+    train_params: ClassVar[type[BaseModel] | None] = None
     # extras shown in the summary tables (all of them stay in benchmark.json); None = every extra
     summary_extras: ClassVar[tuple[str, ...] | None] = None
 
@@ -108,6 +114,33 @@ class TaskAdapter(ABC):
     # "module:function" of its distillation fine-tune, called as
     # (student, teacher, data.train, config, None, *, progress, label) -> the same kind of object
     distill_function: ClassVar[str]
+
+    @classmethod
+    def resolve_train(cls, train: Any, where: str) -> Any:
+        """``train`` (the model's TrainConfig) with the task's own keys validated by ``train_params`` and
+        completed with their defaults; a key neither shared nor the task's is a MatrixError naming both sets."""
+        from pydantic import ValidationError
+
+        from edgematrix.errors import MatrixError
+
+        extra = dict(train.model_extra or {})
+        own = list(cls.train_params.model_fields) if cls.train_params is not None else []
+        valid = (
+            f"valid keys: {', '.join(type(train).model_fields)}; task {cls.name!r}'s own: {', '.join(own) or 'none'}"
+        )
+        unknown = sorted(set(extra) - set(own))
+        if unknown:
+            raise MatrixError("; ".join(f"{where}.train.{k}: unknown key" for k in unknown) + f" ({valid})")
+        if cls.train_params is None:
+            return train
+        try:
+            params = cls.train_params.model_validate(extra)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{where}.train.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            )
+            raise MatrixError(problems) from None
+        return train.model_copy(update=params.model_dump())
 
     def train(self, model: Any, data: TaskData, config: Any, checkpoint: Path, *, progress: bool) -> TrainOutcome:
         """Train ``model`` in place with ``config`` (matrix TrainConfig); reuse ``checkpoint`` when it exists."""
@@ -127,14 +160,17 @@ class TaskAdapter(ABC):
     def distill_config(self, section: Any, train: Any, **overrides: Any) -> Any:
         """The distillation fine-tune's :class:`~edgematrix.train.distill.DistillConfig` from a recipe's
         ``[finetune]`` / ``[qat]`` ``section`` and the model's ``[train]`` config (the task's own loss
-        parameters: flips, label smoothing, the expectation loss weight)."""
+        parameters of ``train_params`` that the fine-tune takes too: UFLD's soft labels and expectation loss)."""
+        import dataclasses
+
         from edgematrix.train.distill import DistillConfig
 
+        known = {f.name for f in dataclasses.fields(DistillConfig)}
+        own = {k: v for k, v in (train.model_extra or {}).items() if k in known}
         return DistillConfig(
             epochs=section.epochs, batch_size=section.batch_size, lr=section.lr, weight_decay=section.weight_decay,
             warmup_fraction=section.warmup_fraction, alpha=section.alpha, temperature=section.temperature,
-            seed=section.seed, amp=section.amp, flip=train.flip, label_sigma=train.label_sigma,
-            expectation_weight=train.expectation_weight, **overrides,
+            seed=section.seed, amp=section.amp, flip=train.flip, **{**own, **overrides},
         )  # fmt: skip
 
     def holdout(self, split: Any, n: int) -> Any:

@@ -12,6 +12,7 @@ from edgematrix.data.lanes import LaneSplit
 from edgematrix.metrics.tusimple import RUN_TIME_LIMIT_MS
 from edgematrix.models.ufld import OUTPUT_NAMES, LaneGeometry
 from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore, stack_outputs
+from edgematrix.train.lane_params import LaneTrainParams
 
 # one colour per lane slot (left-left, left, right, right-right)
 LANE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 40))
@@ -29,6 +30,7 @@ class LaneTask(TaskAdapter):
     )  # fmt: skip
     train_function = "edgematrix.train.lane:train_lane_model"
     distill_function = "edgematrix.train.distill:distill_lane_model"
+    train_params = LaneTrainParams
 
     def load_data(self, model_cfg: Any, data_root: str | None, cache_dir: Path) -> TaskData:
         from edgematrix.data.lanes import fingerprint, load_split, resolve_data_root

@@ -18,6 +18,7 @@ from edgematrix.errors import ModelError
 from edgematrix.matrix.schema import TrainConfig
 from edgematrix.models.lane_task import encode_segmentation, encode_targets, lane_loss
 from edgematrix.models.ufld import LaneGeometry, UFLDv2
+from edgematrix.train.lane_params import LaneTrainParams
 from edgematrix.train.loop import optimizer_step
 
 
@@ -70,6 +71,7 @@ def train_lane_model(
     if history is not None:
         return TrainResult(checkpoint, True, 0.0, history)
     g: LaneGeometry = model.geometry
+    own = LaneTrainParams.of(config)  # the lane task's own keys of [models.NAME.train]
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -124,8 +126,8 @@ def train_lane_model(
                 loss = lane_loss(
                     [o.float() for o in out],
                     tgt,
-                    expectation_weight=config.expectation_weight,
-                    label_sigma=config.label_sigma,
+                    expectation_weight=own.expectation_weight,
+                    label_sigma=own.label_sigma,
                 )
                 optimizer_step(loss, opt, sched, diverged=f"training diverged at epoch {epoch}; lower train.lr")
                 running += loss.item() * len(idx)
