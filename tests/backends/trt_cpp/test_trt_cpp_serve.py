@@ -83,6 +83,15 @@ def test_measure_times_what_is_served(aarch64_runner: BuiltRunner) -> None:
     assert report.facts["selftest_input"] == f"{C}x{H}x{W}" and report.facts["selftest_seed"] == SEED
 
 
+def test_measure_takes_the_latency_servers_self_timing_call(native_runner: BuiltRunner) -> None:
+    """The server's worker times a self-timing runner as measure(iterations=..., duration_s=...)."""
+    with _served(native_runner) as runner:
+        report = runner.measure(iterations=7, duration_s=0.0)
+        with pytest.raises(BackendError, match="not both"):
+            runner.measure(LatencyConfig(), iterations=3)
+    assert report.rounds >= 7 and len(report.samples_ms) == report.rounds
+
+
 def _open(built: BuiltRunner, *args: str) -> subprocess.Popen[bytes]:
     prefix, env = launch_prefix(built.path)
     cmd = [*prefix, str(built.path), *args]

@@ -306,9 +306,26 @@ class TrtCppRunner(Runner):
 
     # -- timing ------------------------------------------------------------------------------
 
-    def measure(self, config: LatencyConfig | None = None) -> LatencyReport:
-        """Time the engine this runner serves (the same file) with trt_runner's harness."""
+    def measure(
+        self, config: LatencyConfig | None = None, *, iterations: int | None = None, duration_s: float | None = None
+    ) -> LatencyReport:
+        """Time the engine this runner serves (the same file) with trt_runner's harness: with ``config``, or
+        as the latency server's worker calls a self-timing runner, ``iterations`` (at least that many
+        inferences) and ``duration_s`` (at least that long)."""
         self._require_active("measure")
+        if iterations is not None or duration_s is not None:
+            from edgematrix.measure.harness import LatencyConfig
+
+            if config is not None:
+                raise BackendError("trt_cpp measure(): give a LatencyConfig or iterations/duration_s, not both")
+            rounds = max(1, int(iterations if iterations is not None else LatencyConfig.min_rounds))
+            seconds = float(duration_s if duration_s is not None else 0.0)
+            config = LatencyConfig(
+                min_rounds=rounds,
+                max_rounds=max(rounds, LatencyConfig.max_rounds),
+                min_time_s=seconds,
+                max_time_s=max(seconds, LatencyConfig.max_time_s),
+            )
         from edgematrix.backends.trt_cpp.run import run_runner
 
         assert self.binary is not None
