@@ -116,6 +116,7 @@ def tests(session: nox.Session) -> None:
     installs it, debootstrap and qemu-user-static on Debian).
     """
     _install(session, "-e", ".[cpu,openvino,docker,optimize,demo]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    _install_model_packages(session)  # tests load the whole matrix/: its plugin tasks and factories too
     session.run("pytest", *session.posargs)
 
 
@@ -197,13 +198,19 @@ def report(session: nox.Session) -> None:
     session.run("edgematrix", "report", *session.posargs)
 
 
+def _install_model_packages(session: nox.Session) -> None:
+    """The pip arguments of every model's ``packages`` in matrix/ (a model's factory and plugin task are
+    imported when the matrix is validated)."""
+    packages = sorted({p for i in list_sessions(ROOT / "matrix") for p in i.packages})
+    if packages:
+        _install(session, *packages)
+
+
 @nox.session(default=False)
 def validate(session: nox.Session) -> None:
     """Validate matrix/*.toml against the schema and print the cells."""
     _install(session, "-e", ".")
-    packages = sorted({p for i in list_sessions(ROOT / "matrix") for p in i.packages})
-    if packages:  # a model's factory and plugin task are imported when the matrix is validated
-        _install(session, *packages)
+    _install_model_packages(session)
     session.run("edgematrix", "validate")
     session.run("edgematrix", "list")
 
