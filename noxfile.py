@@ -171,8 +171,24 @@ def update_baselines(session: nox.Session) -> None:
     packages = sorted({p for i in runnable for p in i.packages})
     if packages:  # the models' own packages (factories, plugin tasks)
         _install(session, *packages)
+
+    def written() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in (ROOT / "matrix" / "baselines").glob("*.json")}
+
+    unwritten = []
     for info in runnable:
+        before = written()
         session.run("edgematrix", "run", info.name, "--update-baseline", "--no-progress")
+        files = sorted(name for name, mtime in written().items() if before.get(name) != mtime)
+        if files:
+            session.log(f"{info.name}: rewrote matrix/baselines/{', '.join(files)}")
+        else:
+            unwritten.append(info.name)
+    if unwritten:  # the run says why (a busy machine writes none)
+        session.error(
+            f"no baseline written for {', '.join(unwritten)} (each run above says why); re-run "
+            f"`nox -s update_baselines -- {' '.join(unwritten)}` on a quiet machine"
+        )
     session.log("baselines rewritten under matrix/baselines/: review `git diff matrix/baselines` and commit")
 
 
