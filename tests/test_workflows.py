@@ -52,6 +52,8 @@ MARKER = "<!-- edgematrix-report -->"
 ALLOWED_WRITES = {
     ("pr_comment.yml", "comment", "pull-requests"),  # the sticky comment
     ("nightly.yml", "report", "contents"),  # push to the edgematrix-history branch
+    ("nightly.yml", "pages", "pages"),  # deploy the history dashboard to GitHub Pages
+    ("nightly.yml", "pages", "id-token"),  # deploy-pages' OIDC token (Pages checks the deployment's origin)
     ("refresh_baselines.yml", "pull-request", "contents"),  # push the branch of the refreshed baselines
     ("refresh_baselines.yml", "pull-request", "pull-requests"),  # open its pull request
 }
@@ -368,6 +370,22 @@ def test_nightly_runs_on_a_schedule_and_appends_the_history(workflows: dict[str,
     assert any(
         "actions/upload-artifact@" in str(s.get("uses")) and s["with"]["path"] == "report/" for s in report["steps"]
     )
+
+
+def test_nightly_publishes_the_history_dashboard_to_pages(workflows: dict[str, dict]) -> None:
+    wf = workflows["nightly.yml"]
+    report = wf["jobs"]["report"]
+    runs = "\n".join(s.get("run", "") for s in report["steps"])
+    assert "--history history/results.jsonl \\ --baselines matrix/baselines --html site" in " ".join(runs.split())
+    (upload,) = [s for s in report["steps"] if "actions/upload-pages-artifact@" in str(s.get("uses"))]
+    assert upload["with"] == {"path": "site/"} and upload["id"] == "pages"
+    assert report["steps"][-1] is upload  # after the history push: a dashboard failure never loses history
+    assert report["outputs"]["dashboard"] == "${{ steps.pages.outcome == 'success' }}"
+    pages = wf["jobs"]["pages"]
+    assert pages["needs"] == "report" and pages["if"] == "needs.report.outputs.dashboard == 'true'"
+    assert pages["permissions"] == {"pages": "write", "id-token": "write"}
+    assert pages["environment"]["name"] == "github-pages"
+    assert [s["uses"].split("@")[0] for s in pages["steps"]] == ["actions/deploy-pages"]
 
 
 # --------------------------------------------------------------------------------------------------

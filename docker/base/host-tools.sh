@@ -7,6 +7,7 @@
 #                        from bookworm-backports: bookworm's own 7.2 crashes in onnxruntime for aarch64
 #   g++-aarch64-linux-gnu  the cross toolchain for the DriveOS runner (docker/driveos/trt_runner) on this host;
 #                        the driveos image's offline variant debootstraps its own into its base
+#   chromium             the headless browser tests/report/test_dashboard.py renders the history dashboard in
 #
 # The backports source is derived from the machine's existing Debian apt source (same mirror), so
 # no mirror host is written here. Idempotent; needs root.
@@ -19,7 +20,7 @@ fi
 . /etc/os-release
 if [[ ${VERSION_CODENAME:-} != bookworm ]]; then
   echo "host-tools.sh: written for Debian 12 (bookworm); this host is ${PRETTY_NAME:-unknown}." >&2
-  echo "Install docker.io, debootstrap, qemu-user-static (>= 8) and g++-aarch64-linux-gnu with your package manager." >&2
+  echo "Install docker.io, debootstrap, qemu-user-static (>= 8), g++-aarch64-linux-gnu and chromium with your package manager." >&2
   exit 2
 fi
 
@@ -44,7 +45,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends docker.io debootstrap binfmt-support g++-aarch64-linux-gnu >/dev/null
+apt-get install -y -qq --no-install-recommends docker.io debootstrap binfmt-support g++-aarch64-linux-gnu chromium >/dev/null
 apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-user-static >/dev/null
 # Register qemu-aarch64 with binfmt_misc, pointing at the backports interpreter. The F (fix binary)
 # flag opens the interpreter now, so it also works inside containers. qemu-user-static >= 8 ships a
@@ -67,4 +68,5 @@ if [[ ! -e $binfmt/qemu-aarch64 ]]; then
   exit 1
 fi
 echo "host tools: $(dockerd --version 2>/dev/null | head -1); debootstrap $(dpkg-query -W -f='${Version}' debootstrap);" \
-  "qemu-aarch64-static $(qemu-aarch64-static --version | head -1 | awk '{print $3}'); $(aarch64-linux-gnu-g++ --version | head -1)"
+  "qemu-aarch64-static $(qemu-aarch64-static --version | head -1 | awk '{print $3}'); $(aarch64-linux-gnu-g++ --version | head -1);" \
+  "$(chromium --version 2>/dev/null | head -1)"

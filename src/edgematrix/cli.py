@@ -221,13 +221,24 @@ def _cmd_gate_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from edgematrix.report.cli_report import run_report
 
-    written = run_report(
-        Path(args.results),
-        Path(args.out),
-        base_dir=Path(args.base) if args.base else None,
-        history=Path(args.history) if args.history else None,
-        baselines_dir=Path(args.baselines) if args.baselines else None,
-    )
+    if args.html and not args.history:
+        raise EdgeMatrixError("--html DIR draws the history: give it with --history FILE")
+    if args.repo_url and not args.html:
+        raise EdgeMatrixError("--repo-url links the dashboard's commits: give it with --html DIR")
+    if args.html and args.results is None:  # the dashboard of the history as it is: nothing appended
+        from edgematrix.report.dashboard import repo_url_from_env, write_dashboard
+
+        written = write_dashboard(Path(args.history), Path(args.html), repo_url=args.repo_url or repo_url_from_env())
+    else:
+        written = run_report(
+            Path(args.results or "results"),
+            Path(args.out),
+            base_dir=Path(args.base) if args.base else None,
+            history=Path(args.history) if args.history else None,
+            baselines_dir=Path(args.baselines) if args.baselines else None,
+            html_dir=Path(args.html) if args.html else None,
+            repo_url=args.repo_url,
+        )
     for key, path in written.items():
         print(f"{key}: {path}")
     return EXIT_OK
@@ -643,11 +654,27 @@ def build_parser() -> argparse.ArgumentParser:
     ck.set_defaults(func=_cmd_cache_key)
 
     rep = sub.add_parser("report", help="merge results/*: JUnit, markdown summary + PR comment, plots, history")
-    rep.add_argument("--results", default="results", help="folder of results/<cell>/ (default: results)")
+    rep.add_argument(
+        "--results",
+        default=None,
+        help="folder of results/<cell>/ (default: results; with --html and no --results, only the dashboard of "
+        "the history is written, nothing is appended)",
+    )
     rep.add_argument("--out", default="report", help="where to write the report (default: report)")
     rep.add_argument("--base", default=None, help="the base branch's results folder: deltas and latency CIs")
     rep.add_argument("--history", default=None, help="append-only JSON-lines history to append to and plot")
     rep.add_argument("--baselines", default=None, help="matrix/baselines to compare with when there is no --base")
+    rep.add_argument(
+        "--html",
+        default=None,
+        metavar="DIR",
+        help="write the history dashboard (a static site: index.html, a page per cell and backend) into DIR",
+    )
+    rep.add_argument(
+        "--repo-url",
+        default=None,
+        help="link the dashboard's commits to URL/commit/<sha> (default: $GITHUB_SERVER_URL/$GITHUB_REPOSITORY)",
+    )
     rep.set_defaults(func=_cmd_report)
 
     gate = sub.add_parser("gate", help="regression gates on benchmark results")

@@ -19,6 +19,8 @@ def run_report(
     base_dir: str | os.PathLike[str] | None = None,
     history: str | os.PathLike[str] | None = None,
     baselines_dir: str | os.PathLike[str] | None = None,
+    html_dir: str | os.PathLike[str] | None = None,
+    repo_url: str | None = None,
 ) -> dict[str, Path]:
     """Write the reports of ``results_dir`` into ``out_dir``; return what was written, by name.
 
@@ -26,8 +28,13 @@ def run_report(
     ``$GITHUB_STEP_SUMMARY`` is set), ``latency:<cell>`` (one PNG per cell, against ``base_dir``'s
     same cell when it has one), ``pareto:<model>:<target>`` (accuracy vs latency across recipes, when a
     model and target have two or more points; its table is appended to ``summary.md``), and with
-    ``history``: ``history`` (the store, appended to) and ``history_plot``.
+    ``history``: ``history`` (the store, appended to; each candidate with ``baselines_dir``'s baseline)
+    and ``history_plot``, and with ``html_dir`` too the history dashboard (``dashboard`` and one
+    ``dashboard:<cell>:<backend>`` page each: ``report/dashboard.py``; commits link to ``repo_url``,
+    default ``$GITHUB_SERVER_URL/$GITHUB_REPOSITORY``).
     """
+    if html_dir is not None and history is None:
+        raise ValueError("html_dir draws the history: give history too")
     from edgematrix.report.pareto import write_pareto_reports
     from edgematrix.report.plots import plot_history, plot_latency_distributions
 
@@ -51,7 +58,11 @@ def run_report(
     if history is not None:
         from edgematrix.report.history import append_run
 
-        append_run(history, results_dir)
+        append_run(history, results_dir, baselines_dir=baselines_dir)
         paths["history"] = Path(history)
         paths["history_plot"] = plot_history(history, out / "plots" / "history.png")
+        if html_dir is not None:
+            from edgematrix.report.dashboard import repo_url_from_env, write_dashboard
+
+            paths.update(write_dashboard(history, html_dir, repo_url=repo_url or repo_url_from_env()))
     return paths
