@@ -43,7 +43,10 @@ def test_without_tensorrt_the_int8_cell_exits_2_naming_what_is_missing(
 ) -> None:
     assert run_cell(workspace, CELL) == 2
     err = capsys.readouterr().err
-    assert f"{CELL}: no GPU INT8 runtime on this host: onnxruntime {ort.__version__} has no TensorrtExecutionProvider" in err
+    assert (
+        f"{CELL}: no GPU INT8 runtime on this host: onnxruntime {ort.__version__} has no TensorrtExecutionProvider"
+        in err
+    )
     assert "dequantized float kernels, which is not an INT8 measurement" in err
     assert not (workspace / "results" / CELL / "benchmark.json").exists()  # no figure of any kind
 
