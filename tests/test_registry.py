@@ -79,3 +79,13 @@ def test_list_plugins_prints_every_axis_with_its_source(capsys: pytest.CaptureFi
     assert outputs.split() == ["task", "outputs", "built-in", "-", "edgematrix.tasks.outputs:OutputsTask"]
     assert any(r.startswith("recipe step") and "prune_ratio" in r for r in out)
     assert any(r.startswith("model family") and "ufld_v2" in r for r in out)
+
+
+def test_an_import_path_resolved_once_is_not_listed_as_a_name() -> None:
+    """Resolving ``package.module:Class`` caches the object under its path; the registry's names (what an
+    unknown-name error lists) stay the built-in, registered and plugin names."""
+    from edgematrix.core.registries import tasks
+
+    before = tasks.names()
+    tasks.get("edgematrix.tasks.outputs:OutputsTask")
+    assert tasks.names() == before and "edgematrix.tasks.outputs:OutputsTask" not in before

@@ -183,6 +183,7 @@ def test_the_nightly_run_takes_the_boards_on_main(simulated, event: Event) -> No
         "hosted-cells": "success",
         "device-cells": "success",
         "report": "success",
+        "pages": "success",
     }
     assert {b[0] for b in _boards(runs)} <= {"nightly.yml", "device.yml", "refresh_baselines.yml"}
 

@@ -476,8 +476,15 @@ def run_step(
 ) -> tuple[int, dict[str, str], str]:
     """Run a ``run:`` step like GitHub's bash (``-eo pipefail``), with the environment GitHub gives it.
 
-    Returns (exit status, what it wrote to $GITHUB_OUTPUT, its stderr).
+    Returns (exit status, what it wrote to $GITHUB_OUTPUT, its stderr). A step that installs packages is
+    refused: it would install into the interpreter running the tests (a simulated job whose outputs need
+    such a step once reinstalled edgematrix over the test session's editable install).
     """
+    if re.search(r"\bpip3? install\b", str(step.get("run", ""))):
+        raise AssertionError(
+            f"step {step.get('name') or step['run'][:60]!r} installs packages: the event simulation runs only the "
+            "steps that compute a job's outputs, which must not install anything"
+        )
     out = tmp_path / f"github_output_{os.getpid()}_{id(step)}_{len(list(tmp_path.iterdir()))}"
     out.write_text("")
     github = ctx["github"]

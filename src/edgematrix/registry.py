@@ -141,15 +141,17 @@ class Registry(Generic[T]):
         return f" ({plugins}an import path 'package.module:Attribute' is imported as it is)"
 
     def names(self) -> list[str]:
-        """Every known name (built-in, registered, plugin) without importing anything."""
-        return sorted({*self._builtin, *self._items, *self._entry_points()})
+        """Every known name (built-in, registered, plugin) without importing anything; objects resolved from an
+        import path are not names of the registry (they were only cached under their path)."""
+        registered = (n for n in self._items if n not in self._imported)
+        return sorted({*self._builtin, *registered, *self._entry_points()})
 
     def providers(self) -> list[Provider]:
         """Where each name comes from (``edgematrix list --plugins``): built-ins, registered objects, the
         plugins found (one of a built-in's name is listed too, as shadowed: the built-in wins) and the
         import paths resolved so far."""
         out = []
-        for name in self.names():
+        for name in sorted({*self.names(), *self._imported}):
             if name in self._builtin:
                 out.append(Provider(name, "built-in", self._builtin[name]))
                 ep = self._entry_points().get(name)

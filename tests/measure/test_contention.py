@@ -91,7 +91,8 @@ def test_cpu_bound_neighbours_make_the_machine_busy(tmp_path: Path) -> None:
         with OnnxrtRunner(model, name="m") as runner:
             for _ in range(3):
                 runner.infer(FEED)
-            config = LatencyConfig(warmup=0, min_rounds=30, max_rounds=10_000, min_time_s=1.5, max_time_s=60.0)
+            # min_time_s decides (a 10 000-round cap stopped a fast run after 0.87 s, too short for the CPU-tick shares)
+            config = LatencyConfig(warmup=0, min_rounds=30, max_rounds=10_000_000, min_time_s=1.5, max_time_s=60.0)
             result = measure_interleaved({"m": runner}, FEED, config)
     finally:
         for proc in spinners:
