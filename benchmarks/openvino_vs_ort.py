@@ -61,9 +61,10 @@ def lane_test_images(data: Path | None, cache: Path, count: int, size: tuple[int
     from edgematrix.data.lanes import load_split, preprocess
 
     if data is None:
-        found = sorted(p for p in (cache / "data").glob("*") if p.is_dir())
+        # a TuSimple-layout dataset (the cache also holds other tasks' datasets: COCO, scenes, driving logs)
+        found = sorted(p for p in (cache / "data").glob("*tusimple*") if p.is_dir())
         if not found:
-            raise SystemExit(f"no dataset under {cache / 'data'}; pass --data DATASET_DIR")
+            raise SystemExit(f"no TuSimple dataset under {cache / 'data'}; pass --data DATASET_DIR")
         data = found[0]
     return preprocess(load_split(data, "test", size, limit=count).images)
 
