@@ -157,6 +157,21 @@ def test_actionlint_finds_nothing_but_its_outdated_list_of_hosted_labels() -> No
     assert seen_label_findings == hosted_lines > 0
 
 
+def test_actionlint_findings_do_not_depend_on_where_the_clone_lives(tmp_path: Path) -> None:
+    # the wasm build trapped on refresh_baselines.yml named "/check/work/main/.github/workflows/..."
+    # (CI's clone) and not under "/work/main/..." (the developer's): the same files, linted from another
+    # folder, give the same findings and no file needs the fallback name
+    copy = tmp_path / "check" / "work" / "main" / ".github" / "workflows"
+    copy.mkdir(parents=True)
+    for p in workflow_files():
+        (copy / p.name).write_bytes(p.read_bytes())
+    here = node_tool("lint", *map(str, workflow_files()))
+    there = node_tool("lint", *map(str, sorted(copy.iterdir())))
+    strip = lambda results: [(Path(r["file"]).name, [{**f, "file": None} for f in r["findings"]]) for r in results]  # noqa: E731
+    assert strip(here) == strip(there)
+    assert [r["traps"] for r in here] == [[]] * len(here), here
+
+
 def test_actionlint_reports_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(
