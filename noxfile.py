@@ -67,7 +67,7 @@ def _cell_impl(session: nox.Session, info: SessionInfo) -> None:
     if choice.runner == "docker":
         # the cell runs in the target's image; this venv only drives Docker (no torch, no runtimes)
         _install(session, "-e", ".", "--no-deps")
-        _install(session, *_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+        _install(session, *LIGHT_REQUIREMENTS, *_extra("docker"))
     elif choice.runner in ("remote", "emulated"):
         # this host builds the artifacts and scores the device's outputs (ONNX Runtime CPU); the
         # emulated Jetson runs in a container
@@ -89,6 +89,12 @@ def _requirements(*names: str) -> list[str]:
 
 def _extra(name: str) -> list[str]:
     return list(PYPROJECT["project"]["optional-dependencies"][name])
+
+
+#: what a session that only drives Docker installs besides the `docker` extra (`images`, a cell's
+#: `--runner docker`): enough to load and validate the matrix (the task adapters import numpy and Pillow, never
+#: torch or a runtime; tests/test_light_sessions.py loads it with the other dependencies blocked)
+LIGHT_REQUIREMENTS = _requirements("pydantic", "rich", "packaging", "numpy", "pillow")
 
 
 def _register(info: SessionInfo) -> None:
@@ -128,7 +134,7 @@ def images(session: nox.Session) -> None:
     x86_gpu` names targets; add --online to build on the recipes' vendor base images (which must already be
     on the host: edgematrix never pulls)."""
     _install(session, "-e", ".", "--no-deps")
-    _install(session, *_requirements("pydantic", "rich", "packaging"), *_extra("docker"))
+    _install(session, *LIGHT_REQUIREMENTS, *_extra("docker"))
     args = [a for a in session.posargs if a != "--online"]
     offline = [] if "--online" in session.posargs else ["--offline-base"]
     session.run("edgematrix", "images", "build", *offline, *args)

@@ -152,3 +152,10 @@ def test_loss_is_lower_for_the_right_answer() -> None:
 def test_detector_class_defaults() -> None:
     m = Detector()
     assert m.geometry == DetectorGeometry(192, 320, (8, 16, 32), 4)
+
+
+def test_output_names_agree_with_the_task_adapter() -> None:
+    from edgematrix.models.detector import OUTPUT_NAMES
+    from edgematrix.tasks.detection import DetectionTask
+
+    assert DetectionTask.output_names == OUTPUT_NAMES == ("scores", "boxes")

@@ -10,8 +10,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgematrix.errors import DataError
-from edgematrix.models.detector import OUTPUT_NAMES
 from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore
+
+#: the ONNX names of the detector's outputs (:data:`edgematrix.models.detector.OUTPUT_NAMES`; kept here so
+#: this module, which loading a matrix imports, imports no torch; checked equal by the tests)
+OUTPUT_NAMES: tuple[str, ...] = ("scores", "boxes")
 
 # one colour per class index (car, truck, pedestrian, traffic sign, then repeating)
 CLASS_COLOURS = ((255, 70, 70), (255, 170, 30), (60, 220, 90), (70, 150, 255), (220, 80, 255), (40, 230, 230))

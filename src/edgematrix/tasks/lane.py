@@ -10,7 +10,7 @@ import numpy as np
 
 from edgematrix.data.lanes import LaneSplit
 from edgematrix.metrics.tusimple import RUN_TIME_LIMIT_MS
-from edgematrix.models.ufld import OUTPUT_NAMES, LaneGeometry
+from edgematrix.models.lane_geometry import OUTPUT_NAMES, LaneGeometry
 from edgematrix.tasks.base import TaskAdapter, TaskData, TaskScore, stack_outputs
 from edgematrix.train.lane_params import LaneTrainParams
 
