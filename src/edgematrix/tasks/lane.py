@@ -25,7 +25,8 @@ class LaneTask(TaskAdapter):
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     agreement_output = "loc_row"
     train_code: ClassVar[tuple[str, ...]] = (
-        "models/__init__", "models/ufld", "models/resnet", "models/lane_task", "train/lane", "train/loop",
+        "models/__init__", "models/ufld", "models/lane_geometry", "models/resnet", "models/lane_task", "train/lane",
+        "train/loop",
         "data/lanes", "data/tusimple", "data/synthetic_lanes",
     )  # fmt: skip
     train_function = "edgematrix.train.lane:train_lane_model"
