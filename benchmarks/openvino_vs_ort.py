@@ -56,6 +56,16 @@ def find_artifacts(cache: Path) -> tuple[Path, Path]:
     return fp32, int8
 
 
+def models_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Path, Path]:
+    """(FP32, INT8) from ``--fp32`` / ``--int8``, or the newest cached pair under ``--cache``."""
+    if args.fp32 is None:
+        fp32, int8 = find_artifacts(args.cache)
+        return fp32, args.int8 or int8
+    if args.int8 is None:
+        parser.error("--fp32 given without --int8")
+    return args.fp32, args.int8
+
+
 def lane_test_images(data: Path | None, cache: Path, count: int, size: tuple[int, int]) -> np.ndarray:
     """``count`` preprocessed test images (float32 [N, 3, H, W]) from ``data`` or the cached dataset."""
     from edgematrix.data.lanes import load_split, preprocess
@@ -100,13 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    if args.fp32 is None:
-        fp32, int8 = find_artifacts(args.cache)
-        int8 = args.int8 or int8
-    else:
-        fp32, int8 = args.fp32, args.int8
-        if int8 is None:
-            parser.error("--fp32 given without --int8")
+    fp32, int8 = models_from_args(args, parser)
     paths = {"fp32": fp32, "int8": int8}
     print(f"FP32 {fp32}\nINT8 {int8}", flush=True)
 
