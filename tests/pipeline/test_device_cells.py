@@ -9,6 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 from edgematrix.executors.emulated import EMULATED_FLOAT_IMAGES
@@ -258,6 +261,13 @@ def test_emulated_jetson_matches_x86(workspace: Path, docker_engine: Any) -> Non
     report = (workspace / "results" / "jetson_int8q" / "report.md").read_text()
     assert "emulated-qemu-aarch64" in report or "qemu-user" in report
     assert "never gated" in report
+    # the emulated device runs the artifact that ships to the Jetson: TensorRT's explicit-quantization form
+    # (int8 activations, zero point 0), not the ONNX Runtime CPU form of its stand-in runtime
+    artifacts = json.loads((workspace / "results" / "jetson_int8q" / "artifacts.json").read_text())
+    model = onnx.load(artifacts["candidate"])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
 
 
 @pytest.mark.slow

@@ -169,3 +169,9 @@ class CellContext:
     def primary(self) -> str:
         """The backend of record of this run: the target's, or the stand-in an emulation runs."""
         return self.backends[0] if self.backends else str(self.cell.target.backend)
+
+    @property
+    def shipped_backend(self) -> str:
+        """The backend the built artifacts are for: always the target's. An emulation runs the artifact that
+        ships (a Jetson's TensorRT-form INT8 model) on its stand-in runtime; it never gets one of its own."""
+        return str(self.cell.target.backend)

@@ -53,9 +53,11 @@ class MixedPrecisionStep(RecipeStep):
         # held-out scoring subset: the last images of the training split (calibration takes the first)
         k = min(q.sensitivity_images, len(src.data.train))
         subset = task.holdout(src.data.train, k)
+        # the shipped model's form is the target's; the search scores it on the backend this run executes
+        # (an emulation's stand-in runs the same file)
         backend = ctx.primary
         key = content_key(
-            q.model_dump(), q.symmetric_for(backend), file_sha256(src.fp32.path), src.data_key,
+            q.model_dump(), q.symmetric_for(ctx.shipped_backend), file_sha256(src.fp32.path), src.data_key,
             code_hash(["optimize/quantize", "optimize/graph", "optimize/mixed_precision"]),
         )  # fmt: skip
         folder = src.art_dir / f"mixed-{key}"

@@ -31,7 +31,7 @@ def ptq(
     from edgematrix.optimize.quantize import QuantizeConfig, quantize_static_qdq
 
     assert ctx.source is not None
-    q, backend, split = ctx.cell.recipe.quantize, ctx.cell.target.backend, ctx.source.data.train
+    q, backend, split = ctx.cell.recipe.quantize, ctx.shipped_backend, ctx.source.data.train
     assert q is not None
     qcfg = QuantizeConfig(
         method="minmax" if probe else q.method,
@@ -91,7 +91,7 @@ class PtqStep(RecipeStep):
         assert ctx.source is not None and ctx.build is not None
         q = ctx.cell.recipe.quantize
         assert q is not None
-        form = "S8S8 symmetric, TensorRT form" if q.symmetric_for(ctx.primary) else "U8S8, ORT CPU form"
+        form = "S8S8 symmetric, TensorRT form" if q.symmetric_for(ctx.shipped_backend) else "U8S8, ORT CPU form"
         ctx.stages.start("quantize", f"INT8 PTQ ({q.method}, {q.calibration_images} calibration images, QDQ {form})")
         path, note = ptq(ctx, ctx.build.candidate.path, "int8")
         ctx.build.candidate = Artifact(path, "int8")  # an fx8 recipe rewrites it next (steps/fx8.py)

@@ -34,7 +34,7 @@ class SplitStep(RecipeStep):
         ctx = self.ctx
         src, build, stages, cell, task = ctx.source, ctx.build, ctx.stages, ctx.cell, ctx.task
         assert src is not None and build is not None
-        s, q, backend = cell.recipe.split, cell.recipe.quantize, ctx.primary
+        s, q, backend = cell.recipe.split, cell.recipe.quantize, ctx.shipped_backend
         assert s is not None
         heads = list(task.output_names)
         placements = s.placements(heads)
