@@ -23,12 +23,12 @@ def _name(spec: str) -> str:
 
 
 def _light_session_names() -> set[str]:
-    sys.path.insert(0, str(REPO))
-    try:
-        import noxfile
-    finally:
-        sys.path.remove(str(REPO))
-    return {_name(s) for s in [*noxfile.LIGHT_REQUIREMENTS, *noxfile._extra("docker")]}
+    """What the light sessions install, from the noxfile itself (imported in a subprocess: importing it
+    here would register its sessions a second time beside tests/test_noxfile.py's import)."""
+    script = "import json, noxfile; print(json.dumps([*noxfile.LIGHT_REQUIREMENTS, *noxfile._extra('docker')]))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return {_name(s) for s in json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def test_the_matrix_loads_and_the_docker_path_imports_without_the_heavy_dependencies() -> None:
