@@ -36,23 +36,19 @@ from edgematrix.measure.harness import LatencyConfig, measure_interleaved
 CONV_OPS = {"Conv", "QLinearConv", "ConvInteger", "FusedConv"}
 
 
-def profile(model: Path, feed: dict[str, np.ndarray], runs: int, threads: int) -> dict[str, Any]:
-    """Per-node kernel time (ms per run) of ``runs`` profiled runs after 5 unprofiled ones."""
+def profile(model: Path, feed: dict[str, np.ndarray], runs: int, threads: int, warmup: int = 5) -> dict[str, Any]:
+    """Per-node kernel time (ms per run) of ``runs`` profiled runs; the first ``warmup`` runs of the same
+    session (allocation, first-touch) are profiled too and left out."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        warm = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        for _ in range(5):
-            warm.run(None, feed)
-        del warm
-        options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "profile")
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        session.run(None, feed)  # the first profiled run allocates; it is left out below
-        for _ in range(runs):
+        for _ in range(warmup + runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     # kernel events: cat "Node", name "<node>_kernel_time"; one per node per run, in execution order
@@ -66,8 +62,8 @@ def profile(model: Path, feed: dict[str, np.ndarray], runs: int, threads: int) -
             order.append(node)
         ops[node] = e.get("args", {}).get("op_name", "?")
         per_node[node].append(e["dur"] / 1000.0)  # µs → ms
-    # each node ran runs + 1 times; drop its first (allocating) run
-    mean = {n: float(np.mean(v[1:])) if len(v) > 1 else float(v[0]) for n, v in per_node.items()}
+    # each node ran warmup + runs times: its first ``warmup`` are left out
+    mean = {n: float(np.mean(v[warmup:])) for n, v in per_node.items()}
     convs = [n for n in order if ops[n] in CONV_OPS]
     if not convs:
         raise SystemExit(f"{model}: no convolution node in the profile (ops seen: {sorted(set(ops.values()))})")
